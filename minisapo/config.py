@@ -59,14 +59,14 @@ SECTIONS = ("data", "sid", "model", "reasoning", "sft", "rl", "eval")
 PRESETS: dict[str, dict[str, object]] = {
     # seconds on a laptop CPU: for tests and smoke checks (numbers only need to be sane)
     "tiny": {
-        "data.world": "tiny", "data.name": "synthetic_tiny",
+        "data.world": "tiny",
         "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32,
         "sft.max_steps": 60, "sft.batch_size": 16, "sft.eval_every": 30, "sft.eval_samples": 16,
         "rl.max_steps": 4, "rl.batch_size": 4, "rl.num_generations": 4, "rl.eval_every": 2,
         "eval.max_samples": 32,
     },
     # the default: the synthetic world, a small model, a few minutes on a 2-core CPU
-    "small": {},
+    "small": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128},
     # one consumer GPU: bigger model, longer training
     "base": {
         "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384,
@@ -75,9 +75,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "eval.max_samples": 0,
     },
     # exact match is sparse (large catalog, many items per leaf): where SAPO should help most
-    "sparse": {"data.world": "sparse", "data.name": "synthetic_sparse"},
+    "sparse": {"data.world": "sparse", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128},
     # exact match is easy (few items per leaf, peaked popularity)
-    "easy": {"data.world": "easy", "data.name": "synthetic_easy"},
+    "easy": {"data.world": "easy", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128},
 }
 
 
@@ -172,7 +172,19 @@ def make_config(overrides: dict[str, object] | None = None, preset: str | None =
         set_value(cfg, k, v)
     if not cfg.name:
         cfg.name = preset
+    validate(cfg)
     return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Re-run each section's own checks (`__post_init__`) after overrides were set."""
+    for s in SECTIONS:
+        post = getattr(getattr(cfg, s), "__post_init__", None)
+        if post is not None:
+            try:
+                post()
+            except ValueError as e:
+                raise ConfigError(f"{s}: {e}") from None
 
 
 def to_dict(cfg: Config) -> dict:

@@ -1,0 +1,120 @@
+"""The data layer: synthetic world (with an exact oracle), Amazon reviews, RecBole atomic files.
+
+    cfg = DataConfig(source="synthetic", world="default")
+    path = prepare(cfg, "data")          # writes data/processed/default/ (or reuses it)
+    ds = load("data", "default")         # Dataset: catalog, sequences, train/valid/test samples
+    orc = oracle(ds)                     # exact next-item distribution (synthetic only)
+
+Every source produces the same processed form (see dataset.py); the CLI is
+`minisapo data --source=... --name=...` (see data/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from minisapo.data.dataset import Dataset, Sample, load, make_splits, write_processed
+from minisapo.data.synthetic import PRESETS, Oracle, oracle
+
+__all__ = ["DataConfig", "Dataset", "Sample", "Oracle", "PRESETS", "prepare", "load", "oracle", "make_splits"]
+
+FORMAT_VERSION = 1  # bump when the processed files change meaning (old caches then rebuild)
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # where the data comes from: "synthetic" | "amazon" | "atomic"
+    name: str | None = None  # processed dataset name (folder under <data_dir>/processed/); None = world / file name
+    # --- synthetic world (source=synthetic) ---
+    world: str = "default"  # preset: "tiny" | "default" | "easy" | "sparse" (see synthetic.PRESETS)
+    depth: int | None = None  # taxonomy depth (levels of categories); None = preset's (3)
+    branching: int | None = None  # children per taxonomy node; None = preset's
+    items_per_leaf: int | None = None  # catalog size knob: items under each leaf (more = sparser exact match)
+    num_users: int | None = None  # number of users (= sequences); None = preset's
+    seq_len: int | None = None  # longest sequence; lengths are uniform in [seq_len // 2, seq_len]
+    zipf: float | None = None  # popularity exponent within a leaf (0 = uniform, larger = more peaked)
+    noise: float | None = None  # chance each title hierarchy word is swapped for another node's word
+    stay: float | None = None  # chance the next item stays in the last item's leaf
+    jump: float | None = None  # chance the next item jumps to a top category drawn from the user's preference
+    focus: float | None = None  # weight of a user's home top category in their preference (0 = none)
+    world_seed: int = 0  # seed of the synthetic world (same seed -> byte-identical files)
+    # --- real data ---
+    reviews: str | None = None  # source=amazon: reviews file (reviews_X_5.json.gz | X_5.json.gz | X.jsonl.gz ...)
+    meta: str | None = None  # source=amazon: metadata file; None = meta_X... next to the reviews file
+    path: str | None = None  # source=atomic: folder with <name>.inter (+ <name>.item), RecBole atomic format
+    kcore: int = 5  # real data: keep users and items with >= kcore interactions (iterated); 0/1 = off
+    start: str | None = None  # real data: keep interactions from this UTC date on (YYYY-MM-DD); None = no bound
+    end: str | None = None  # real data: keep interactions up to this UTC date, inclusive; None = no bound
+    with_description: bool = False  # amazon: add description/features to the item text SIDs embed
+    strict: bool = False  # a malformed input line is an error (file:line) instead of skipped and counted
+    # --- samples ---
+    split: str = "loo"  # "loo" (leave-one-out, TIGER/SASRec) | "temporal" (global 8:1:1 by time, MiniOneRec)
+    max_history: int = 10  # history = the at most max_history items right before the target
+
+
+def _default_name(cfg: DataConfig) -> str:
+    if cfg.source == "synthetic":
+        return cfg.world
+    if cfg.source == "amazon" and cfg.reviews:
+        from minisapo.data.amazon import category_of
+        return category_of(cfg.reviews)
+    if cfg.source == "atomic" and cfg.path:
+        p = Path(cfg.path)
+        return p.stem if p.is_file() else p.resolve().name
+    return cfg.source
+
+
+def _file_facts(cfg: DataConfig) -> dict:
+    """Sizes of the raw input files: part of the cache key, so a changed file rebuilds."""
+    files = [cfg.reviews, cfg.meta] if cfg.source == "amazon" else [cfg.path] if cfg.source == "atomic" else []
+    facts = {}
+    for f in files:
+        if f and Path(f).is_file():
+            facts[f] = Path(f).stat().st_size
+        elif f and Path(f).is_dir():
+            facts[f] = {p.name: p.stat().st_size for p in sorted(Path(f).iterdir()) if p.suffix in (".inter", ".item")}
+    return facts
+
+
+def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
+    """Build `<data_dir>/processed/<name>/` from `cfg`; reuse it when the settings are unchanged."""
+    if cfg.source not in ("synthetic", "amazon", "atomic"):
+        raise ValueError(f"unknown data source {cfg.source!r}: use --source=synthetic, amazon or atomic")
+    if cfg.split not in ("loo", "temporal"):
+        raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
+    name = cfg.name or _default_name(cfg)
+    out = Path(data_dir) / "processed" / name
+    settings = {**asdict(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
+    info_file = out / "dataset.json"
+    if info_file.exists():
+        try:
+            old = json.loads(info_file.read_text(encoding="utf-8")).get("settings", {})
+        except json.JSONDecodeError:
+            old = {}
+        files_ok = (out / f"{name}.inter").exists() and (out / f"{name}.item").exists()
+        if old == settings and files_ok:
+            print(f"cache hit: {out} already holds {name!r} with these settings (delete it to rebuild)")
+            return out
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        print(f"settings of {out} changed ({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); rebuilding")
+        shutil.rmtree(out)
+
+    if cfg.source == "synthetic":
+        from minisapo.data.synthetic import KNOBS, generate
+        raw = generate(cfg.world, cfg.world_seed, **{k: getattr(cfg, k) for k in KNOBS})
+    elif cfg.source == "amazon":
+        from minisapo.data.amazon import read_amazon
+        raw = read_amazon(cfg.reviews, cfg.meta, strict=cfg.strict, with_description=cfg.with_description)
+    else:
+        from minisapo.data.atomic import read_source
+        raw = read_source(cfg.path, strict=cfg.strict)
+        raw.info["source"] = "atomic"
+    info = write_processed(raw, out, name, kcore_k=cfg.kcore, start=cfg.start, end=cfg.end,
+                           split=cfg.split, max_history=cfg.max_history, settings=settings)
+    s = info["splits"]
+    print(f"wrote {out}: {info['num_users']} users, {info['num_items']} items, {info['num_interactions']} interactions; "
+          f"samples train {s['train']} / valid {s['valid']} / test {s['test']} ({cfg.split})")
+    return out

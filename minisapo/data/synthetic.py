@@ -1,0 +1,276 @@
+"""A synthetic recommendation world whose next-item distribution is known exactly.
+
+The generative story (read it top to bottom; every number below is a preset knob):
+
+1. **Taxonomy.** A tree of depth `depth` with `branching` children per node. Depth-1 nodes
+   are top-level categories, depth-`depth` nodes are leaves. Node names are paths:
+   `n2`, `n2.1`, `n2.1.4`. Each node owns two words from a built-in word bank.
+2. **Items.** `items_per_leaf` items under each leaf. A title is
+   `brand  word(depth 1)  word(depth 2) ... word(leaf)  variant variant`, so the text
+   carries the hierarchy; with probability `noise` each hierarchy word is swapped for a
+   word of another node at the same depth. Within a leaf, items have a Zipf popularity
+   `q_j ~ rank_j ** -zipf` (random ranks): picking the exact item is the hard part.
+3. **Users.** User u has a home top-level category h_u and a preference over top-level
+   categories `pref_u(c) = focus * 1[c = h_u] + (1 - focus) / C`.
+4. **Markov rule.** Given the last item i (leaf l), the next item is drawn by first
+   choosing how far to move in the tree, "up" levels:
+       up = 0            stay in leaf l                                   (prob `stay`)
+       0 < up < depth    a uniform leaf under l's ancestor `up` levels up (prob (1-stay-jump)/(depth-1) each)
+       up = depth        a top category c ~ pref_u, then a uniform leaf in c (prob `jump`)
+   then an item of that leaf by its Zipf popularity; an immediate repeat of i is not
+   allowed (its probability is set to 0 and the rest renormalised). The first item of a
+   sequence uses the `jump` rule alone.
+
+So the exact next-item distribution depends only on the user's (latent, but visible in
+the history) home category and the last item: `World.distribution(user, last)`. The
+generator samples from that very function, so `Oracle.distribution` is exact by
+construction, and evaluation can report the oracle hit@K/ndcg@K ceiling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from minisapo.data.atomic import RawData
+
+# Knobs a preset fixes and `DataConfig` may override (None there = keep the preset's value).
+PRESETS: dict[str, dict] = {
+    # tests and quick checks: 2*2*2 = 8 leaves, 64 items, 100 users, an end-to-end run in seconds
+    "tiny": dict(depth=3, branching=2, items_per_leaf=8, num_users=100, seq_len=10,
+                 zipf=1.0, noise=0.05, stay=0.5, jump=0.2, focus=0.8),
+    # the CPU demo: 64 leaves, 512 items, 1000 users, sequences of 10-20 (~12k train samples)
+    "default": dict(depth=3, branching=4, items_per_leaf=8, num_users=1000, seq_len=20,
+                    zipf=1.0, noise=0.05, stay=0.5, jump=0.2, focus=0.8),
+    # exact match is easy: 2 items per leaf with peaked popularity
+    "easy": dict(depth=3, branching=4, items_per_leaf=2, num_users=1000, seq_len=20,
+                 zipf=1.5, noise=0.05, stay=0.5, jump=0.2, focus=0.8),
+    # exact match is sparse: a 2048-item catalog, 32 items per leaf, flat popularity
+    "sparse": dict(depth=3, branching=4, items_per_leaf=32, num_users=1000, seq_len=20,
+                   zipf=0.5, noise=0.1, stay=0.5, jump=0.2, focus=0.8),
+}
+KNOBS = tuple(PRESETS["default"])
+
+BASE_TIME = 1_577_836_800  # 2020-01-01 00:00 UTC
+DAY = 86_400
+
+WORD_BANK = """
+garden kitchen forest harbor canyon meadow river valley summit island desert glacier
+prairie orchard vineyard lantern blanket kettle basket candle pillow mirror ladder
+bucket shovel hammer wrench pliers chisel anvil violin guitar trumpet banjo cello
+flute piano drum harp bugle apple cherry lemon mango peach plum berry melon olive
+pepper garlic ginger onion carrot potato tomato tiger eagle falcon otter badger beaver
+heron salmon trout walrus zebra camel llama panda koala velvet cotton linen denim
+leather canvas wool silk satin fleece marble granite copper bronze silver timber
+bamboo cedar maple walnut oak birch willow pine spruce rocket comet planet galaxy
+meteor orbit nebula quasar lunar solar puzzle kite yoyo domino chess poker dice
+rattle teddy saddle bridle lasso spur wagon cart sled canoe kayak raft paddle anchor
+sail mast rudder boot sandal slipper sneaker loafer clog moccasin mitten scarf beanie
+glove jacket vest parka poncho soap lotion shampoo perfume balm serum powder blush
+mascara lipstick notebook pencil crayon marker eraser stapler folder binder ruler
+compass tent hammock backpack thermos canteen stove tarp cooler bicycle helmet pedal
+chain scooter skate board ramp wheel coffee tea cocoa honey syrup jam butter cheese
+yogurt bread biscuit muffin waffle pancake noodle robot gadget sensor cable charger
+speaker headset camera tripod drone sofa chair table desk shelf drawer cabinet bench
+stool couch rose tulip daisy lily orchid violet poppy lotus fern cactus ivy moss
+clover thistle whistle bell gong chime tambourine xylophone marimba ukulele harmonica
+pottery ceramic glass crystal porcelain enamel clay stone brick tile sparrow robin
+finch parrot owl swan crane pelican stork hiking fishing hunting camping climbing
+skiing surfing rowing sailing diving baking grilling roasting brewing pickling
+knitting sewing weaving quilting carving vintage rustic modern classic retro coastal
+alpine tropical nordic urban
+""".split()
+VARIANTS = """red blue green black white grey pink orange yellow purple brown navy
+mini compact large small deluxe pro lite plus max slim twin duo""".split()
+SYLLABLES = "ka lo mi ra ven tor bel dri sa nu pex zo lin qua fen mar tis gal ro dex".split()
+
+
+def world_params(world: str, **overrides) -> dict:
+    """The preset `world` with every non-None override applied, checked."""
+    if world not in PRESETS:
+        raise ValueError(f"unknown synthetic world {world!r}: choose one of {sorted(PRESETS)}")
+    p = dict(PRESETS[world])
+    for k, v in overrides.items():
+        if k not in p:
+            raise ValueError(f"unknown synthetic knob {k!r}: knobs are {list(KNOBS)}")
+        if v is not None:
+            p[k] = type(p[k])(v)
+    checks = [
+        (p["depth"] >= 1, "depth must be >= 1"),
+        (p["branching"] >= 2, "branching must be >= 2"),
+        (p["items_per_leaf"] >= 2, "items_per_leaf must be >= 2 (repeats of the last item are excluded)"),
+        (p["num_users"] >= 1, "num_users must be >= 1"),
+        (p["seq_len"] >= 3, "seq_len must be >= 3 (one train, one valid and one test target)"),
+        (p["zipf"] >= 0, "zipf must be >= 0"),
+        (0 <= p["noise"] <= 1, "noise must be in [0, 1]"),
+        (0 <= p["stay"] and 0 <= p["jump"] and p["stay"] + p["jump"] <= 1, "need stay, jump >= 0 and stay + jump <= 1"),
+        (p["jump"] > 0, "jump must be > 0 (it also picks the first item)"),
+        (0 <= p["focus"] <= 1, "focus must be in [0, 1]"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"synthetic world: {msg} (got {p})")
+    return p
+
+
+def _pseudo_word(rng: np.random.Generator, n: int) -> str:
+    return "".join(rng.choice(SYLLABLES, size=n))
+
+
+class World:
+    """The taxonomy, the catalog and the users of one synthetic world (no sequences yet)."""
+
+    def __init__(self, params: dict, seed: int):
+        self.params, self.seed = dict(params), int(seed)
+        D, B, P = params["depth"], params["branching"], params["items_per_leaf"]
+        self.depth, self.C = D, B
+        self.num_leaves = B ** D
+        self.N = self.num_leaves * P
+        self.U = params["num_users"]
+        catalog_ss, user_ss, self._seq_ss = np.random.SeedSequence(self.seed).spawn(3)
+        rng = np.random.default_rng(catalog_ss)
+
+        # 1. taxonomy: nodes at depth d (1..D) are numbered 0 .. B**d - 1; two words each
+        sizes = [B ** d for d in range(1, D + 1)]
+        bank = [str(w) for w in rng.permutation(WORD_BANK)]
+        seen = set(bank)
+        while len(bank) < 2 * sum(sizes):  # big trees: invent more (pronounceable) words
+            w = _pseudo_word(rng, 3)
+            if w not in seen:
+                seen.add(w), bank.append(w)
+        self.node_words: list[list[list[str]]] = []  # [depth-1][node] -> [primary, alternate]
+        for n in sizes:
+            self.node_words.append([[bank.pop(0), bank.pop(0)] for _ in range(n)])
+        # brands specialise in one top-level category (as real brands do): 5 per category
+        names = sorted({_pseudo_word(rng, 2) + _pseudo_word(rng, 1) for _ in range(8 * B)})
+        names = [str(w) for w in rng.permutation(names)]
+        self.brands = [names[5 * c:5 * c + 5] for c in range(B)]
+
+        # 2. items: leaf, ancestors, Zipf popularity within the leaf, title
+        self.item_leaf = np.arange(self.N) // P  # (N,)
+        self.item_anc = np.stack([self.item_leaf // B ** (D - d) for d in range(1, D + 1)], axis=1)  # (N, D)
+        self.item_top = self.item_anc[:, 0]  # (N,) top-level category
+        q = np.empty(self.N)
+        for leaf in range(self.num_leaves):
+            w = (rng.permutation(P) + 1.0) ** -params["zipf"]
+            q[leaf * P:(leaf + 1) * P] = w / w.sum()
+        self.item_q = q  # (N,) popularity within the item's leaf, sums to 1 per leaf
+        self.titles, self.categories = [], []
+        for j in range(self.N):
+            top = self.item_top[j]
+            if rng.random() < params["noise"]:  # noise: a brand of another category
+                top = (top + 1 + rng.integers(B - 1)) % B
+            words = [str(rng.choice(self.brands[top]))]
+            for d in range(D):
+                node = self.item_anc[j, d]
+                if rng.random() < params["noise"]:  # noise: a word of another node at this depth
+                    node = (node + 1 + rng.integers(sizes[d] - 1)) % sizes[d]
+                words.append(self.node_words[d][node][0 if d == 0 or rng.random() < 0.7 else 1])
+            words += [str(w) for w in rng.choice(VARIANTS, size=2, replace=False)]
+            self.titles.append(" ".join(words))
+            self.categories.append(" ".join(self.node_name(d, self.item_anc[j, d]) for d in range(D)))
+
+        # 3. users: home top-level category -> preference over top-level categories
+        self.home = np.random.default_rng(user_ss).integers(0, B, size=self.U)  # (U,)
+        focus = params["focus"]
+        self.pref = np.full((self.U, B), (1 - focus) / B)  # (U, C)
+        self.pref[np.arange(self.U), self.home] += focus
+
+        # 4. probability of moving `up` levels: index 0 = stay, D = jump
+        mid = (1 - params["stay"] - params["jump"]) / (D - 1) if D > 1 else 0.0
+        self.moves = np.array([params["stay"]] + [mid] * (D - 1) + [params["jump"]]) if D > 1 else \
+            np.array([params["stay"], 1 - params["stay"]])
+
+    def node_name(self, d: int, k: int) -> str:
+        """Name of node k at depth d+1 (0-based d): 'n2.1.4' (1-based digits, one per level)."""
+        digits = [(k // self.C ** (d - e)) % self.C + 1 for e in range(d + 1)]
+        return "n" + ".".join(map(str, digits))
+
+    def item_id(self, j: int) -> str:
+        return f"i{j:0{max(4, len(str(self.N - 1)))}d}"
+
+    def user_id(self, u: int) -> str:
+        return f"u{u:0{max(4, len(str(self.U - 1)))}d}"
+
+    def distribution(self, user: int, last: int | None) -> np.ndarray:
+        """(N,) exact probability of each next item for `user` right after item `last`.
+
+        `last=None` gives the first item of a sequence (the jump rule alone).
+        """
+        D, B, q = self.depth, self.C, self.item_q
+        leaves_per_top = self.num_leaves // B
+        jump = self.pref[user][self.item_top] / leaves_per_top * q  # (N,) top ~ pref, uniform leaf, Zipf item
+        if last is None:
+            return jump
+        p = self.moves[D] * jump
+        p += self.moves[0] * (self.item_leaf == self.item_leaf[last]) * q  # stay in the leaf
+        for up in range(1, D):  # a uniform leaf under the ancestor `up` levels above the leaf
+            d = D - up  # depth of that ancestor (1-based); column d-1 of item_anc
+            same = self.item_anc[:, d - 1] == self.item_anc[last, d - 1]
+            p += self.moves[up] * same * q / B ** up
+        p[last] = 0.0  # no immediate repeat
+        return p / p.sum()
+
+    def sample_sequences(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Each user's item sequence and (day-level, tie-prone) timestamps, from the Markov rule."""
+        rng = np.random.default_rng(self._seq_ss)
+        lo, hi = max(3, self.params["seq_len"] // 2), self.params["seq_len"]
+        seqs, times = [], []
+        for u in tqdm(range(self.U), desc="synthetic users", leave=False, disable=self.U < 2000):
+            L = int(rng.integers(lo, hi + 1))
+            seq, last = [], None
+            for _ in range(L):
+                cdf = np.cumsum(self.distribution(u, last))
+                last = int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), self.N - 1))
+                seq.append(last)
+            day = int(rng.integers(0, 365))
+            ts = []
+            for _ in range(L):
+                ts.append(BASE_TIME + day * DAY)
+                day += int(rng.integers(1, 8))
+            seqs.append(seq), times.append(ts)
+        return seqs, times
+
+
+def generate(world: str, seed: int, **overrides) -> RawData:
+    """Build the world and its interactions, ready for `write_processed`."""
+    params = world_params(world, **overrides)
+    w = World(params, seed)
+    seqs, times = w.sample_sequences()
+    inters = [(w.user_id(u), w.item_id(j), 5.0, float(t)) for u in range(w.U) for j, t in zip(seqs[u], times[u])]
+    items = {w.item_id(j): [w.titles[j], w.categories[j]] for j in range(w.N)}
+    info = {"source": "synthetic", "generator": {"world": world, "world_seed": int(seed), **params}}
+    return RawData(inters, [("title", "token_seq"), ("category", "token_seq")], items, ["title"], info,
+                   apply_filters=False)
+
+
+class Oracle:
+    """Exact next-item distributions for the samples of a synthetic `Dataset`."""
+
+    def __init__(self, dataset):
+        g = dict(dataset.info["generator"])
+        world, seed = g.pop("world"), g.pop("world_seed")
+        self.world = World(world_params(world, **g), seed)
+        w = self.world
+        wid = {w.item_id(j): j for j in range(w.N)}
+        self.to_world = np.array([wid[i] for i in dataset.item_ids])  # (N,) dataset index -> world index
+        uid = {w.user_id(u): u for u in range(w.U)}
+        self.user_to_world = [uid[u] for u in dataset.user_ids]
+
+    def distribution(self, sample) -> np.ndarray:
+        """(N,) exact probability of every item (dataset index order) being `sample`'s target."""
+        last = int(self.to_world[sample.history[-1]])
+        p = self.world.distribution(self.user_to_world[sample.user], last)
+        return p[self.to_world]
+
+    def ranking(self, sample, k: int | None = None) -> np.ndarray:
+        """Items by decreasing probability (ties: lower index first); the top k if given."""
+        order = np.argsort(-self.distribution(sample), kind="stable")
+        return order if k is None else order[:k]
+
+
+def oracle(dataset) -> Oracle | None:
+    """The exact-distribution oracle for synthetic data; None for real data."""
+    if dataset.info.get("source") != "synthetic":
+        return None
+    return Oracle(dataset)

@@ -1,0 +1,266 @@
+"""The stages wired together: what each `minisapo` subcommand does.
+
+    data   -> minisapo.data.prepare / load             <data_dir>/processed/<dataset>/
+    sid    -> minisapo.sid.prepare                     <data_dir>/processed/<dataset>/sid/
+    sft    -> reasoning.build_examples + sft.train_sft <runs_dir>/<name>/sft.pt
+    rl     -> rl.train_rl (from an SFT run)            <runs_dir>/<name>/rl_checkpoint.pt
+    eval   -> evaluate.evaluate_split                  <runs_dir>/<name>/eval_<split>.json
+    run    -> all of the above, plus plots and report.md
+    compare-> several RL algorithms from the same SFT checkpoint per seed (compare.py)
+
+Each function reads top to bottom; the algorithms live in the stage modules.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minisapo import data as data_lib
+from minisapo import sid as sid_lib
+from minisapo.config import Config, ConfigError, from_dict, make_config, set_value, to_dict
+from minisapo.evaluate import evaluate, evaluate_split, format_table
+from minisapo.grammar import Grammar
+from minisapo.model import GPT, build_model, pick_device
+from minisapo.reasoning import build_examples, build_prompt
+from minisapo.runs import read_json, read_metrics, seed_everything, write_json
+from minisapo.sft import CHECKPOINT as SFT_CHECKPOINT
+from minisapo.sft import load_sft_weights, train_sft
+
+
+@dataclass
+class Stack:
+    """Everything below the model: the dataset, its SIDs, the vocabulary and the response grammar."""
+
+    dataset: data_lib.Dataset
+    table: sid_lib.SIDTable
+    tokenizer: sid_lib.Tokenizer
+    grammar: Grammar
+    sid_stats: dict
+
+
+def load_dataset(cfg: Config) -> data_lib.Dataset:
+    path = data_lib.prepare(cfg.data, cfg.data_dir)
+    return data_lib.load(cfg.data_dir, path.name)
+
+
+def load_stack(cfg: Config) -> Stack:
+    """Data -> SIDs -> tokenizer -> grammar (each stage cached on disk)."""
+    ds = load_dataset(cfg)
+    table, tok, stats = sid_lib.prepare(ds, cfg.sid, Path(ds.path) / "sid", device=pick_device(cfg.device))
+    trie = sid_lib.SIDTrie(table, tok)
+    r = cfg.reasoning
+    grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, r.mode)
+    return Stack(ds, table, tok, grammar, stats)
+
+
+def new_model(cfg: Config, stack: Stack) -> GPT:
+    """A freshly initialised policy (seeded by cfg.seed), sized by cfg.model and the vocabulary."""
+    seed_everything(cfg.seed)
+    mcfg = copy.deepcopy(cfg.model)
+    model = build_model(mcfg, vocab_size=stack.tokenizer.vocab_size)
+    return model.to(pick_device(cfg.device))
+
+
+def run_dir_of(cfg: Config) -> Path:
+    return Path(cfg.runs_dir) / cfg.name
+
+
+def _prompts(cfg: Config, stack: Stack, samples) -> list[list[int]]:
+    titles = stack.dataset.item_titles if cfg.reasoning.prompt_titles else None
+    return [build_prompt(s.history, stack.table, stack.tokenizer, cfg.reasoning, titles=titles) for s in samples]
+
+
+def _check_lengths(cfg: Config, stack: Stack, examples) -> None:
+    longest = max(len(p) + len(r) for p, r in examples)
+    longest = max(longest, max(len(p) for p, _ in examples) + stack.grammar.max_length)
+    if longest > cfg.model.max_seq_len:
+        raise ConfigError(f"prompt + response can be {longest} tokens but model.max_seq_len={cfg.model.max_seq_len}: "
+                          f"raise --max_seq_len or lower --max_history / --max_think_tokens")
+
+
+def eval_fn(cfg: Config, stack: Stack, split: str = "valid", ks=(10,), max_samples: int | None = None):
+    """A callback `fn(model) -> {"hit@10": ..}` on the first samples of a split (for training curves)."""
+    samples = stack.dataset.splits[split][: (max_samples if max_samples is not None else cfg.sft.eval_samples)]
+
+    def fn(model):
+        m = evaluate(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, samples, ks=ks,
+                     beam_width=max(max(ks), 1), batch_size=cfg.eval.batch_size, reasoning=cfg.reasoning,
+                     progress=False)
+        return {f"{split}_{k}": v for k, v in m.items() if "@" in k}
+
+    return fn
+
+
+def save_config(cfg: Config, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", to_dict(cfg))
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `minisapo sft` or `run`?")
+    return from_dict(read_json(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# stages
+
+
+def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) -> GPT:
+    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt)."""
+    ds = stack.dataset
+    train = build_examples(ds, stack.table, stack.tokenizer, ds.splits["train"], cfg.reasoning)
+    valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples],
+                           cfg.reasoning, verbose=False)
+    _check_lengths(cfg, stack, train + valid)
+    model = new_model(cfg, stack)
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
+    train_sft(model, train, cfg.sft, run_dir, valid_examples=valid, valid_fn=eval_fn(cfg, stack), resume=resume,
+              device=pick_device(cfg.device), pad_id=stack.tokenizer.pad_id, seed=cfg.seed)
+    return model
+
+
+def stage_rl(cfg: Config, stack: Stack, model: GPT, run_dir: Path, resume: bool = False) -> dict:
+    """RL from the current (SFT) weights of `model`; the frozen copy taken here is the KL reference."""
+    from minisapo.rl import train_rl
+
+    samples = stack.dataset.splits["train"]
+    ref = copy.deepcopy(model) if cfg.rl.beta != 0.0 else None
+    fn = eval_fn(cfg, stack, max_samples=cfg.sft.eval_samples)
+    return train_rl(model, ref, stack.grammar, stack.tokenizer, stack.table, samples, _prompts(cfg, stack, samples),
+                    cfg.rl, run_dir, eval_fn=fn, resume=resume, device=pick_device(cfg.device), seed=cfg.seed)
+
+
+def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str = "test",
+               tag: str = "") -> dict:
+    """Paper-protocol evaluation + baselines; writes eval_<split><tag>.json and prints the table."""
+    report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, cfg.eval,
+                            reasoning=cfg.reasoning, run_dir=None)
+    write_json(run_dir / f"eval_{split}{tag}.json", report)
+    print(format_table(report))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_data(cfg: Config) -> int:
+    ds = load_dataset(cfg)
+    s = {k: len(v) for k, v in ds.splits.items()}
+    print(f"{ds.name}: {ds.num_users} users, {ds.num_items} items; samples {s}; files in {ds.path}")
+    return 0
+
+
+def cmd_sid(cfg: Config) -> int:
+    stack = load_stack(cfg)
+    print(f"SIDs in {Path(stack.dataset.path) / 'sid'} (picture: sid_tree.png)")
+    return 0
+
+
+def cmd_sft(cfg: Config, resume: bool = False) -> int:
+    run_dir = run_dir_of(cfg)
+    save_config(cfg, run_dir)
+    stack = load_stack(cfg)
+    model = stage_sft(cfg, stack, run_dir, resume=resume)
+    stage_eval(cfg, stack, model, run_dir)
+    _finish(cfg, run_dir)
+    return 0
+
+
+def load_model(cfg: Config, stack: Stack, run_dir: Path) -> GPT:
+    """The run's latest weights: RL checkpoint if there is one, else the SFT one."""
+    from minisapo.runs import load_checkpoint
+
+    model = new_model(cfg, stack)
+    rl_ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", map_location=pick_device(cfg.device))
+    if rl_ckpt is not None:
+        model.load_state_dict(rl_ckpt["model"])
+    else:
+        load_sft_weights(model, run_dir, device=pick_device(cfg.device))
+    return model
+
+
+def cmd_eval(run: str, split: str, overrides: dict) -> int:
+    run_dir = Path(run)
+    cfg = load_run_config(run_dir)
+    for k, v in overrides.items():
+        set_value(cfg, k, v)
+    stack = load_stack(cfg)
+    stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split)
+    return 0
+
+
+def cmd_rl(from_run: str, algo: str, overrides: dict, resume: bool = False) -> int:
+    """RL from an SFT run into a new run directory (<sft name>_<algo> unless --name is given)."""
+    from minisapo.rl import ALGOS
+
+    src = Path(from_run)
+    cfg = load_run_config(src)
+    _apply_algo(cfg, algo)
+    cfg.name = f"{cfg.name}_{algo}"
+    for k, v in overrides.items():
+        set_value(cfg, k, v)
+    run_dir = run_dir_of(cfg)
+    save_config(cfg, run_dir)
+    stack = load_stack(cfg)
+    model = new_model(cfg, stack)
+    load_sft_weights(model, src, device=pick_device(cfg.device))
+    stage_rl(cfg, stack, model, run_dir, resume=resume)
+    stage_eval(cfg, stack, model, run_dir)
+    _finish(cfg, run_dir)
+    return 0
+
+
+def _apply_algo(cfg: Config, algo: str) -> None:
+    from minisapo.rl import ALGOS
+
+    if algo not in ALGOS:
+        raise ConfigError(f"unknown --algo={algo}; choose one of {', '.join(ALGOS)}")
+    for k, v in ALGOS[algo].items():
+        set_value(cfg, f"rl.{k}", v)
+
+
+def cmd_run(cfg: Config, algo: str = "sapo", resume: bool = False) -> int:
+    """The main job: data -> SIDs -> SFT -> eval -> RL -> eval, plots and report.md."""
+    t0 = time.time()
+    _apply_algo(cfg, algo)
+    run_dir = run_dir_of(cfg)
+    save_config(cfg, run_dir)
+    stack = load_stack(cfg)
+    model = stage_sft(cfg, stack, run_dir, resume=resume)
+    stage_eval(cfg, stack, model, run_dir, tag="_sft")
+    if cfg.rl.max_steps > 0:
+        stage_rl(cfg, stack, model, run_dir, resume=resume)
+    stage_eval(cfg, stack, model, run_dir)
+    _finish(cfg, run_dir, seconds=time.time() - t0)
+    return 0
+
+
+def _finish(cfg: Config, run_dir: Path, seconds: float | None = None) -> None:
+    from minisapo.report import write_report
+
+    path = write_report(run_dir, cfg, seconds=seconds)
+    print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(run_dir.glob('*.png')))}")
+
+
+def cmd_compare(overrides: dict, algos: list[str], seeds: int, sweep: str | None) -> int:
+    from minisapo.compare import compare, sweep_compare
+
+    if sweep:
+        return sweep_compare(overrides, algos, seeds, sweep)
+    return compare(overrides, algos, seeds)
+
+
+def cmd_bench(overrides: dict) -> int:
+    from minisapo.bench import format_table as bench_table
+    from minisapo.bench import run_benchmarks
+
+    print(bench_table(run_benchmarks(device=str(overrides.get("device", "auto")))))
+    return 0

@@ -1,0 +1,280 @@
+"""Figures (matplotlib, Agg backend): a flat module of plot functions, each writing a PNG."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+# ------------------------------------------------------------------ SIDs (developer B)
+def plot_sid_tree(table, stats: dict | None, path, top: int = 10, children: int = 3) -> Path:
+    """Left: the SID tree's top two levels (the ``top`` largest level-1 codes and
+    their ``children`` largest level-2 codes) labelled with descriptors and item
+    counts. Right: codebook usage per level (sorted code frequencies)."""
+    path = Path(path)
+    codes = np.asarray(table.codes)
+    K = table.num_levels
+    c1 = Counter(codes[:, 0].tolist())
+    c2 = Counter(map(tuple, codes[:, :2].tolist())) if K > 1 else Counter()
+    rows = []  # (level-1 code, [level-2 codes])
+    for a, _ in sorted(c1.items(), key=lambda t: (-t[1], t[0]))[:top]:
+        kids = sorted(((k, n) for k, n in c2.items() if k[0] == a), key=lambda t: (-t[1], t[0]))[:children]
+        rows.append((a, [k for k, _ in kids]))
+    n_rows = sum(max(1, len(k)) for _, k in rows)
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, max(4.0, 0.32 * n_rows + 1.5)),
+                                  gridspec_kw={"width_ratios": [2.2, 1]})
+    ax.set_xlim(0, 1)
+    ax.set_ylim(n_rows + 0.5, -0.5)
+    ax.axis("off")
+    ax.text(0.02, n_rows / 2, f"all\n{table.num_items} items", ha="left", va="center", fontsize=9,
+            bbox=dict(boxstyle="round", fc="#eeeeee"))
+    y = 0
+    box1, box2 = dict(boxstyle="round", fc="#dce9f7"), dict(boxstyle="round", fc="#f7ecdc")
+    for a, kids in rows:
+        span = max(1, len(kids))
+        ya = y + (span - 1) / 2
+        key = f"<a_{a}>"
+        ax.plot([0.13, 0.2], [n_rows / 2, ya], color="#999999", lw=0.6)
+        ax.text(0.2, ya, f"{key} ({c1[a]})  {table.descriptors.get(key, '')}", va="center", fontsize=8, bbox=box1)
+        for j, k in enumerate(kids):
+            key2 = f"<a_{k[0]}><b_{k[1]}>"
+            ax.plot([0.5, 0.58], [ya, y + j], color="#bbbbbb", lw=0.5)
+            ax.text(0.58, y + j, f"<b_{k[1]}> ({c2[k]})  {table.descriptors.get(key2, '')}", va="center",
+                    fontsize=7.5, bbox=box2)
+        y += span
+    shown = len(rows)
+    ax.set_title(f"SID tree: {shown} largest of {len(c1)} level-1 codes (descriptor, items)", fontsize=10)
+
+    for l in range(K):
+        counts = np.bincount(codes[:, l], minlength=table.codebook_sizes[l])
+        freq = np.sort(counts)[::-1] / max(1, counts.sum())
+        lab = f"level {'abcdefgh'[l]}: K={table.codebook_sizes[l]}"
+        if stats and "levels" in stats:
+            s = stats["levels"][l]
+            lab += f", usage {s['usage']:.2f}, ppl {s['perplexity']:.1f}"
+        ax2.plot(np.arange(1, len(freq) + 1), freq, marker=".", ms=3, label=lab)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("code rank")
+    ax2.set_ylabel("fraction of items")
+    title = "codebook usage"
+    if stats and "collision_rate" in stats:
+        title += f" (collisions before dedup: {stats['collision_rate']:.1%})"
+    ax2.set_title(title, fontsize=10)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Token credit (developer E): the paper's whole idea in one figure
+
+
+def _short_token(tok: str, width: int = 6) -> str:
+    """Compact cell label: <think> -> <t>, </think> -> </t>, long words cut."""
+    tok = {"<think>": "<t>", "</think>": "</t>", "<eos>": "eos", "<pad>": ""}.get(tok, tok)
+    return tok if len(tok) <= width else tok[: width - 1] + "."
+
+
+def plot_token_credit(tokens, credits: dict, path, row_labels=None, title: str | None = None):
+    """Side-by-side heatmaps of the advantage each token receives, one panel per algorithm.
+
+    tokens: G lists of token strings (the same group of rollouts in every panel);
+    credits: {"GRPO": (G, T) array, "SAPO": (G, T) array, ...} from `rl.token_credit`;
+    row_labels: G strings (e.g. per-step hits "✓✓✗" and the reward). Blue = reinforced,
+    red = discouraged, white = no credit. Each panel has its own symmetric colour scale.
+    Returns the PNG path.
+    """
+    names = list(credits)
+    mats = [np.asarray(credits[n].detach().cpu() if hasattr(credits[n], "detach") else credits[n], dtype=float)
+            for n in names]
+    G = len(tokens)
+    T = max(len(t) for t in tokens) if tokens else 1
+    fig, axes = plt.subplots(1, len(names), figsize=(len(names) * max(4.0, 0.32 * T) + 1.5, 0.45 * G + 1.6),
+                             squeeze=False)
+    for ax, name, A in zip(axes[0], names, mats):
+        A = A[:, :T]
+        vmax = 1.4 * (float(np.abs(A).max()) or 1.0)  # a little headroom keeps the labels readable
+        im = ax.imshow(A, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
+        for i, row in enumerate(tokens):
+            for t, tok in enumerate(row[:T]):
+                ax.text(t, i, _short_token(tok), ha="center", va="center", fontsize=5.5)
+        ax.set_title(name)
+        ax.set_xlabel("response token")
+        ax.set_yticks(range(G))
+        ax.set_yticklabels(row_labels if row_labels is not None else [f"rollout {i}" for i in range(G)], fontsize=7)
+        ax.set_xticks([])
+        fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="advantage")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Reasoning steps, SFT curves, evaluation (developer D)
+
+STEP_COLORS = ["#cfe2f3", "#d9ead3", "#fce5cd", "#ead1dc", "#fff2cc", "#d0e0e3", "#f4cccc", "#e6e6e6"]
+
+
+def plot_response_steps(token_ids, tokenizer, num_steps: int, path, has_prompt: bool = True,
+                        title: str | None = None, per_line: int = 14) -> Path:
+    """One sequence with every token in a box coloured by its reasoning step (`reasoning.step_index`).
+
+    Grey-outlined white boxes are outside every step (prompt, <eos>, padding). Long sequences wrap
+    after `per_line` tokens. Returns the PNG path.
+    """
+    import torch
+
+    from minisapo.reasoning import step_index
+
+    ids = torch.as_tensor(list(token_ids), dtype=torch.long)[None]  # (1, T)
+    steps = step_index(ids, tokenizer, num_steps, has_prompt=has_prompt)[0].tolist()
+    toks = [tokenizer.id_to_token(int(i)) for i in ids[0]]
+    n_lines = (len(toks) + per_line - 1) // per_line
+    fig, ax = plt.subplots(figsize=(per_line * 0.85 + 0.5, 0.55 * n_lines + 1.3))
+    ax.set_xlim(-0.1, per_line + 0.1)
+    ax.set_ylim(n_lines + 0.2, -0.6)
+    ax.axis("off")
+    for i, (tok, s) in enumerate(zip(toks, steps)):
+        x, y = i % per_line, i // per_line
+        fc = STEP_COLORS[s % len(STEP_COLORS)] if s >= 0 else "white"
+        ax.add_patch(plt.Rectangle((x + 0.03, y - 0.35), 0.94, 0.7, fc=fc, ec="#888888", lw=0.5))
+        ax.text(x + 0.5, y, tok if len(tok) <= 9 else tok[:8] + ".", ha="center", va="center", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, fc=STEP_COLORS[k % len(STEP_COLORS)], ec="#888888") for k in range(num_steps)]
+    handles.append(plt.Rectangle((0, 0), 1, 1, fc="white", ec="#888888"))
+    ax.set_title(title or "a response coloured by reasoning step (thinking block k + SID token k)", fontsize=9)
+    fig.legend(handles, [f"step {k}" for k in range(num_steps)] + ["outside steps (-1)"], ncol=num_steps + 1,
+               loc="lower center", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_sft_curves(records: list[dict], path) -> Path:
+    """Training loss, validation loss and any `valid_hit@K` of the SFT records (`stage == "sft"`) of metrics.jsonl."""
+    recs = [r for r in records if r.get("stage") == "sft"]
+    train = [(r["step"], r["loss"]) for r in recs if "loss" in r]
+    valid = [(r["step"], r["valid_loss"]) for r in recs if "valid_loss" in r]
+    hit_keys = sorted({k for r in recs for k in r if k.startswith("valid_hit@")})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if valid:
+        ax.plot(*zip(*valid), marker="o", label="valid loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("response-token cross-entropy")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("SFT loss")
+    for k in hit_keys:
+        pts = [(r["step"], r[k]) for r in recs if k in r]
+        ax2.plot(*zip(*pts), marker="o", label=k)
+    ax2.set_xlabel("step")
+    ax2.set_ylim(0, 1)
+    ax2.set_title("SFT validation (quick beam search)")
+    if hit_keys:
+        ax2.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_eval_comparison(reports: dict, path, metric: str = "hit") -> Path:
+    """Bars of hit@K (or ndcg@K) for each model report and its baselines (popularity, oracle) side by side.
+
+    reports: {"sft reasoning": eval report dict, "sft sid_only": ..., ...} as produced by
+    `evaluate.eval_report`; the baselines are taken from the first report.
+    """
+    names = list(reports)
+    first = reports[names[0]]
+    ks = sorted(int(k.split("@")[1]) for k in first if k.startswith(f"{metric}@"))
+    cols = {n: reports[n] for n in names}
+    for b, rep in first.get("baselines", {}).items():
+        if rep:
+            cols[b] = rep
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(ks) * len(cols) / 2, 3.6))
+    width = 0.8 / len(cols)
+    for j, (name, rep) in enumerate(cols.items()):
+        vals = [rep.get(f"{metric}@{k}", 0.0) for k in ks]
+        bars = ax.bar(np.arange(len(ks)) + j * width, vals, width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(np.arange(len(ks)) + width * (len(cols) - 1) / 2)
+    ax.set_xticklabels([f"{metric}@{k}" for k in ks])
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{metric}@K: model vs. popularity and oracle")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rl_curves(runs: dict[str, list[dict]], path,
+                   keys=("reward", "frac_reward_zero_std", "eval/valid_hit@10")) -> Path:
+    """RL training curves, one panel per metric key, one line per run ({label: metrics.jsonl records}).
+
+    SFT records ("stage": "sft") are skipped; `eval/...` keys are logged at evaluation steps.
+    """
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
+    for ax, key in zip(np.atleast_1d(axes), keys):
+        for label, records in runs.items():
+            pts = [(r["step"], r[key]) for r in records if key in r and r.get("stage") != "sft"]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if key.startswith("eval/") else None, ms=3, label=label)
+        ax.set_xlabel("RL step")
+        ax.set_title(key)
+        if key != "reward":
+            ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(rows: list[dict], knob: str, a: str, b: str, path) -> Path:
+    """hit@10 of each algorithm (mean +- std over seeds) and the a - b gain against a sparsity knob."""
+    xs = [str(r["value"]) for r in rows]
+    algos = [k[: -len("_hit@10")] for k in rows[0] if k.endswith("_hit@10") and "-" not in k]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for al in algos:
+        m = [r[f"{al}_hit@10"][0] for r in rows]
+        s = [r[f"{al}_hit@10"][1] for r in rows]
+        ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=al)
+    ax.set_xlabel(knob)
+    ax.set_ylabel("test hit@10")
+    ax.legend(fontsize=8)
+    ax2.bar(xs, [r[f"{a}-{b}_hit@10"] for r in rows], color="tab:green")
+    ax2.axhline(0, color="k", lw=0.8)
+    ax2.set_xlabel(knob)
+    ax2.set_title(f"{a} - {b}: hit@10 gain")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,436 @@
+"""Prompts, teacher thinking blocks, responses, and step segmentation.
+
+Formats (token strings; ids come from the Tokenizer):
+
+    prompt    <bos> <a_1><b_4><c_0> [title words] ... <a_2><b_0><c_3> [title words] <sep>
+              the user's history, oldest first, most recent last; title words only with
+              prompt_titles=True. Always ends with <sep>: the response starts right after it.
+
+    response  (mode="reasoning", layout="blocks_first", the paper's)
+                  <think> w w w </think> <think> w w </think> <think> w w w </think> <a_x> <b_y> <c_z> [<d_i>] <eos>
+              (mode="reasoning", layout="interleaved")
+                  <think> w w w </think> <a_x> <think> w w </think> <b_y> <think> w w w </think> <c_z> [<d_i>] <eos>
+              (mode="sid_only", the TIGER-style baseline)
+                  <a_x> <b_y> <c_z> [<d_i>] <eos>
+
+A *reasoning step* k (k = 0..K-1) is thinking block k plus SID token k. The dedup token <d_i>
+has no block of its own: it belongs to the last step. `step_index` maps every token of a
+sequence to its step (or -1); SFT analysis and the SAPO loss both use it.
+
+Teacher thinking blocks are built from data, one per step. Block k says what the user's recent
+history shows at SID level k (the descriptors of the recent items' level-k prefixes, among the
+items that agree with the target on levels < k) and which level-k descriptor comes next, e.g.
+
+    <think> recent trail running shoes next trail running shoes </think>
+
+External traces (e.g. written by an LLM) can replace them: see `load_traces`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+# Connector words the teacher blocks use. They are only used if the tokenizer knows them (thinking
+# blocks may contain vocabulary words only); pass `" ".join(TEACHER_WORDS)` among the texts given to
+# `Tokenizer.build` to make sure they are in the vocabulary.
+TEACHER_WORDS = ("recent", "next")
+
+
+@dataclass
+class ReasoningConfig:
+    mode: str = "reasoning"  # "reasoning" (thinking blocks + SID) or "sid_only" (SID only, the TIGER-style baseline)
+    layout: str = "blocks_first"  # "blocks_first" (all K blocks, then the SID; the paper's) or "interleaved" (block k before SID token k)
+    max_think_tokens: int = 16  # cap on the words inside one thinking block (the grammar then forces </think>)
+    prompt_titles: bool = False  # add each history item's title words after its SID in the prompt
+    title_words: int = 4  # how many title words per history item when prompt_titles=True
+    recent: int = 5  # teacher blocks look at the user's last `recent` history items
+    descriptor_words: int = 3  # words kept from each descriptor inside a teacher block
+    traces: str | None = None  # optional JSONL of external traces (see load_traces); None = teacher blocks
+
+
+MODES = ("reasoning", "sid_only")
+LAYOUTS = ("blocks_first", "interleaved")
+
+
+def check_config(cfg: ReasoningConfig) -> None:
+    """Raise a ValueError that says what to change for an invalid mode/layout/cap."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"reasoning.mode={cfg.mode!r}: choose one of {MODES}")
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"reasoning.layout={cfg.layout!r}: choose one of {LAYOUTS}")
+    if cfg.max_think_tokens < 1:
+        raise ValueError(f"reasoning.max_think_tokens={cfg.max_think_tokens}: must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Words
+# ----------------------------------------------------------------------------------------------
+
+
+def vocab_words(text: str, tokenizer, limit: int | None = None) -> list[int]:
+    """Word-token ids of `text` (lowercased, whitespace/punctuation split), dropping words not in the vocabulary
+    (and any SID/special token), keeping at most `limit`."""
+    allowed = _word_set(tokenizer)
+    ids = [i for i in tokenizer.encode(text) if i in allowed]
+    return ids if limit is None else ids[:limit]
+
+
+def _word_set(tokenizer) -> set[int]:
+    cached = getattr(tokenizer, "_minisapo_word_set", None)
+    if cached is None:
+        cached = set(tokenizer.word_ids)
+        try:
+            tokenizer._minisapo_word_set = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def _words_text(ids: Sequence[int], tokenizer) -> str:
+    return " ".join(tokenizer.id_to_token(i) for i in ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompt
+# ----------------------------------------------------------------------------------------------
+
+
+def build_prompt(history: Sequence[int], table, tokenizer, cfg: ReasoningConfig | None = None,
+                 titles: Sequence[str] | None = None) -> list[int]:
+    """`<bos> sid(item_1) [title words] ... sid(item_n) [title words] <sep>` as token ids.
+
+    history: item indices, oldest first (a Sample's history is already cut to max_history).
+    titles: item titles (dataset.item_titles), used only when cfg.prompt_titles is True (then required).
+    """
+    cfg = cfg or ReasoningConfig()
+    ids = [tokenizer.bos_id]
+    for item in history:
+        ids += tokenizer.sid_ids(table, item)
+        if cfg.prompt_titles:
+            if titles is None:
+                raise ValueError("prompt_titles=True needs the item titles: build_prompt(..., titles=dataset.item_titles)")
+            ids += vocab_words(titles[item], tokenizer, cfg.title_words)
+    ids.append(tokenizer.sep_id)
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------
+# Teacher thinking blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def _descriptor_ids(table, codes: Sequence[int], tokenizer, n_words: int, cache: dict | None = None) -> list[int]:
+    """Vocabulary word ids of the descriptor of a code prefix (at most n_words)."""
+    key = (tuple(codes), n_words)
+    if cache is not None and key in cache:
+        return cache[key]
+    ids = vocab_words(table.descriptor(list(codes)), tokenizer, n_words)
+    if cache is not None:
+        cache[key] = ids
+    return ids
+
+
+def teacher_blocks(history: Sequence[int], target: int, table, tokenizer,
+                   cfg: ReasoningConfig | None = None, cache: dict | None = None) -> list[str]:
+    """K thinking-block texts (words only, no <think> tags), one per SID level, built from data.
+
+    Block k = "recent <d1> [<d2>] next <dt>":
+      - among the last `cfg.recent` history items, keep those that agree with the target on levels < k
+        (all of them if none agree); <d1> = descriptor of the most recent one's level-k prefix,
+        <d2> = descriptor of the most frequent other level-k prefix (ties: most recent);
+      - <dt> = descriptor of the target's level-k prefix (what comes next).
+    Deterministic; only vocabulary words; at most cfg.max_think_tokens words (the history part is
+    shortened first, the "next ..." part is kept). `cache`: an optional dict reused across calls with the
+    same table and tokenizer (descriptor words), for speed.
+    """
+    cfg = cfg or ReasoningConfig()
+    known = _word_set(tokenizer)
+    recent_w = [tokenizer.token_to_id(w) for w in ("recent",)]
+    next_w = [tokenizer.token_to_id(w) for w in ("next",)]
+    recent_w = [i for i in recent_w if i in known]
+    next_w = [i for i in next_w if i in known]
+    codes = table.codes
+    tcodes = [int(c) for c in codes[target]]
+    recent_items = list(history)[-cfg.recent:] if cfg.recent > 0 else list(history)
+    blocks = []
+    for k in range(table.num_levels):
+        agree = [i for i in recent_items if list(codes[i][:k]) == tcodes[:k]] or recent_items
+        # level-k prefixes of the agreeing items: the most recent one first, then by frequency (ties: recency)
+        prefixes = [tuple(int(c) for c in codes[i][:k + 1]) for i in agree]
+        counts = Counter(prefixes)
+        last_seen = {p: pos for pos, p in enumerate(prefixes)}
+        ranked = sorted(counts, key=lambda p: (p != prefixes[-1], -counts[p], -last_seen[p]))
+        hist_ids: list[int] = []
+        shown: list[list[int]] = []
+        for p in ranked:  # the two most frequent prefixes with distinct, non-empty descriptors
+            d = _descriptor_ids(table, p, tokenizer, cfg.descriptor_words, cache)
+            if d and d not in shown:
+                shown.append(d)
+                hist_ids += d
+            if len(shown) == 2:
+                break
+        nxt = next_w + _descriptor_ids(table, tcodes[:k + 1], tokenizer, cfg.descriptor_words, cache)
+        room = max(cfg.max_think_tokens - len(nxt), 0)
+        words = (recent_w + hist_ids)[:room] + nxt
+        words = words[:cfg.max_think_tokens]
+        if not words:  # no descriptor or connector words in the vocabulary: the grammar needs >= 1 word
+            words = [min(known)]
+        blocks.append(_words_text(words, tokenizer))
+    return blocks
+
+
+# ----------------------------------------------------------------------------------------------
+# External traces (JSONL)
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_key(sample) -> tuple[int, int, int]:
+    """How a trace row finds its sample: (user, len(history), target)."""
+    return int(sample.user), len(sample.history), int(sample.target)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_reasoning(text: str, num_steps: int) -> list[str] | None:
+    """Split one narrative into `num_steps` parts on sentence boundaries (the paper's recipe).
+
+    n sentences are dealt out contiguously and as evenly as possible (the first n % K parts get one
+    more). None if there are fewer sentences than steps.
+    """
+    sentences = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    if len(sentences) < num_steps:
+        return None
+    base, extra = divmod(len(sentences), num_steps)
+    parts, start = [], 0
+    for k in range(num_steps):
+        size = base + (1 if k < extra else 0)
+        parts.append(" ".join(sentences[start:start + size]))
+        start += size
+    return parts
+
+
+@dataclass
+class TraceReport:
+    """What `load_traces` did: rows used, and every bad row with its line number and reason."""
+
+    rows: int = 0
+    used: int = 0
+    bad: list = None  # list of (line_number, reason)
+    dropped_words: int = 0  # words removed because they are not in the vocabulary
+
+    def summary(self) -> str:
+        s = f"traces: {self.used}/{self.rows} rows used, {len(self.bad)} bad, {self.dropped_words} out-of-vocabulary words dropped"
+        for line, reason in self.bad[:10]:
+            s += f"\n  line {line}: {reason}"
+        if len(self.bad) > 10:
+            s += f"\n  ... and {len(self.bad) - 10} more"
+        return s
+
+
+def load_traces(path: str | Path, tokenizer, num_steps: int, num_users: int | None = None,
+                num_items: int | None = None, max_think_tokens: int = 16,
+                strict: bool = False) -> tuple[dict, TraceReport]:
+    """Read external thinking traces, one JSON object per line:
+
+        {"user": 3, "target": 17, "history_len": 5, "steps": ["...", "...", "..."]}      K segments
+        {"user": 3, "target": 17, "history_len": 5, "reasoning": "One. Two. Three."}     split into K parts
+
+    `user` and `target` are indices (user index, item index); `history_len` (optional) tells apart
+    samples of the same user and target. Text is lowercased and cut into vocabulary words; unknown
+    words are dropped (counted), each block capped at `max_think_tokens`.
+    Bad rows (invalid JSON, missing/ill-typed fields, wrong number of steps, too few sentences, an
+    empty block, a duplicate key, indices out of range) are skipped and reported; strict=True raises
+    instead. Returns ({(user, history_len|None, target): [K block texts]}, TraceReport).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"reasoning.traces={str(path)!r} does not exist")
+    traces: dict = {}
+    report = TraceReport(bad=[])
+    allowed = _word_set(tokenizer)
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        report.rows += 1
+
+        def bad(reason: str) -> None:
+            if strict:
+                raise ValueError(f"{path}:{line_no}: {reason}")
+            report.bad.append((line_no, reason))
+
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad(f"invalid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict):
+            bad("not a JSON object")
+            continue
+        user, target, hlen = row.get("user"), row.get("target"), row.get("history_len")
+        if not isinstance(user, int) or not isinstance(target, int) or isinstance(user, bool):
+            bad("needs integer 'user' and 'target' (user index, item index)")
+            continue
+        if hlen is not None and not isinstance(hlen, int):
+            bad("'history_len' must be an integer")
+            continue
+        if (num_users is not None and not 0 <= user < num_users) or (num_items is not None and not 0 <= target < num_items):
+            bad(f"user {user} or target {target} out of range")
+            continue
+        if "steps" in row:
+            steps = row["steps"]
+            if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+                bad("'steps' must be a list of strings")
+                continue
+            if len(steps) != num_steps:
+                bad(f"'steps' has {len(steps)} segments, need {num_steps} (one per SID level)")
+                continue
+        elif isinstance(row.get("reasoning"), str):
+            steps = split_reasoning(row["reasoning"], num_steps)
+            if steps is None:
+                bad(f"'reasoning' has fewer than {num_steps} sentences")
+                continue
+        else:
+            bad("needs 'steps' (list of K strings) or 'reasoning' (a string)")
+            continue
+        blocks, empty = [], False
+        for s in steps:
+            ids = tokenizer.encode(s)
+            words = [i for i in ids if i in allowed]
+            report.dropped_words += len(ids) - len(words)
+            if not words:
+                empty = True
+            blocks.append(_words_text(words[:max_think_tokens], tokenizer))
+        if empty:
+            bad("a step has no vocabulary words left")
+            continue
+        key = (user, hlen, target)
+        if key in traces:
+            bad(f"duplicate trace for user={user} history_len={hlen} target={target}")
+            continue
+        traces[key] = blocks
+        report.used += 1
+    return traces, report
+
+
+def find_trace(traces: dict, sample) -> list[str] | None:
+    """The external trace of `sample`: exact (user, history_len, target), else (user, None, target)."""
+    user, hlen, target = sample_key(sample)
+    return traces.get((user, hlen, target), traces.get((user, None, target)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Response
+# ----------------------------------------------------------------------------------------------
+
+
+def build_response(target: int, blocks: Sequence[str] | None, table, tokenizer, layout: str = "blocks_first",
+                   mode: str = "reasoning", max_think_tokens: int | None = None) -> list[int]:
+    """Token ids of the response for `target` (see the module docstring); always ends with <eos>.
+
+    blocks: K thinking-block texts (ignored, may be None, in mode="sid_only"); words not in the vocabulary
+    are dropped, each block is capped at max_think_tokens words (None = no cap).
+    """
+    sid = tokenizer.sid_ids(table, target)  # K semantic tokens (+ 1 dedup token)
+    K = table.num_levels
+    if mode == "sid_only":
+        return sid + [tokenizer.eos_id]
+    if mode != "reasoning":
+        raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+    if blocks is None or len(blocks) != K:
+        raise ValueError(f"need {K} thinking blocks (one per SID level), got {None if blocks is None else len(blocks)}")
+    think = [[tokenizer.think_id] + vocab_words(b, tokenizer, max_think_tokens) + [tokenizer.end_think_id]
+             for b in blocks]
+    if layout == "blocks_first":
+        out = [t for block in think for t in block] + sid
+    elif layout == "interleaved":
+        out = []
+        for k in range(K):
+            out += think[k] + [sid[k]]
+        out += sid[K:]  # the dedup token (if any) follows the last SID token: it belongs to the last step
+    else:
+        raise ValueError(f"layout={layout!r}: choose one of {LAYOUTS}")
+    return out + [tokenizer.eos_id]
+
+
+def build_examples(dataset, table, tokenizer, samples, cfg: ReasoningConfig | None = None,
+                   traces: dict | None = None, verbose: bool = True) -> list[tuple[list[int], list[int]]]:
+    """SFT examples [(prompt_ids, response_ids)] for `samples`.
+
+    mode="reasoning": thinking blocks from `traces` (or the JSONL at cfg.traces) when a sample has one,
+    else the data-built teacher blocks. mode="sid_only": no thinking. The same code path for both.
+    """
+    cfg = cfg or ReasoningConfig()
+    check_config(cfg)
+    if cfg.mode == "reasoning" and traces is None and cfg.traces:
+        traces, report = load_traces(cfg.traces, tokenizer, table.num_levels, num_users=dataset.num_users,
+                                     num_items=table.num_items, max_think_tokens=cfg.max_think_tokens)
+        if verbose:
+            print(report.summary())
+    titles = dataset.item_titles if cfg.prompt_titles else None
+    examples, from_traces, cache = [], 0, {}
+    for s in samples:
+        prompt = build_prompt(s.history, table, tokenizer, cfg, titles=titles)
+        blocks = None
+        if cfg.mode == "reasoning":
+            blocks = find_trace(traces, s) if traces else None
+            if blocks is not None:
+                from_traces += 1
+            else:
+                blocks = teacher_blocks(s.history, s.target, table, tokenizer, cfg, cache)
+        response = build_response(s.target, blocks, table, tokenizer, cfg.layout, cfg.mode, cfg.max_think_tokens)
+        examples.append((prompt, response))
+    if verbose and traces:
+        print(f"traces: {from_traces}/{len(samples)} samples use an external trace, the rest teacher blocks")
+    return examples
+
+
+# ----------------------------------------------------------------------------------------------
+# Step segmentation: token -> reasoning step
+# ----------------------------------------------------------------------------------------------
+
+
+def step_index(tokens: torch.Tensor, tokenizer, num_steps: int, has_prompt: bool = True) -> torch.Tensor:
+    """The reasoning step of every token: (B, T) token ids -> (B, T) long, values in {-1, 0, .., K-1}.
+
+    Reading each row left to right:
+      - with has_prompt=True, everything up to and including the first <sep> is the prompt: -1;
+      - a thinking block, from <think> to </think> inclusive, is step b where b = the number of thinking
+        blocks before it (blocks beyond the K-th, a malformed response, get -1);
+      - a SID token of level l is step min(l, K-1): the dedup token (level K) belongs to the last step;
+      - <eos>, everything after it, padding anywhere, and any other token outside a block: -1.
+    Works for both layouts and for sid_only responses (no blocks; SID tokens only).
+    """
+    K = num_steps
+    level = tokenizer.token_level  # -1 for non-SID tokens, l for level l, K for dedup
+    rows = tokens.tolist()
+    out = torch.full(tokens.shape, -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        in_response = not has_prompt  # becomes True right after the first <sep>
+        in_block = False  # between <think> and </think>
+        blocks_before = 0  # thinking blocks closed so far
+        for t, tok in enumerate(row):
+            if not in_response:  # prompt
+                in_response = tok == tokenizer.sep_id
+                continue
+            if tok == tokenizer.eos_id:  # end of response: <eos> and everything after stay -1
+                break
+            if tok == tokenizer.pad_id:  # padding is never part of a step
+                continue
+            if tok == tokenizer.think_id:
+                in_block = True
+            if in_block:
+                out[b, t] = blocks_before if blocks_before < K else -1
+                if tok == tokenizer.end_think_id:
+                    in_block = False
+                    blocks_before += 1
+            elif level[tok] >= 0:  # a SID token outside a block
+                out[b, t] = min(level[tok], K - 1)
+    return out.to(tokens.device)

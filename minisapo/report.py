@@ -1,0 +1,59 @@
+"""`report.md` and the PNG plots of a run directory, made from what the run wrote to disk.
+
+Everything here reads files (config.json, metrics.jsonl, eval_*.json), so a report can be
+remade for any finished run: `python -c "from minisapo.report import write_report; write_report('runs/small')"`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minisapo.evaluate import format_table
+from minisapo.runs import read_json, read_metrics
+
+
+def _eval_reports(run_dir: Path) -> dict[str, dict]:
+    """{"SFT": eval_test_sft.json, "SFT+RL": eval_test.json} (whichever exist)."""
+    out = {}
+    sft, final = run_dir / "eval_test_sft.json", run_dir / "eval_test.json"
+    has_rl = (run_dir / "rl_checkpoint.pt").exists()
+    if sft.exists():
+        out["SFT"] = read_json(sft)
+    if final.exists():
+        out["SFT+RL" if has_rl else "SFT"] = read_json(final)
+    return out
+
+
+def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) -> Path:
+    """Write the run's plots and report.md; returns the report's path."""
+    from minisapo import plots
+
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json")
+    records = read_metrics(run_dir / "metrics.jsonl")
+    evals = _eval_reports(run_dir)
+    lines = [f"# minisapo run `{config['name']}`", ""]
+    lines.append(f"preset `{config['preset']}`, dataset `{config['data']['name'] or config['data']['world']}` "
+                 f"({config['data']['source']}), mode `{config['reasoning']['mode']}`, "
+                 f"layout `{config['reasoning']['layout']}`, seed {config['seed']}"
+                 + (f", {seconds:.0f} s in all" if seconds is not None else "") + ".")
+    lines.append("")
+    if any(r.get("stage") == "sft" for r in records):
+        plots.plot_sft_curves(records, run_dir / "sft_curves.png")
+        lines += ["## SFT", "", "![SFT curves](sft_curves.png)", ""]
+    if any("reward" in r for r in records):
+        plots.plot_rl_curves({"rl": records}, run_dir / "rl_curves.png")
+        rl = config["rl"]
+        lines += ["## RL", "", f"reward `{rl['reward']}`, advantage `{rl['advantage']}`, "
+                  f"{rl['max_steps']} steps x {rl['batch_size']} prompts x {rl['num_generations']} generations.", "",
+                  "![RL curves](rl_curves.png)", ""]
+    for name, rep in evals.items():
+        lines += [f"## Test: {name}", "", format_table(rep), ""]
+    if evals:
+        plots.plot_eval_comparison(evals, run_dir / "eval_hit.png", "hit")
+        lines += ["![hit@K vs. baselines](eval_hit.png)", ""]
+    lines += ["Files: `config.json` (resolved config), `metrics.jsonl` (one JSON record per logged step), "
+              "`sft.pt` / `rl_checkpoint.pt` (checkpoints), `eval_*.json` (metrics).", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,297 @@
+"""Supervised fine-tuning: next-token loss on the response tokens of (prompt, response) examples.
+
+The loop, top to bottom (nanoGPT style):
+
+    for step in range(max_steps):
+        lr = warmup then cosine
+        for each of grad_accum micro-batches:
+            logits = model(x)                            # (B, T, V)
+            loss = CE(logits, y) on response tokens only # prompt and padding are masked
+            loss.backward()
+        clip gradients; AdamW step
+        every eval_every steps: validation loss, valid_fn (e.g. quick hit@10), checkpoint
+
+Both modes go through this same code: `reasoning` (thinking + SID) and `sid_only` (SID only) differ
+only in the examples (see reasoning.build_examples).
+
+The data order is a pure function of (seed, step) -- epoch e is `randperm(n)` drawn from a generator
+seeded with (seed, e) -- so a checkpoint only needs the step, the model, the optimizer and the RNG
+state (for dropout). `resume=True` continues from the last checkpoint and ends with exactly the
+weights of an uninterrupted run (same machine, same seed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minisapo.runs import MetricsLogger, load_checkpoint, read_metrics, save_checkpoint
+
+CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
+
+Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
+
+
+@dataclass
+class SFTConfig:
+    max_steps: int = 600  # optimizer steps; 0 = use `epochs` instead
+    epochs: float = 0.0  # passes over the training examples (used only when max_steps = 0)
+    batch_size: int = 32  # examples per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
+    learning_rate: float = 1e-3  # peak AdamW learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 20  # linear warmup from 0 to learning_rate over this many steps
+    weight_decay: float = 0.1  # AdamW weight decay (matrices only; biases, norms and gains get none)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
+    eval_every: int = 100  # validate and checkpoint every this many steps (and at the end; 0 = only at the end)
+    eval_samples: int = 64  # validation examples for the validation loss / quick hit@10
+    log_every: int = 10  # write a training record to metrics.jsonl every this many steps
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches and the loss
+# ----------------------------------------------------------------------------------------------
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad `prompt + response` sequences and shift them for next-token prediction.
+
+    Returns x (B, T) inputs, y (B, T) targets (y[:, t] = sequence[:, t+1]) and loss_mask (B, T): True where
+    y is a response token (the first response token is predicted from the prompt's last token, <sep>).
+    """
+    seqs = [list(p) + list(r) for p, r in examples]
+    L = max(len(s) for s in seqs)
+    full = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    is_response = torch.zeros((len(seqs), L), dtype=torch.bool)
+    for b, ((p, r), s) in enumerate(zip(examples, seqs)):
+        full[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+        is_response[b, len(p):len(s)] = True
+    return full[:, :-1], full[:, 1:], is_response[:, 1:]
+
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor,
+                      normalizer: float | None = None) -> torch.Tensor:
+    """Cross-entropy summed over the masked-in tokens, divided by `normalizer` (default: their count).
+
+    logits (B, T, V), targets (B, T), loss_mask (B, T) bool. Tokens outside the mask (prompt, padding)
+    contribute nothing: not to the value, not to the gradient.
+    """
+    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (B*T,)
+    ce = ce * loss_mask.flatten().float()
+    n = normalizer if normalizer is not None else loss_mask.sum().clamp(min=1).float()
+    return ce.sum() / n
+
+
+def lr_at(step: int, cfg: SFTConfig, total_steps: int) -> float:
+    """Linear warmup to cfg.learning_rate, then cosine decay to learning_rate * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    min_lr = cfg.learning_rate * cfg.min_lr_ratio
+    return min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - min_lr)
+
+
+def total_steps(cfg: SFTConfig, num_examples: int) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    if cfg.epochs <= 0:
+        raise ValueError("set sft.max_steps > 0 or sft.epochs > 0")
+    return max(1, math.ceil(cfg.epochs * num_examples / (cfg.batch_size * cfg.grad_accum)))
+
+
+def batch_indices(step: int, micro: int, cfg: SFTConfig, num_examples: int, seed: int) -> list[int]:
+    """Example indices of micro-batch `micro` of optimizer step `step`: a pure function of its arguments.
+
+    The examples are read as an endless stream of epochs, each a fresh permutation seeded by (seed, epoch).
+    """
+    per_step = cfg.batch_size * cfg.grad_accum
+    start = step * per_step + micro * cfg.batch_size
+    out, cache = [], {}
+    for pos in range(start, start + cfg.batch_size):
+        epoch, i = divmod(pos, num_examples)
+        if epoch not in cache:
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            cache[epoch] = torch.randperm(num_examples, generator=g).tolist()
+        out.append(cache[epoch][i])
+    return out
+
+
+def _autocast(device: torch.device):
+    try:
+        from minisapo.model import autocast
+    except ImportError:  # model.py not importable (tests with a stand-in model)
+        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    return autocast(device)
+
+
+def _optimizer(model: torch.nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (dim >= 2) only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+
+
+@torch.no_grad()
+def validation_loss(model, examples: Sequence[Example], pad_id: int, device, batch_size: int = 64) -> float:
+    """Mean response-token loss over `examples` (token-weighted)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        x, y, m = (t.to(device) for t in collate(examples[i:i + batch_size], pad_id))
+        with _autocast(device):
+            logits = model(x)
+        total += float(masked_token_loss(logits, y, m, normalizer=1.0))
+        count += int(m.sum())
+    if was_training:
+        model.train()
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _trim_metrics(path: Path, after_step: int) -> None:
+    """On resume, drop SFT records logged after the checkpoint (they will be logged again)."""
+    records = read_metrics(path)
+    keep = [r for r in records if not (r.get("stage") == "sft" and r.get("step", 0) > after_step)]
+    if len(keep) != len(records):
+        import json
+        import os
+
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, path)
+
+
+def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SFTConfig, run_dir: str | Path,
+              valid_examples: Sequence[Example] | None = None, valid_fn: Callable[[torch.nn.Module], dict] | None = None,
+              resume: bool = False, device: str | torch.device = "cpu", pad_id: int = 0, seed: int = 0,
+              progress: bool = True, stop_after: int | None = None) -> dict:
+    """Fine-tune `model` on (prompt_ids, response_ids) examples; returns the last validation record.
+
+    run_dir: gets `sft.pt` (checkpoint after every validation, written atomically) and appends to
+        `metrics.jsonl` (records with "stage": "sft").
+    valid_examples: validation examples; the first cfg.eval_samples give `valid_loss`.
+    valid_fn: called as valid_fn(model) at every validation; its dict (e.g. {"valid_hit@10": 0.3}) is
+        logged too. It must not use the global RNG (beam search does not).
+    resume: continue from run_dir/sft.pt if it exists (a finished run returns at once).
+    seed: seeds the data order (the model was initialised by the caller).
+    stop_after: stop after this many steps, as if interrupted (for tests; None = run to the end).
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    model.to(device)
+    if len(train_examples) == 0:
+        raise ValueError("no SFT training examples: is the train split empty?")
+    n_total = total_steps(cfg, len(train_examples))
+    optimizer = _optimizer(model, cfg)
+    ckpt_path = run_dir / CHECKPOINT
+    metrics_path = run_dir / "metrics.jsonl"
+    step, last_eval = 0, {}
+    if resume:
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            step, last_eval = ckpt["step"], ckpt.get("last_eval", {})
+            _set_rng_state(ckpt["rng"])
+            _trim_metrics(metrics_path, step)
+            print(f"sft: resumed from {ckpt_path} at step {step}/{n_total}")
+            if ckpt.get("done"):
+                return last_eval
+    logger = MetricsLogger(metrics_path)
+    valid_examples = list(valid_examples or [])[:cfg.eval_samples]
+
+    def validate_and_checkpoint(done: bool) -> dict:
+        record = {"stage": "sft", "step": step}
+        if valid_examples:
+            record["valid_loss"] = validation_loss(model, valid_examples, pad_id, device, cfg.batch_size)
+        if valid_fn is not None:
+            record.update(valid_fn(model))
+            model.train()
+        logger.log(record)
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "step": step, "rng": _rng_state(), "last_eval": record, "done": done,
+                                    "config": asdict(cfg), "seed": seed})
+        return record
+
+    model.train()
+    bar = tqdm(total=n_total, initial=step, desc="sft", disable=not progress)
+    running, running_n, t0, tokens_seen = 0.0, 0, time.time(), 0
+    while step < n_total:
+        if stop_after is not None and step >= stop_after:
+            break
+        lr = lr_at(step, cfg, n_total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = [collate([train_examples[i] for i in batch_indices(step, m, cfg, len(train_examples), seed)],
+                                 pad_id) for m in range(cfg.grad_accum)]
+        n_tokens = sum(int(mb[2].sum()) for mb in micro_batches)  # response tokens in the whole step
+        step_loss = 0.0
+        for x, y, mask in micro_batches:
+            x, y, mask = x.to(device), y.to(device), mask.to(device)
+            with _autocast(device):
+                logits = model(x)  # (B, T, V)
+            # token-mean over the *whole* accumulated batch, so grad_accum=2 x B equals one batch of 2B
+            loss = masked_token_loss(logits, y, mask, normalizer=max(n_tokens, 1))
+            loss.backward()
+            step_loss += float(loss.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        running += step_loss
+        running_n += 1
+        tokens_seen += n_tokens
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.1e}")
+        if step % cfg.log_every == 0 or step == n_total:
+            dt = max(time.time() - t0, 1e-9)
+            logger.log({"stage": "sft", "step": step, "loss": running / running_n, "lr": lr,
+                        "grad_norm": float(grad_norm), "tokens_per_s": tokens_seen / dt})
+            running, running_n, tokens_seen, t0 = 0.0, 0, 0, time.time()
+        if step == n_total or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
+            last_eval = validate_and_checkpoint(done=step == n_total)
+            shown = {k: round(v, 4) for k, v in last_eval.items() if isinstance(v, float)}
+            bar.write(f"sft step {step}: {shown}")
+    bar.close()
+    return last_eval
+
+
+def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Load the model weights of run_dir/sft.pt into `model`; returns the checkpoint (step, last_eval, ...)."""
+    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT, map_location=device)
+    if ckpt is None:
+        raise FileNotFoundError(f"no SFT checkpoint {Path(run_dir) / CHECKPOINT}; run `minisapo sft` first")
+    model.load_state_dict(ckpt["model"])
+    return ckpt

@@ -1,0 +1,197 @@
+"""The SID stage: catalog -> vectors -> RQ-KMeans codes -> dedup -> table, descriptors, tokenizer.
+
+``prepare(dataset, cfg, out_dir)`` runs the whole stage and writes
+
+    out_dir/sid_table.json        item_id -> ["<a_3>", "<b_1>", "<c_7>"(, "<d_0>")]
+    out_dir/sid_meta.json         levels, codebook sizes, dedup size
+    out_dir/sid_descriptors.json  "<a_3>" / "<a_3><b_1>" / ... -> distinctive title words
+    out_dir/sid_stats.json        per level usage + perplexity, collision_rate (before dedup)
+    out_dir/tokenizer.json        the vocabulary (HF tokenizers format)
+    out_dir/sid_settings.json     the settings + a fingerprint of the catalog (cache key)
+    out_dir/sid_tree.png          the SID tree's top levels + codebook usage (plot=True)
+
+A second call with the same settings and catalog is a cache hit (it only loads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minisapo.sid.descriptors import build_descriptors
+from minisapo.sid.embed import l2_normalise, load_vectors, tfidf_svd
+from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans
+from minisapo.sid.table import LETTERS, SIDTable, _write_json, dedup_codes
+from minisapo.tokenizer import Tokenizer
+
+STATS_FILE = "sid_stats.json"
+SETTINGS_FILE = "sid_settings.json"
+TOKENIZER_FILE = "tokenizer.json"
+PLOT_FILE = "sid_tree.png"
+
+
+@dataclass
+class SIDConfig:
+    levels: int = 3  # K: semantic SID levels (= reasoning steps); at most 7
+    codebook_size: int = 0  # codes per level; 0 = auto: smallest power of two >= 2*N^(1/K), in [4, 256], <= N
+    dedup: str = "token"  # "token": colliding items get an extra <d_i> token; "none": keep shared SIDs
+    embedding: str = "tfidf"  # "tfidf" (built-in TF-IDF + SVD) or a path to a .npy (N x d) in catalog order
+    embed_dim: int = 64  # TF-IDF SVD dimension (ignored for .npy vectors)
+    normalize: bool = True  # L2-normalise item vectors before k-means
+    kmeans_iters: int = 30  # max Lloyd iterations per level (stops early when assignments settle)
+    sid_seed: int = 0  # seed of SVD and k-means++ (SIDs are a data artifact: own seed, not the run seed)
+    descriptor_words: int = 2  # words per descriptor (per code prefix)
+    vocab_size: int = 8192  # tokenizer cap: specials + SID tokens + words; 0 = keep every word
+
+    def __post_init__(self):
+        if not 1 <= self.levels <= len(LETTERS) - 1:
+            raise ValueError(f"levels must be in 1..{len(LETTERS) - 1}, got {self.levels}")
+        if self.dedup not in ("token", "none"):
+            raise ValueError(f"dedup must be 'token' or 'none', got {self.dedup!r}")
+        if self.codebook_size < 0:
+            raise ValueError("codebook_size must be >= 0 (0 = auto)")
+
+
+# ------------------------------------------------------------------ helpers
+def item_vectors(texts: list[str], cfg: SIDConfig) -> np.ndarray:
+    """(N, d) float32 item vectors per cfg.embedding."""
+    if cfg.embedding == "tfidf":
+        x = tfidf_svd(texts, dim=cfg.embed_dim, seed=cfg.sid_seed)
+    elif cfg.embedding.endswith(".npy"):
+        x = load_vectors(cfg.embedding, len(texts))
+    else:
+        raise ValueError(f"embedding must be 'tfidf' or a path to a .npy file, got {cfg.embedding!r}")
+    return l2_normalise(x).astype(np.float32) if cfg.normalize else x
+
+
+def codebook_sizes(num_items: int, cfg: SIDConfig) -> list[int]:
+    k = cfg.codebook_size or auto_codebook_size(num_items, cfg.levels)
+    return [k] * cfg.levels
+
+
+def collision_rate(codes: np.ndarray) -> float:
+    """Fraction of items whose K semantic codes are shared with at least one other item."""
+    _, inv, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    return float((counts[inv.reshape(-1)] > 1).mean()) if len(codes) else 0.0
+
+
+def purity(codes: np.ndarray, labels: list[str]) -> float:
+    """Sum over codes of the majority label count / N (1.0 = every code holds one label)."""
+    pairs: dict[int, dict[str, int]] = {}
+    for c, lab in zip(codes.tolist(), labels):
+        d = pairs.setdefault(c, {})
+        d[lab] = d.get(lab, 0) + 1
+    return sum(max(d.values()) for d in pairs.values()) / max(len(labels), 1)
+
+
+def format_stats(stats: dict) -> str:
+    """A short text table of the SID stats."""
+    lines = ["level  codebook  used  usage  perplexity"]
+    for l, s in enumerate(stats["levels"]):
+        lines.append(f"{LETTERS[l]:>5}  {s['codebook_size']:>8}  {s['used']:>4}  {s['usage']:>5.2f}  {s['perplexity']:>10.1f}")
+    lines.append(f"collision rate before dedup: {stats['collision_rate']:.1%} of {stats['num_items']} items "
+                 f"({stats['num_unique_sids']} distinct SIDs; dedup tokens: {stats['dedup_size']}, dedup={stats['dedup']})")
+    if "purity_level1" in stats:
+        lines.append(f"level-1 purity vs top-level category: {stats['purity_level1']:.3f}")
+    return "\n".join(lines)
+
+
+def _fingerprint(dataset, cfg: SIDConfig) -> str:
+    h = hashlib.sha1()
+    h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    for field in ("item_ids", "item_titles", "item_text"):
+        h.update("\x1e".join(map(str, getattr(dataset, field, None) or [])).encode())
+        h.update(b"\x1d")
+    if cfg.embedding != "tfidf" and Path(cfg.embedding).exists():
+        h.update(Path(cfg.embedding).read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- the stage
+def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device = "cpu",
+               verbose: bool = True) -> tuple[SIDTable, dict]:
+    """Vectors -> RQ-KMeans -> dedup -> SIDTable with descriptors, plus stats.
+    Saves the table (and stats) to ``out_dir`` when given. No tokenizer, no cache."""
+    t0 = time.time()
+    texts = list(dataset.item_text)
+    n = len(texts)
+    x = torch.from_numpy(item_vectors(texts, cfg)).to(device)  # (N, d)
+    sizes = codebook_sizes(n, cfg)
+    rq = rq_kmeans(x, sizes, iters=cfg.kmeans_iters, seed=cfg.sid_seed)
+    codes = rq.codes.cpu().numpy().astype(np.int64)  # (N, K)
+    dedup = dedup_codes(codes) if cfg.dedup == "token" else np.full(n, -1, dtype=np.int64)
+    titles = list(getattr(dataset, "item_titles", None) or texts)
+    descriptors = build_descriptors(codes, titles, cfg.descriptor_words)
+    table = SIDTable(codes, dedup, sizes, descriptors, [str(i) for i in (getattr(dataset, "item_ids", None) or range(n))])
+
+    stats = {"levels": level_stats(codes, sizes), "collision_rate": collision_rate(codes),
+             "num_items": n, "num_unique_sids": int(len(np.unique(codes, axis=0))),
+             "dedup": cfg.dedup, "dedup_size": table.dedup_size,
+             "quantisation_error": float((rq.residual ** 2).sum(1).mean())}
+    cats = getattr(dataset, "item_categories", None)
+    if cats:  # top-level category = first whitespace token of the category path
+        stats["purity_level1"] = purity(codes[:, 0], [str(c).split()[0] if str(c).split() else "" for c in cats])
+    stats["seconds"] = round(time.time() - t0, 3)
+    if verbose:
+        print(format_stats(stats))
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        table.save(out_dir)
+        _write_json(out_dir / STATS_FILE, stats)
+    return table, stats
+
+
+def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: bool = True,
+            device: str | torch.device = "cpu", verbose: bool = True) -> tuple[SIDTable, Tokenizer, dict]:
+    """The `minisapo sid` stage: SIDs + descriptors + tokenizer (+ PNG) in ``out_dir``.
+    A second call with the same settings and catalog loads the cached result.
+    (The device only changes where k-means runs; it is not part of the cache key.)"""
+    cfg = cfg or SIDConfig()
+    out_dir = Path(out_dir)
+    fp = _fingerprint(dataset, cfg)
+    settings_path = out_dir / SETTINGS_FILE
+    needed = [settings_path, out_dir / STATS_FILE, out_dir / TOKENIZER_FILE]
+    if all(p.exists() for p in needed) and json.loads(settings_path.read_text()).get("fingerprint") == fp:
+        table, tok = load(out_dir)
+        stats = json.loads((out_dir / STATS_FILE).read_text())
+        if verbose:
+            print(f"SIDs: cache hit in {out_dir}")
+            print(format_stats(stats))
+        if plot and not (out_dir / PLOT_FILE).exists():
+            _plot(table, stats, out_dir)
+        return table, tok, stats
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table, stats = build_sids(dataset, cfg, out_dir, device=device, verbose=verbose)
+    tok = Tokenizer.build(list(dataset.item_text), table, vocab_size=cfg.vocab_size or None)
+    tok.save(out_dir / TOKENIZER_FILE)
+    stats["vocab_size"] = tok.vocab_size
+    _write_json(out_dir / STATS_FILE, stats)
+    if plot:
+        _plot(table, stats, out_dir)
+    _write_json(settings_path, {"config": dataclasses.asdict(cfg), "fingerprint": fp})  # last: marks completion
+    if verbose:
+        print(f"SIDs: wrote {out_dir} (vocabulary {tok.vocab_size} tokens)")
+    return table, tok, stats
+
+
+def _plot(table: SIDTable, stats: dict, out_dir: Path) -> None:
+    from minisapo.plots import plot_sid_tree  # matplotlib only when drawing
+
+    plot_sid_tree(table, stats, out_dir / PLOT_FILE)
+
+
+def load(out_dir) -> tuple[SIDTable, Tokenizer]:
+    """(SIDTable, Tokenizer) written by ``prepare``."""
+    out_dir = Path(out_dir)
+    return SIDTable.load(out_dir), Tokenizer.load(out_dir / TOKENIZER_FILE)
+
+
+def load_sids(out_dir) -> SIDTable:
+    return SIDTable.load(out_dir)

@@ -1,0 +1,59 @@
+"""Prefix trie over SID token ids: which SID tokens may come next.
+
+Built once from a SIDTable and a Tokenizer. Every prefix of every item's SID
+(as token ids) is a node; ``next_tokens(prefix)`` returns the sorted ids of its
+children. A complete SID has no children (``[]``). A prefix that is not in the
+trie raises ``ValueError``: constrained decoding must never silently fall back to
+"anything goes".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+
+class SIDTrie:
+    def __init__(self, table, tokenizer):
+        self.num_levels = table.num_levels
+        children: dict[tuple[int, ...], set[int]] = defaultdict(set)
+        self._leaf: dict[tuple[int, ...], list[int]] = defaultdict(list)  # complete SID -> items
+        for item in range(table.num_items):
+            ids = tuple(tokenizer.sid_ids(table, item))
+            for d in range(len(ids)):
+                children[ids[:d]].add(ids[d])
+            children.setdefault(ids, set())
+            self._leaf[ids].append(item)
+        # prefix -> sorted tuple of valid next ids (tuples so callers cannot mutate them)
+        self._next: dict[tuple[int, ...], tuple[int, ...]] = {p: tuple(sorted(c)) for p, c in children.items()}
+        self._leaf = dict(self._leaf)
+        self.max_depth = max((len(p) for p in self._leaf), default=0)  # K, or K+1 with dedup tokens
+
+    def next_tokens(self, prefix: Sequence[int]) -> list[int]:
+        """Sorted valid next SID token ids after ``prefix`` (ids of the SID tokens
+        generated so far); ``[]`` when ``prefix`` is a complete SID.
+        Raises ValueError if no item's SID starts with ``prefix``."""
+        key = tuple(int(i) for i in prefix)
+        nxt = self._next.get(key)
+        if nxt is None:
+            raise ValueError(f"impossible SID prefix {list(key)}: no item's SID starts with it")
+        return list(nxt)
+
+    def is_valid_prefix(self, prefix: Sequence[int]) -> bool:
+        return tuple(int(i) for i in prefix) in self._next
+
+    def is_complete(self, prefix: Sequence[int]) -> bool:
+        """True if ``prefix`` is a complete SID (a leaf)."""
+        return tuple(int(i) for i in prefix) in self._leaf
+
+    def item(self, ids: Sequence[int]) -> int | None:
+        """The (first) item whose complete SID is ``ids``; None otherwise."""
+        hits = self._leaf.get(tuple(int(i) for i in ids))
+        return hits[0] if hits else None
+
+    def items(self, ids: Sequence[int]) -> list[int]:
+        """All items sharing the complete SID ``ids`` (several only with dedup="none")."""
+        return list(self._leaf.get(tuple(int(i) for i in ids), []))
+
+    def __len__(self) -> int:  # number of nodes
+        return len(self._next)

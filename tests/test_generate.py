@@ -1,0 +1,229 @@
+"""Decoding: sampling, log-prob recomputation and beam search against brute-force answers."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minisapo.generate import beam_search, response_logprobs, sample
+from minisapo.grammar import Grammar
+from minisapo.model import GPT, ModelConfig
+from test_grammar import make_world
+
+LAYOUT_MODES = [("blocks_first", "reasoning"), ("interleaved", "reasoning"), ("blocks_first", "sid_only")]
+
+
+def make(layout="blocks_first", mode="reasoning", max_think=3, dedup=True):
+    table, tok, trie = make_world(dedup)
+    return Grammar(tok, trie, 3, layout=layout, max_think_tokens=max_think, mode=mode), table, tok
+
+
+def uniform_model(V):
+    """Mock policy: all weights zero -> logits exactly 0 -> uniform over the allowed tokens."""
+    model = GPT(ModelConfig(vocab_size=V, n_embd=16, n_layer=1, n_head=2, max_seq_len=128))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model.eval()
+
+
+def peaky_model(V, seed=0, scale=8.0):
+    """A random tiny GPT with large weights, so its distributions are far from uniform."""
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=2, max_seq_len=128))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(scale)
+    return model.eval()
+
+
+def prompts_for(tok, lengths=(3, 6, 4)):
+    g = torch.Generator().manual_seed(123)
+    words = torch.tensor(tok.word_ids)
+    return [[tok.bos_id] + words[torch.randint(len(words), (n,), generator=g)].tolist() + [tok.sep_id]
+            for n in lengths]
+
+
+def logp_next(model, seq, allowed):
+    """Brute force: constrained log-probs of the next token after `seq`, one unpadded full forward."""
+    logits = model(torch.tensor([seq]))[0, -1].float()
+    m = torch.full_like(logits, float("-inf"))
+    m[allowed] = 0
+    return F.log_softmax(logits + m, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling
+
+
+@pytest.mark.parametrize("layout,mode", LAYOUT_MODES)
+def test_every_sample_is_a_valid_catalog_item_uniform_model(layout, mode):
+    """Property test over many seeds with a uniform mock model (independent of training)."""
+    g, table, tok = make(layout, mode)
+    model = uniform_model(tok.vocab_size)
+    prompts = prompts_for(tok)
+    seen_items, seen_len = set(), set()
+    for seed in range(12):
+        ro = sample(model, g, prompts, num_generations=4, generator=torch.Generator().manual_seed(seed))
+        B, T = ro.responses.shape
+        assert B == 12 and len(ro.prompts) == 12
+        assert ro.prompts[:4] == [prompts[0]] * 4  # rows of one prompt are contiguous
+        for b in range(B):
+            r = ro.responses[b].tolist()
+            p = g.parse(r)
+            assert p.valid, p.error
+            assert tok.item_of(table, p.sid_ids) is not None  # the SID is in the catalog (table scan)
+            assert all(1 <= len(blk) <= 3 for blk in p.blocks)
+            assert ro.mask[b].sum() == p.length and ro.mask[b, : p.length].all()
+            assert (ro.responses[b, p.length :] == tok.pad_id).all()
+            seen_items.add(p.item)
+            seen_len.update(len(blk) for blk in p.blocks)
+            # uniform model: each log-prob is exactly -log(number of allowed tokens) (hand answer)
+            for t in range(p.length):
+                n = len(g.allowed(r[:t]))
+                assert ro.logprobs[b, t].item() == pytest.approx(-math.log(n), abs=1e-5)
+                assert bool(ro.forced[b, t]) == (n == 1)
+            assert (ro.logprobs[b, p.length :] == 0).all() and not ro.forced[b, p.length :].any()
+    assert seen_items == set(range(table.num_items))  # everything reachable, incl. every dedup item
+    if mode == "reasoning":
+        assert seen_len == {1, 2, 3}  # the cap (3) is reached and </think> is then forced
+
+
+def test_sampling_is_seeded_and_cache_free_path_agrees():
+    g, table, tok = make("interleaved")
+    model = peaky_model(tok.vocab_size, scale=3.0)
+    prompts = prompts_for(tok)
+    a = sample(model, g, prompts, 3, temperature=1.3, generator=torch.Generator().manual_seed(5))
+    b = sample(model, g, prompts, 3, temperature=1.3, generator=torch.Generator().manual_seed(5))
+    c = sample(model, g, prompts, 3, temperature=1.3, generator=torch.Generator().manual_seed(5), use_cache=False)
+    assert torch.equal(a.responses, b.responses)
+    assert torch.equal(a.responses, c.responses)
+    torch.testing.assert_close(a.logprobs, c.logprobs, atol=1e-4, rtol=1e-4)
+    d = sample(model, g, prompts, 3, temperature=1.3, generator=torch.Generator().manual_seed(6))
+    assert not torch.equal(a.responses, d.responses)
+
+
+@pytest.mark.parametrize("layout,mode", LAYOUT_MODES)
+def test_greedy_equals_unbatched_brute_force(layout, mode):
+    g, table, tok = make(layout, mode)
+    model = peaky_model(tok.vocab_size, seed=2)
+    prompts = prompts_for(tok)
+    ro = sample(model, g, prompts, num_generations=2, greedy=True)
+    for i, prompt in enumerate(prompts):
+        resp = []
+        while not resp or resp[-1] != tok.eos_id:
+            resp.append(int(logp_next(model, prompt + resp, g.allowed(resp)).argmax()))
+        for j in range(2):
+            assert ro.responses[2 * i + j, : len(resp)].tolist() == resp
+
+
+@pytest.mark.parametrize("layout,mode", LAYOUT_MODES)
+def test_sampler_logprobs_equal_recomputation(layout, mode):
+    g, table, tok = make(layout, mode)
+    model = peaky_model(tok.vocab_size, seed=1, scale=3.0)
+    prompts = prompts_for(tok)
+    temp = 0.7
+    ro = sample(model, g, prompts, num_generations=3, temperature=temp, generator=torch.Generator().manual_seed(0))
+    model.train()  # dropout is 0; train mode must not change the numbers
+    lp, ent = response_logprobs(model, g, ro.prompts, ro.responses, temperature=temp)
+    assert lp.requires_grad
+    torch.testing.assert_close(lp, ro.logprobs, atol=1e-4, rtol=1e-4)  # the importance ratio is 1
+    assert (lp[~ro.mask] == 0).all() and (ent[~ro.mask] == 0).all()
+    # entropy against an unbatched brute force on two rows
+    for b in (0, 4):
+        r = ro.responses[b][ro.mask[b]].tolist()
+        for t in range(len(r)):
+            with torch.no_grad():
+                logits = model(torch.tensor([ro.prompts[b] + r[:t]]))[0, -1] / temp
+            allowed = g.allowed(r[:t])
+            q = F.log_softmax(logits[allowed], -1)
+            assert ent[b, t].item() == pytest.approx(-(q.exp() * q).sum().item(), abs=1e-4)
+            assert lp[b, t].item() == pytest.approx(q[allowed.index(r[t])].item(), abs=1e-4)
+    # gradients flow
+    (lp.sum() + ent.sum()).backward()
+    assert model.wte.weight.grad is not None and model.wte.weight.grad.abs().sum() > 0
+
+
+def test_max_new_tokens_truncates():
+    g, table, tok = make()
+    ro = sample(uniform_model(tok.vocab_size), g, prompts_for(tok), max_new_tokens=4,
+                generator=torch.Generator().manual_seed(0))
+    assert ro.responses.shape[1] == 4 and ro.mask.all()
+    assert not any(g.parse(r).valid for r in ro.responses)  # no room for a complete response
+
+
+# ----------------------------------------------------------------------------------------------
+# beam search
+
+
+def brute_force_ranking(model, g, tok, table, prompt):
+    """Score EVERY catalog item: greedy thinking (per item's own path in `interleaved`), forced SID
+    tokens, score = sum of the SID tokens' constrained log-probs. Unbatched, no cache."""
+    scored = []
+    for item in range(table.num_items):
+        sid = tok.sid_ids(table, item)
+        resp, score, k = [], 0.0, 0
+        while True:
+            state = g.state_of(resp)
+            if state.phase == "eos":
+                break
+            lp = logp_next(model, prompt + resp, g.allowed(resp))
+            if state.phase == "sid":
+                resp.append(sid[k])
+                score += lp[sid[k]].item()
+                k += 1
+            else:
+                resp.append(int(lp.argmax()))
+        scored.append((score, item))
+    scored.sort(key=lambda s: -s[0])
+    return scored
+
+
+@pytest.mark.parametrize("layout,mode", LAYOUT_MODES)
+def test_beam_search_equals_brute_force_enumeration(layout, mode):
+    g, table, tok = make(layout, mode)
+    model = peaky_model(tok.vocab_size, seed=3, scale=4.0)
+    prompts = prompts_for(tok)
+    results = beam_search(model, g, prompts, beam_width=table.num_items)  # wide enough to be exact
+    for prompt, res in zip(prompts, results):
+        want = brute_force_ranking(model, g, tok, table, prompt)
+        assert len(res.items) == table.num_items == len(set(res.items))
+        assert res.scores == sorted(res.scores, reverse=True)
+        torch.testing.assert_close(torch.tensor(res.scores), torch.tensor([s for s, _ in want]), atol=1e-4, rtol=0)
+        for (s, item), got in zip(want, res.items):  # same order, up to near-ties
+            assert got == item or abs(s - want[[i for _, i in want].index(got)][0]) < 1e-4
+        for item, sid, resp in zip(res.items, res.sids, res.responses):
+            p = g.parse(resp)
+            assert p.valid and p.item == item and p.sid_ids == sid
+        if mode == "reasoning":
+            assert res.thinking and all(tok.token_level[x] < 0 for x in res.thinking)
+
+
+@pytest.mark.parametrize("layout,mode", LAYOUT_MODES)
+def test_beam_width_one_is_greedy_and_batching_does_not_matter(layout, mode):
+    g, table, tok = make(layout, mode)
+    model = peaky_model(tok.vocab_size, seed=4, scale=4.0)
+    prompts = prompts_for(tok)
+    greedy = sample(model, g, prompts, greedy=True)
+    b1 = beam_search(model, g, prompts, beam_width=1)
+    for i, res in enumerate(b1):
+        assert res.items == [g.parse(greedy.responses[i]).item]
+        assert res.responses[0] == greedy.responses[i][greedy.mask[i]].tolist()
+    batched = beam_search(model, g, prompts, beam_width=3)
+    for prompt, res in zip(prompts, batched):
+        alone = beam_search(model, g, [prompt], beam_width=3)[0]
+        assert res.items == alone.items and len(res.items) == 3
+        torch.testing.assert_close(torch.tensor(res.scores), torch.tensor(alone.scores), atol=1e-4, rtol=0)
+
+
+def test_beam_search_without_dedup_tokens_returns_distinct_sids():
+    g, table, tok = make("blocks_first", "sid_only", dedup=False)
+    res = beam_search(uniform_model(tok.vocab_size), g, prompts_for(tok, (2,)), beam_width=10)[0]
+    distinct = {tuple(table.tokens(i)) for i in range(table.num_items)}
+    assert len(res.items) == len(distinct) == len({tuple(s) for s in res.sids})
+    # uniform model: score = sum of -log(branching) along the trie path (hand answer)
+    for sid, score in zip(res.sids, res.scores):
+        want = sum(-math.log(len(g.trie.next_tokens(sid[:k]))) for k in range(len(sid)))
+        assert score == pytest.approx(want, abs=1e-5)

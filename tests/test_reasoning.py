@@ -1,0 +1,170 @@
+"""Prompts, teacher blocks, external traces and step segmentation, against hand-written answers."""
+
+import json
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+
+from minisapo.reasoning import (ReasoningConfig, build_examples, build_prompt, build_response, load_traces,
+                                split_reasoning, step_index, teacher_blocks)
+from minisapo.sid.table import SIDTable
+from minisapo.tokenizer import Tokenizer
+
+Sample = namedtuple("Sample", "user history target")  # same fields as minisapo.data.Sample
+
+# 5 items, K = 3; items 2 and 3 collide on (1, 0, 0) and get dedup tokens <d_0>, <d_1>
+CODES = np.array([[0, 0, 0], [0, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 2]])
+DESCRIPTORS = {
+    "<a_0>": "red shoes", "<a_1>": "blue hats",
+    "<a_0><b_0>": "trail", "<a_0><b_1>": "road", "<a_1><b_0>": "wool", "<a_1><b_1>": "straw",
+    "<a_0><b_0><c_0>": "light", "<a_0><b_1><c_1>": "fast", "<a_1><b_0><c_0>": "warm winter", "<a_1><b_1><c_2>": "sun",
+}
+
+
+@pytest.fixture(scope="module")
+def world():
+    table = SIDTable.from_codes(CODES, descriptors=DESCRIPTORS)
+    tok = Tokenizer.build(["red trail shoes light", "recent next", "extra words here"], table)
+    return table, tok
+
+
+def ids(tok, text):
+    return tok.encode(text)
+
+
+def test_step_index_blocks_first_hand_written(world):
+    _, tok = world
+    seq = ids(tok, "<pad> <bos> <a_0> <b_1> <c_1> <sep> <think> red shoes </think> <think> wool </think> "
+                   "<think> warm </think> <a_1> <b_0> <c_0> <d_1> <eos> <pad> <pad>")
+    #              pad bos a   b   c   sep | th  red sh  /th | th  wool /th | th  warm /th | a  b  c  d  | eos pad pad
+    expected = [-1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2, 2, -1, -1, -1]
+    assert step_index(torch.tensor([seq]), tok, 3)[0].tolist() == expected
+
+
+def test_step_index_interleaved_hand_written(world):
+    _, tok = world
+    seq = ids(tok, "<bos> <a_0> <b_0> <c_0> <sep> <think> red </think> <a_1> <think> wool hats </think> <b_0> "
+                   "<think> </think> <c_0> <d_0> <eos>")
+    #         bos a  b  c  sep | th red /th a1 | th wool hats /th b0 | th /th c0 d0 | eos
+    expected = [-1, -1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, -1]
+    assert step_index(torch.tensor([seq]), tok, 3)[0].tolist() == expected
+
+
+def test_step_index_sid_only_batch_and_response_only(world):
+    _, tok = world
+    a = ids(tok, "<bos> <a_1> <b_1> <c_2> <sep> <a_0> <b_0> <c_0> <eos>")
+    b = ids(tok, "<bos> <a_1> <b_1> <c_2> <sep> <a_1> <b_0> <c_0> <d_0> <eos>")
+    a = a + [tok.pad_id] * (len(b) - len(a))
+    out = step_index(torch.tensor([a, b]), tok, 3).tolist()
+    assert out[0] == [-1] * 5 + [0, 1, 2] + [-1] * 2
+    assert out[1] == [-1] * 5 + [0, 1, 2, 2, -1]
+    # the same responses without their prompt
+    resp = torch.tensor([a[5:], b[5:]])
+    assert step_index(resp, tok, 3, has_prompt=False).tolist() == [[0, 1, 2, -1, -1], [0, 1, 2, 2, -1]]
+
+
+def test_step_index_malformed(world):
+    _, tok = world
+    # a 4th block (beyond K), a word outside blocks, and tokens after <eos> are outside every step
+    seq = ids(tok, "<think> red </think> <think> </think> <think> </think> <think> red </think> red <a_0> <eos> <a_0>")
+    expected = [0, 0, 0, 1, 1, 2, 2, -1, -1, -1, -1, 0, -1, -1]
+    assert step_index(torch.tensor([seq]), tok, 3, has_prompt=False)[0].tolist() == expected
+    # a sequence with no <sep> at all is all prompt
+    assert (step_index(torch.tensor([seq]), tok, 3) == -1).all()
+
+
+@pytest.mark.parametrize("layout", ["blocks_first", "interleaved"])
+def test_built_responses_segment_into_k_steps(world, layout):
+    """Every step k of a built response has exactly one <think>..</think> and the level-k SID token."""
+    table, tok = world
+    cfg = ReasoningConfig(layout=layout)
+    for target in range(table.num_items):
+        prompt = build_prompt([0, 4], table, tok, cfg)
+        resp = build_response(target, teacher_blocks([0, 4], target, table, tok, cfg), table, tok, layout)
+        assert prompt[-1] == tok.sep_id and resp[-1] == tok.eos_id
+        steps = step_index(torch.tensor([prompt + resp]), tok, 3)[0].tolist()
+        full = prompt + resp
+        for k in range(3):
+            toks = [full[t] for t in range(len(full)) if steps[t] == k]
+            assert toks.count(tok.think_id) == 1 and toks.count(tok.end_think_id) == 1
+            sid_in_step = [i for i in toks if tok.token_level[i] >= 0]
+            assert sid_in_step[0] == tok.sid_ids(table, target)[k]
+        # the dedup token lands in the last step
+        if table.dedup[target] >= 0:
+            assert steps[full.index(tok.sid_ids(table, target)[3])] == 2
+
+
+def test_response_formats(world):
+    table, tok = world
+    blocks = ["red", "wool", "warm"]
+    bf = tok.decode(build_response(2, blocks, table, tok, "blocks_first"))
+    assert bf == "<think> red </think> <think> wool </think> <think> warm </think> <a_1> <b_0> <c_0> <d_0> <eos>"
+    il = tok.decode(build_response(2, blocks, table, tok, "interleaved"))
+    assert il == "<think> red </think> <a_1> <think> wool </think> <b_0> <think> warm </think> <c_0> <d_0> <eos>"
+    so = tok.decode(build_response(4, None, table, tok, "blocks_first", mode="sid_only"))
+    assert so == "<a_1> <b_1> <c_2> <eos>"
+    assert tok.decode(build_prompt([0, 4], table, tok)) == "<bos> <a_0> <b_0> <c_0> <a_1> <b_1> <c_2> <sep>"
+
+
+def test_teacher_blocks(world):
+    table, tok = world
+    cfg = ReasoningConfig(max_think_tokens=16)
+    blocks = teacher_blocks([0, 1, 4], 2, table, tok, cfg)
+    # level 0: most recent a_1, then the most frequent other a_0 (x2); level 1: only item 4 agrees with a_1 -> straw;
+    # level 2: nobody agrees with (a_1, b_0) -> all recent items: most recent sun, then (ties by recency) fast
+    assert blocks == ["recent blue hats red shoes next blue hats", "recent straw next wool",
+                      "recent sun fast next warm winter"]
+    assert teacher_blocks([0, 1, 4], 2, table, tok, cfg) == blocks  # deterministic
+    words = set(tok.word_ids)
+    short = teacher_blocks([0, 1, 4], 2, table, tok, ReasoningConfig(max_think_tokens=3))
+    for b in short:
+        assert 1 <= len(tok.encode(b)) <= 3 and all(i in words for i in tok.encode(b))
+    assert short[2] == "next warm winter"  # the target part is kept, the history part cut first
+
+
+def test_split_reasoning():
+    assert split_reasoning("One. Two! Three? Four.", 3) == ["One. Two!", "Three?", "Four."]
+    assert split_reasoning("One. Two.", 3) is None
+
+
+def test_load_traces_reports_bad_rows(world, tmp_path):
+    table, tok = world
+    rows = [
+        json.dumps({"user": 0, "target": 2, "steps": ["red shoes", "wool", "warm winter"]}),
+        json.dumps({"user": 1, "target": 4, "history_len": 2, "reasoning": "Red shoes. Then wool! Warm zzz."}),
+        "{not json",
+        json.dumps({"user": 0, "target": 3, "steps": ["red", "wool"]}),  # wrong K
+        json.dumps({"user": 0, "target": 3, "reasoning": "Only one sentence."}),
+        json.dumps({"user": 0, "target": 3, "steps": ["red", "qqq", "wool"]}),  # empty step after vocab filter
+        json.dumps({"user": 0, "target": 2, "steps": ["red", "red", "red"]}),  # duplicate
+        json.dumps({"user": 0, "target": 99, "steps": ["red", "red", "red"]}),  # out of range
+        json.dumps({"target": 1, "steps": ["red", "red", "red"]}),  # no user
+    ]
+    path = tmp_path / "traces.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    traces, report = load_traces(path, tok, 3, num_users=2, num_items=5)
+    assert report.rows == 9 and report.used == 2
+    assert [line for line, _ in report.bad] == [3, 4, 5, 6, 7, 8, 9]
+    assert traces[(0, None, 2)] == ["red shoes", "wool", "warm winter"]
+    assert traces[(1, 2, 4)] == ["red shoes", "wool", "warm"]  # "then" and "zzz" are not vocabulary words
+    with pytest.raises(ValueError, match=":3:"):
+        load_traces(path, tok, 3, strict=True)
+
+    class DS:
+        num_users, item_titles = 2, ["x"] * 5
+
+    samples = [Sample(0, (1,), 2), Sample(1, (0, 1), 4), Sample(1, (0,), 3)]
+    ex = build_examples(DS(), table, tok, samples, ReasoningConfig(traces=str(path)), verbose=False)
+    assert tok.decode(ex[0][1]).startswith("<think> red shoes </think> <think> wool </think>")
+    assert tok.decode(ex[1][1]).startswith("<think> red shoes </think> <think> wool </think> <think> warm </think>")
+    assert tok.decode(ex[2][1]).startswith("<think> recent")  # no trace -> teacher blocks
+
+
+def test_plot_response_steps(world, tmp_path):
+    from minisapo.plots import plot_response_steps
+
+    table, tok = world
+    seq = build_prompt([0], table, tok) + build_response(2, ["red", "wool", "warm"], table, tok, "interleaved")
+    assert plot_response_steps(seq, tok, 3, tmp_path / "steps.png").stat().st_size > 0

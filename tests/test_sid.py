@@ -1,0 +1,237 @@
+"""Semantic IDs: k-means, RQ residuals, dedup, SID table, trie, item vectors, the prepare stage."""
+
+import itertools
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from minisapo.sid import SIDConfig, SIDTable, SIDTrie, Tokenizer, dedup_codes, load, prepare
+from minisapo.sid.descriptors import build_descriptors
+from minisapo.sid.embed import load_vectors, tfidf_svd
+from minisapo.sid.rqkmeans import assign, auto_codebook_size, kmeans, level_stats, rq_kmeans
+
+
+def tiny_world(branch=(3, 3, 2), per_leaf=4, seed=0):
+    """Duck-typed catalog: a latent taxonomy, titles = one word per node on the path + noise."""
+    rng = np.random.default_rng(seed)
+    ids, titles, cats = [], [], []
+    for path in itertools.product(*[range(b) for b in branch]):
+        node_words = [f"l{d}n{'_'.join(map(str, path[:d + 1]))}" for d in range(len(path))]
+        for _ in range(per_leaf):
+            noise = [f"z{int(z)}" for z in rng.integers(0, 30, 2)]
+            titles.append(" ".join(node_words + noise))
+            ids.append(f"item{len(ids)}")
+            cats.append(" ".join("n" + ".".join(map(str, path[:d + 1])) for d in range(len(path))))
+    return SimpleNamespace(name="tiny", item_ids=ids, item_titles=titles, item_text=titles, item_categories=cats)
+
+
+# ------------------------------------------------------------------ k-means
+def test_assign_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(50, 5, generator=g), torch.randn(7, 5, generator=g)
+    codes, dist = assign(x, c)
+    for i in range(len(x)):
+        d = [float(((x[i] - c[j]) ** 2).sum()) for j in range(len(c))]
+        assert codes[i].item() == int(np.argmin(d))
+        assert dist[i].item() == pytest.approx(min(d), abs=1e-4)
+
+
+def test_kmeans_is_a_fixed_point_and_seeded():
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(4, 3, generator=g) * 5
+    x = (centers[:, None, :] + 0.1 * torch.randn(4, 30, 3, generator=g)).reshape(-1, 3)
+    c, codes = kmeans(x, 4, iters=50, seed=3)
+    # returned codes = brute-force nearest centroid
+    brute = torch.tensor([int(np.argmin([float(((xi - cj) ** 2).sum()) for cj in c])) for xi in x])
+    assert torch.equal(codes, brute)
+    # converged: every centroid is the mean of its members; well-separated blobs are recovered
+    for j in range(4):
+        assert torch.allclose(c[j], x[codes == j].mean(0), atol=1e-5)
+    true = torch.arange(4).repeat_interleave(30)
+    assert len({(int(a), int(b)) for a, b in zip(true, codes)}) == 4
+    c2, codes2 = kmeans(x, 4, iters=50, seed=3)
+    assert torch.equal(codes, codes2) and torch.equal(c, c2)
+
+
+def test_kmeans_repairs_empty_clusters():
+    x = torch.cat([torch.zeros(20, 2), torch.ones(20, 2), torch.tensor([[5.0, 5.0], [6.0, 5.0]])])
+    init = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.5, 5.0], [100.0, 100.0]])  # last centre attracts nobody
+    c, codes = kmeans(x, 4, iters=10, seed=0, init=init)
+    assert torch.bincount(codes, minlength=4).min() > 0
+    assert float(c[3].abs().max()) < 10  # moved onto the data
+
+
+def test_rq_residuals_reconstruct_input():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(60, 8, generator=g)
+    rq = rq_kmeans(x, [5, 4, 3], iters=10, seed=0)
+    assert rq.codes.shape == (60, 3)
+    recon = sum(c[rq.codes[:, l]] for l, c in enumerate(rq.centroids)) + rq.residual
+    assert torch.allclose(recon, x, atol=1e-5)
+    # residual norm shrinks level by level on average
+    assert (rq.residual ** 2).sum() < (x ** 2).sum()
+
+
+def test_level_stats_by_hand():
+    codes = np.array([[0, 0], [0, 1], [1, 1], [1, 1]])
+    s = level_stats(codes, [4, 2])
+    assert s[0]["usage"] == 0.5 and s[0]["perplexity"] == pytest.approx(2.0)
+    p = np.array([0.25, 0.75])
+    assert s[1]["usage"] == 1.0 and s[1]["perplexity"] == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_auto_codebook_size():
+    assert auto_codebook_size(500, 3) == 16  # 2 * 500^(1/3) = 15.9
+    assert auto_codebook_size(10_000, 3) == 64
+    assert auto_codebook_size(10**9, 3) == 256
+    assert auto_codebook_size(3, 3) == 3  # never more codes than items
+
+
+# -------------------------------------------------------------------- dedup
+def test_dedup_unique_and_leaves_others_untouched():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 3, size=(80, 3))
+    d = dedup_codes(codes)
+    groups = {}
+    for i, row in enumerate(map(tuple, codes)):
+        groups.setdefault(row, []).append(i)
+    for members in groups.values():
+        if len(members) == 1:
+            assert d[members[0]] == -1
+        else:  # 0, 1, 2, ... in item order
+            assert list(d[members]) == list(range(len(members)))
+    table = SIDTable.from_codes(codes)
+    sids = [tuple(table.tokens(i)) for i in range(80)]
+    assert len(set(sids)) == 80
+    for i in range(80):
+        assert table.item(sids[i]) == i
+        assert table.tokens(i)[:3] == [f"<a_{codes[i, 0]}>", f"<b_{codes[i, 1]}>", f"<c_{codes[i, 2]}>"]
+    # no complete SID is a proper prefix of another
+    for s, t in itertools.permutations(sids, 2):
+        assert t[:len(s)] != s
+
+
+def test_dedup_none_keeps_shared_sids():
+    codes = np.array([[0, 1], [0, 1], [1, 0]])
+    t = SIDTable.from_codes(codes, dedup=np.full(3, -1))
+    assert t.dedup_size == 0 and t.items(["<a_0>", "<b_1>"]) == [0, 1] and t.item(["<a_0>", "<b_1>"]) == 0
+    assert t.item(["<a_1>", "<b_1>"]) is None and t.item(["<a_0>"]) is None
+
+
+def test_table_save_load_identical(tmp_path):
+    codes = np.array([[0, 1, 2], [0, 1, 2], [3, 0, 1]])
+    t = SIDTable.from_codes(codes, descriptors={"<a_0>": "red", "<a_0><b_1>": "shoes"},
+                            codebook_sizes=[4, 4, 4], item_ids=["x", "y", "z"])
+    t.save(tmp_path)
+    data = json.loads((tmp_path / "sid_table.json").read_text())
+    assert data == {"x": ["<a_0>", "<b_1>", "<c_2>", "<d_0>"], "y": ["<a_0>", "<b_1>", "<c_2>", "<d_1>"],
+                    "z": ["<a_3>", "<b_0>", "<c_1>"]}
+    u = SIDTable.load(tmp_path)
+    assert np.array_equal(u.codes, t.codes) and np.array_equal(u.dedup, t.dedup)
+    assert u.codebook_sizes == [4, 4, 4] and u.descriptors == t.descriptors and u.item_ids == ["x", "y", "z"]
+    assert u.all_tokens() == t.all_tokens() and len(t.all_tokens()) == 12 + 2
+
+
+# --------------------------------------------------------------------- trie
+@pytest.mark.parametrize("dedup", ["token", "none"])
+def test_trie_equals_brute_force_scan(dedup):
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 4, size=(60, 3))
+    table = SIDTable.from_codes(codes, dedup=None if dedup == "token" else np.full(60, -1))
+    tok = Tokenizer.build(["a b c"], table)
+    trie = SIDTrie(table, tok)
+    sids = [tok.sid_ids(table, i) for i in range(60)]
+    sid_vocab = [i for i, l in enumerate(tok.token_level) if l >= 0]
+    for _ in range(300):
+        depth = int(rng.integers(0, 5))
+        if rng.random() < 0.6:  # a prefix of a real SID (possibly complete)
+            s = sids[int(rng.integers(60))]
+            prefix = s[:min(depth, len(s))]
+        else:  # random tokens: often impossible
+            prefix = [int(rng.choice(sid_vocab)) for _ in range(depth)]
+        matching = [s for s in sids if s[:len(prefix)] == prefix]
+        if not matching:
+            with pytest.raises(ValueError):
+                trie.next_tokens(prefix)
+            continue
+        expect = sorted({s[len(prefix)] for s in matching if len(s) > len(prefix)})
+        assert trie.next_tokens(prefix) == expect
+        if prefix in sids:
+            assert expect == [] and trie.item(prefix) == table.item(tok.decode(prefix).split())
+    with pytest.raises(ValueError):
+        trie.next_tokens([tok.bos_id])
+
+
+# ------------------------------------------------------------------ vectors
+def test_tfidf_vectors_shape_norm_and_similarity():
+    texts = ["red running shoes", "red running shoes fast", "blue cotton shirt", "blue cotton shirt slim"]
+    x = tfidf_svd(texts, dim=3, seed=0)
+    assert x.shape == (4, 3) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    sim = x @ x.T
+    assert sim[0, 1] > sim[0, 2] and sim[2, 3] > sim[1, 3]
+    assert np.allclose(x, tfidf_svd(texts, dim=3, seed=0))
+
+
+def test_user_vectors_errors(tmp_path):
+    good = tmp_path / "v.npy"
+    np.save(good, np.ones((5, 4)))
+    assert load_vectors(good, 5).shape == (5, 4)
+    with pytest.raises(ValueError, match="6 items"):
+        load_vectors(good, 6)
+    bad = tmp_path / "nan.npy"
+    arr = np.ones((5, 4))
+    arr[3, 1] = np.nan
+    np.save(bad, arr)
+    with pytest.raises(ValueError, match="NaN"):
+        load_vectors(bad, 5)
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.ones(5))
+    with pytest.raises(ValueError, match="2-D"):
+        load_vectors(flat, 5)
+    with pytest.raises(FileNotFoundError):
+        load_vectors(tmp_path / "missing.npy", 5)
+    with pytest.raises(ValueError, match="rows"):
+        prepare(tiny_world(), SIDConfig(embedding=str(good)), tmp_path / "out", plot=False, verbose=False)
+
+
+# -------------------------------------------------------------- descriptors
+def test_descriptors_pick_distinctive_words():
+    codes = np.array([[0, 0], [0, 0], [0, 1], [1, 0]])
+    titles = ["shoe red common", "shoe red common", "shoe blue common", "hat green common"]
+    d = build_descriptors(codes, titles, num_words=1)
+    assert d["<a_0>"] == "shoe" and d["<a_1>"] in {"hat", "green"}
+    assert d["<a_0><b_0>"] == "red" and d["<a_0><b_1>"] == "blue"
+    assert "common" not in " ".join(d.values())
+
+
+# -------------------------------------------------------------------- stage
+def test_prepare_end_to_end_and_cache(tmp_path, capsys):
+    ds = tiny_world()
+    cfg = SIDConfig(codebook_size=0, kmeans_iters=20)
+    table, tok, stats = prepare(ds, cfg, tmp_path, plot=True)
+    n = len(ds.item_ids)
+    assert table.num_items == n and table.codes.shape == (n, 3)
+    assert len({tuple(table.tokens(i)) for i in range(n)}) == n  # unique after dedup
+    for name in ["sid_table.json", "sid_stats.json", "tokenizer.json", "sid_descriptors.json", "sid_tree.png"]:
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "sid_table.json").read_text())
+    assert saved[ds.item_ids[5]] == table.tokens(5)
+    s = json.loads((tmp_path / "sid_stats.json").read_text())
+    assert len(s["levels"]) == 3 and {"usage", "perplexity"} <= set(s["levels"][0]) and 0 <= s["collision_rate"] <= 1
+    # level-1 codes follow the 3 top-level categories of this easy catalog
+    assert s["purity_level1"] >= 0.95
+    assert all(f"<a_{c}>" in table.descriptors for c in set(table.codes[:, 0]))
+    for i in range(n):
+        assert tok.item_of(table, tok.sid_ids(table, i)) == i
+    capsys.readouterr()
+    table2, tok2, stats2 = prepare(ds, cfg, tmp_path, plot=True)
+    assert "cache hit" in capsys.readouterr().out
+    assert np.array_equal(table2.codes, table.codes) and stats2 == stats and tok2.vocab_size == tok.vocab_size
+    t3, tok3 = load(tmp_path)
+    assert np.array_equal(t3.dedup, table.dedup) and tok3.token_level == tok.token_level
+    # another seed is a different build, not a cache hit
+    prepare(ds, SIDConfig(kmeans_iters=20, sid_seed=1), tmp_path, plot=False)
+    assert "cache hit" not in capsys.readouterr().out
