@@ -35,8 +35,24 @@ def _synthetic_world(num_items: int, codebook: int, num_words: int, seed: int):
 
 def bench_sampling(preset: str = "small", device: str = "auto", num_prompts: int = 16, num_generations: int = 4,
                    prompt_len: int = 40, max_think_tokens: int = 16, layout: str = "blocks_first",
-                   num_items: int = 512, seed: int = 0) -> dict:
-    """Sampling throughput with vs without the KV cache. Returns a dict (see `format_table`)."""
+                   num_items: int = 512, seed: int = 0, num_threads: int | None = None) -> dict:
+    """Sampling throughput with vs without the KV cache. Returns a dict (see `format_table`).
+
+    num_threads: torch CPU threads for the measurement (None = leave as is). On a CPU shared
+    with other jobs, 1 thread gives the steadiest numbers.
+    """
+    old_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _bench_sampling(preset, device, num_prompts, num_generations, prompt_len, max_think_tokens, layout,
+                               num_items, seed)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _bench_sampling(preset, device, num_prompts, num_generations, prompt_len, max_think_tokens, layout,
+                    num_items, seed) -> dict:
     dev = pick_device(device)
     table, tok, trie = _synthetic_world(num_items, codebook=16, num_words=500, seed=seed)
     grammar = Grammar(tok, trie, num_steps=3, layout=layout, max_think_tokens=max_think_tokens)
@@ -66,6 +82,7 @@ def bench_sampling(preset: str = "small", device: str = "auto", num_prompts: int
     return dict(
         benchmark="sampling",
         device=str(dev),
+        threads=torch.get_num_threads(),
         preset=preset,
         params=model.num_params(),
         batch=num_prompts * num_generations,
@@ -81,18 +98,18 @@ def bench_sampling(preset: str = "small", device: str = "auto", num_prompts: int
     )
 
 
-def run_benchmarks(device: str = "auto", preset: str = "small") -> list[dict]:
+def run_benchmarks(device: str = "auto", preset: str = "small", num_threads: int | None = None) -> list[dict]:
     """All benchmarks, one dict per row."""
-    return [bench_sampling(preset=preset, device=device)]
+    return [bench_sampling(preset=preset, device=device, num_threads=num_threads)]
 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of benchmark rows."""
-    head = f"{'benchmark':<10} {'device':<7} {'preset':<6} {'params':>9} {'batch':>5} {'tokens':>7} " \
+    head = f"{'benchmark':<10} {'device':<7} {'thr':>3} {'preset':<6} {'params':>9} {'batch':>5} {'tokens':>7} " \
            f"{'tok/s cache':>12} {'tok/s no cache':>15} {'speedup':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['benchmark']:<10} {r['device']:<7} {r['preset']:<6} {r['params']:>9,} {r['batch']:>5} "
+        lines.append(f"{r['benchmark']:<10} {r['device']:<7} {r['threads']:>3} {r['preset']:<6} {r['params']:>9,} {r['batch']:>5} "
                      f"{r['tokens']:>7} {r['tokens_per_s_cache']:>12,.0f} {r['tokens_per_s_no_cache']:>15,.0f} "
                      f"{r['speedup']:>7.1f}x")
     return "\n".join(lines)

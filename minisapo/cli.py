@@ -5,7 +5,7 @@
     minisapo sid     [--name=<dataset>] [--levels=3] [--codebook_size=0] ...
     minisapo sft     [--preset=..] [--name=RUN] [--resume] ...             data -> SIDs -> SFT -> eval
     minisapo rl      --from=<sft run dir> [--algo=sapo|grpo|...] [--name=RUN] [--resume] ...
-    minisapo eval    --run=<run dir> [--split=test|valid]
+    minisapo eval    --run=<run dir> [--split=test|valid]   (--split here picks the split to evaluate)
     minisapo compare [--algos=grpo,sapo] [--seeds=3] [--preset=..] [--sweep=items_per_leaf:4,16,64]
     minisapo bench   [--device=auto]
 
@@ -16,6 +16,7 @@ Every `--key=value` that is not one of the flags above is a config override (see
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from minisapo.config import ConfigError, describe, make_config, parse_overrides
@@ -24,14 +25,14 @@ COMMANDS = ("run", "data", "sid", "sft", "rl", "eval", "compare", "bench")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minisapo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="minisapo", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=COMMANDS)
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and exit")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--from", dest="from_run", help="rl: the SFT run directory to start from")
     p.add_argument("--algo", help="rl: algorithm preset (see minisapo.rl.ALGOS)")
     p.add_argument("--run", help="eval: the run directory to evaluate")
-    p.add_argument("--split", default="test", help="eval: which split (test|valid)")
     p.add_argument("--algos", default="grpo,sapo", help="compare: comma-separated algorithm presets")
     p.add_argument("--seeds", type=int, default=3, help="compare: number of seeds")
     p.add_argument("--sweep", help="compare: KNOB:V1,V2,... e.g. items_per_leaf:4,16,64")
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = parse_overrides(rest)
+        if args.command in ("data", "sid") and "name" in overrides:  # there, --name is the dataset's name
+            overrides["data.name"] = overrides.pop("name")
         if args.help_config:
             print(describe(make_config(overrides)))
             return 0
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             if not args.run:
                 raise ConfigError("minisapo eval needs --run=<run dir>, e.g. --run=runs/small")
-            return pipeline.cmd_eval(args.run, args.split, overrides)
+            return pipeline.cmd_eval(args.run, str(overrides.pop("split", "test")), overrides)
         if args.command == "rl":
             if not args.from_run:
                 raise ConfigError("minisapo rl needs --from=<sft run dir>, e.g. --from=runs/small")
@@ -68,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sft":
             return pipeline.cmd_sft(cfg, resume=args.resume)
         return pipeline.cmd_run(cfg, algo=args.algo or "sapo", resume=args.resume)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        # bad input is reported in one line that says what to change; MINISAPO_DEBUG=1 shows the traceback
+        if os.environ.get("MINISAPO_DEBUG"):
+            raise
         print(f"minisapo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

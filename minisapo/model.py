@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -298,7 +298,5 @@ class GPT(nn.Module):
 def build_model(cfg: ModelConfig, vocab_size: int | None = None) -> GPT:
     """GPT(cfg) with vocab_size filled in (when given)."""
     if vocab_size is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, vocab_size=vocab_size)
     return GPT(cfg)

@@ -101,6 +101,19 @@ def save_config(cfg: Config, run_dir: Path) -> None:
     write_json(run_dir / "config.json", to_dict(cfg))
 
 
+def start_run(cfg: Config, resume: bool) -> Path:
+    """The run directory, with config.json written. Without --resume, an earlier run's outputs are
+    removed first (so metrics.jsonl never mixes two runs); with it, they are kept and continued."""
+    run_dir = run_dir_of(cfg)
+    old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")]
+    if old and not resume:
+        print(f"{run_dir} holds an earlier run: starting afresh (use --resume to continue it instead)")
+        for p in old:
+            p.unlink()
+    save_config(cfg, run_dir)
+    return run_dir
+
+
 def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / "config.json"
     if not path.exists():
@@ -165,8 +178,7 @@ def cmd_sid(cfg: Config) -> int:
 
 
 def cmd_sft(cfg: Config, resume: bool = False) -> int:
-    run_dir = run_dir_of(cfg)
-    save_config(cfg, run_dir)
+    run_dir = start_run(cfg, resume)
     stack = load_stack(cfg)
     model = stage_sft(cfg, stack, run_dir, resume=resume)
     stage_eval(cfg, stack, model, run_dir)
@@ -199,16 +211,13 @@ def cmd_eval(run: str, split: str, overrides: dict) -> int:
 
 def cmd_rl(from_run: str, algo: str, overrides: dict, resume: bool = False) -> int:
     """RL from an SFT run into a new run directory (<sft name>_<algo> unless --name is given)."""
-    from minisapo.rl import ALGOS
-
     src = Path(from_run)
     cfg = load_run_config(src)
     _apply_algo(cfg, algo)
     cfg.name = f"{cfg.name}_{algo}"
     for k, v in overrides.items():
         set_value(cfg, k, v)
-    run_dir = run_dir_of(cfg)
-    save_config(cfg, run_dir)
+    run_dir = start_run(cfg, resume)
     stack = load_stack(cfg)
     model = new_model(cfg, stack)
     load_sft_weights(model, src, device=pick_device(cfg.device))
@@ -231,8 +240,7 @@ def cmd_run(cfg: Config, algo: str = "sapo", resume: bool = False) -> int:
     """The main job: data -> SIDs -> SFT -> eval -> RL -> eval, plots and report.md."""
     t0 = time.time()
     _apply_algo(cfg, algo)
-    run_dir = run_dir_of(cfg)
-    save_config(cfg, run_dir)
+    run_dir = start_run(cfg, resume)
     stack = load_stack(cfg)
     model = stage_sft(cfg, stack, run_dir, resume=resume)
     stage_eval(cfg, stack, model, run_dir, tag="_sft")

@@ -152,10 +152,9 @@ def teacher_blocks(history: Sequence[int], target: int, table, tokenizer,
     """
     cfg = cfg or ReasoningConfig()
     known = _word_set(tokenizer)
-    recent_w = [tokenizer.token_to_id(w) for w in ("recent",)]
-    next_w = [tokenizer.token_to_id(w) for w in ("next",)]
-    recent_w = [i for i in recent_w if i in known]
-    next_w = [i for i in next_w if i in known]
+    # the connector words "recent" and "next" (TEACHER_WORDS), dropped when not in the vocabulary
+    connector = {w: [tokenizer.token_to_id(w)] if tokenizer.token_to_id(w) in known else [] for w in TEACHER_WORDS}
+    recent_w, next_w = connector["recent"], connector["next"]
     codes = table.codes
     tcodes = [int(c) for c in codes[target]]
     recent_items = list(history)[-cfg.recent:] if cfg.recent > 0 else list(history)
@@ -169,7 +168,7 @@ def teacher_blocks(history: Sequence[int], target: int, table, tokenizer,
         ranked = sorted(counts, key=lambda p: (p != prefixes[-1], -counts[p], -last_seen[p]))
         hist_ids: list[int] = []
         shown: list[list[int]] = []
-        for p in ranked:  # the two most frequent prefixes with distinct, non-empty descriptors
+        for p in ranked:  # the first two prefixes (in that order) with distinct, non-empty descriptors
             d = _descriptor_ids(table, p, tokenizer, cfg.descriptor_words, cache)
             if d and d not in shown:
                 shown.append(d)
@@ -318,6 +317,24 @@ def load_traces(path: str | Path, tokenizer, num_steps: int, num_users: int | No
         traces[key] = blocks
         report.used += 1
     return traces, report
+
+
+def write_trace_requests(path: str | Path, dataset, table, samples) -> Path:
+    """Write one JSON line per sample with what an LLM needs to write a trace for it (the paper's recipe):
+    the keys `load_traces` expects (user, target, history_len) plus the history and target titles and the
+    target's descriptor at every SID level. Fill in "steps" or "reasoning" and load it with reasoning.traces.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for s in samples:
+            codes = [int(c) for c in table.codes[s.target]]
+            row = {"user": int(s.user), "target": int(s.target), "history_len": len(s.history),
+                   "history_titles": [dataset.item_titles[i] for i in s.history],
+                   "target_title": dataset.item_titles[s.target],
+                   "target_descriptors": [table.descriptor(codes[:k + 1]) for k in range(table.num_levels)]}
+            f.write(json.dumps(row) + "\n")
+    return path
 
 
 def find_trace(traces: dict, sample) -> list[str] | None:

@@ -179,7 +179,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _trim_metrics(path: Path, after_step: int) -> None:
-    """On resume, drop SFT records logged after the checkpoint (they will be logged again)."""
+    """Drop SFT records logged after `after_step` (on resume they will be logged again)."""
     records = read_metrics(path)
     keep = [r for r in records if not (r.get("stage") == "sft" and r.get("step", 0) > after_step)]
     if len(keep) != len(records):
@@ -229,6 +229,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
             print(f"sft: resumed from {ckpt_path} at step {step}/{n_total}")
             if ckpt.get("done"):
                 return last_eval
+    if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
+        _trim_metrics(metrics_path, 0)
     logger = MetricsLogger(metrics_path)
     valid_examples = list(valid_examples or [])[:cfg.eval_samples]
 

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,18 @@ import torch.nn.functional as F
 from minisapo.generate import beam_search, response_logprobs, sample
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, ModelConfig
-from test_grammar import make_world
+from minisapo.sid import SIDTable, SIDTrie, Tokenizer
+
+# the same tiny catalog as tests/test_grammar.py: 8 items, K = 3, two collision groups -> dedup tokens
+CODES = np.array([[0, 0, 0], [0, 0, 0], [0, 1, 1], [1, 0, 0], [1, 0, 1], [1, 0, 1], [1, 0, 1], [2, 1, 0]])
+
+
+def make_world(dedup=True):
+    dd = None if dedup else np.full(len(CODES), -1)
+    table = SIDTable.from_codes(CODES, dedup=dd, descriptors={"<a_0>": "red shoe", "<a_1>": "blue hat"})
+    tok = Tokenizer.build(["red blue green hat shoe running warm soft"], table)
+    return table, tok, SIDTrie(table, tok)
+
 
 LAYOUT_MODES = [("blocks_first", "reasoning"), ("interleaved", "reasoning"), ("blocks_first", "sid_only")]
 
@@ -227,3 +239,12 @@ def test_beam_search_without_dedup_tokens_returns_distinct_sids():
     for sid, score in zip(res.sids, res.scores):
         want = sum(-math.log(len(g.trie.next_tokens(sid[:k]))) for k in range(len(sid)))
         assert score == pytest.approx(want, abs=1e-5)
+
+
+def test_bench_sampling_smoke():
+    from minisapo.bench import bench_sampling, format_table
+
+    row = bench_sampling(preset="tiny", device="cpu", num_prompts=2, num_generations=2, prompt_len=6,
+                         max_think_tokens=2, num_items=20)
+    assert row["same_tokens"] and row["tokens"] > 0 and row["speedup"] > 0
+    assert "tok/s cache" in format_table([row])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from minisapo.reasoning import (ReasoningConfig, build_examples, build_prompt, build_response, load_traces,
-                                split_reasoning, step_index, teacher_blocks)
+                                split_reasoning, step_index, teacher_blocks,
+                                write_trace_requests)
 from minisapo.sid.table import SIDTable
 from minisapo.tokenizer import Tokenizer
 
@@ -160,6 +161,16 @@ def test_load_traces_reports_bad_rows(world, tmp_path):
     assert tok.decode(ex[0][1]).startswith("<think> red shoes </think> <think> wool </think>")
     assert tok.decode(ex[1][1]).startswith("<think> red shoes </think> <think> wool </think> <think> warm </think>")
     assert tok.decode(ex[2][1]).startswith("<think> recent")  # no trace -> teacher blocks
+
+    # the request file round-trips through load_traces once steps are filled in
+    req = write_trace_requests(tmp_path / "req.jsonl", DS(), table, samples[:2])
+    rows = [json.loads(line) for line in req.read_text().splitlines()]
+    assert rows[1]["target_descriptors"] == ["blue hats", "straw", "sun"] and rows[1]["history_len"] == 2
+    for r in rows:
+        r["steps"] = r["target_descriptors"]
+    req.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    traces2, rep2 = load_traces(req, tok, 3)
+    assert rep2.used == 2 and traces2[(1, 2, 4)] == ["blue hats", "straw", "sun"]
 
 
 def test_plot_response_steps(world, tmp_path):

@@ -84,8 +84,10 @@ def test_level_stats_by_hand():
 
 
 def test_auto_codebook_size():
-    assert auto_codebook_size(500, 3) == 16  # 2 * 500^(1/3) = 15.9
-    assert auto_codebook_size(10_000, 3) == 64
+    assert auto_codebook_size(500, 3) == 32  # 4 * 500^(1/3) = 31.7
+    assert auto_codebook_size(512, 3) == 32  # 4 * 8 = 32 exactly
+    assert auto_codebook_size(10_000, 3) == 128
+    assert auto_codebook_size(64, 3) == 16
     assert auto_codebook_size(10**9, 3) == 256
     assert auto_codebook_size(3, 3) == 3  # never more codes than items
 
@@ -193,8 +195,18 @@ def test_user_vectors_errors(tmp_path):
         load_vectors(flat, 5)
     with pytest.raises(FileNotFoundError):
         load_vectors(tmp_path / "missing.npy", 5)
+    with pytest.raises(ValueError, match="vectors="):
+        SIDConfig(embedding="bert")
     with pytest.raises(ValueError, match="rows"):
-        prepare(tiny_world(), SIDConfig(embedding=str(good)), tmp_path / "out", plot=False, verbose=False)
+        prepare(tiny_world(), SIDConfig(vectors=str(good)), tmp_path / "out", plot=False, verbose=False)
+    # right shape: used as given (here: one-hot of the top category -> level 1 = top category)
+    ds = tiny_world()
+    tops = [int(c.split()[0][1:]) for c in ds.item_categories]
+    vec = tmp_path / "ok.npy"
+    np.save(vec, np.eye(3)[tops] + 0.01 * np.random.default_rng(0).normal(size=(len(tops), 3)))
+    table, _, stats = prepare(ds, SIDConfig(vectors=str(vec), codebook_size=3), tmp_path / "ok",
+                              plot=False, verbose=False)
+    assert stats["purity_level1"] == 1.0 and len(set(table.codes[:, 0])) == 3
 
 
 # -------------------------------------------------------------- descriptors
@@ -235,3 +247,16 @@ def test_prepare_end_to_end_and_cache(tmp_path, capsys):
     # another seed is a different build, not a cache hit
     prepare(ds, SIDConfig(kmeans_iters=20, sid_seed=1), tmp_path, plot=False)
     assert "cache hit" not in capsys.readouterr().out
+
+
+def test_prepare_dedup_none_and_one_level(tmp_path):
+    ds = tiny_world()
+    table, tok, stats = prepare(ds, SIDConfig(dedup="none", levels=1, codebook_size=4), tmp_path, verbose=False)
+    assert (table.dedup == -1).all() and table.dedup_size == 0 and stats["collision_rate"] == 1.0
+    assert tok.num_levels == 1 and tok.token_to_id("<b_0>") is not None  # one dedup token is always reserved
+    trie = SIDTrie(table, tok)
+    for i in range(table.num_items):  # a shared SID lists every item sharing it
+        ids = tok.sid_ids(table, i)
+        assert trie.next_tokens(ids) == [] and i in trie.items(ids) and i in table.items(table.tokens(i))
+        assert set(trie.items(ids)) == set(np.flatnonzero(table.codes[:, 0] == table.codes[i, 0]))
+    assert (tmp_path / "sid_tree.png").exists()

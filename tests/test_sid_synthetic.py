@@ -21,7 +21,21 @@ def test_purity_by_hand():
     assert purity(np.array([0, 0, 0, 1, 1]), ["x", "x", "y", "y", "y"]) == pytest.approx(4 / 5)
 
 
-@pytest.mark.parametrize("world_seed", [0, 1])
+def test_default_preset_through_the_data_api(tmp_path):
+    """The real path: `minisapo data` (default world) -> `minisapo sid`; level-1 purity >= 0.9."""
+    from minisapo.data import DataConfig, load
+    from minisapo.data import prepare as prepare_data
+    from minisapo.sid import prepare
+
+    path = prepare_data(DataConfig(source="synthetic", world="default", num_users=50), tmp_path)
+    ds = load(tmp_path, path.name)
+    table, tok, stats = prepare(ds, SIDConfig(), path / "sid", plot=False, verbose=False)
+    assert table.num_items == len(ds.item_ids) == 512
+    assert stats["purity_level1"] >= 0.9
+    assert purity(table.codes[:, 0], [c.split()[0] for c in ds.item_categories]) == stats["purity_level1"]
+
+
+@pytest.mark.parametrize("world_seed", [1, 2])
 def test_level1_codes_recover_top_categories(world_seed):
     ds = world_catalog("default", world_seed)
     table, stats = build_sids(ds, SIDConfig(), verbose=False)

@@ -42,8 +42,8 @@ PRESETS: dict[str, dict] = {
     # the CPU demo: 64 leaves, 512 items, 1000 users, sequences of 10-20 (~12k train samples)
     "default": dict(depth=3, branching=4, items_per_leaf=8, num_users=1000, seq_len=20,
                     zipf=1.0, noise=0.05, stay=0.5, jump=0.2, focus=0.8),
-    # exact match is easy: 2 items per leaf with peaked popularity
-    "easy": dict(depth=3, branching=4, items_per_leaf=2, num_users=1000, seq_len=20,
+    # exact match is easy: 27 leaves of 4 items (108 items) with peaked popularity
+    "easy": dict(depth=3, branching=3, items_per_leaf=4, num_users=1000, seq_len=20,
                  zipf=1.5, noise=0.05, stay=0.5, jump=0.2, focus=0.8),
     # exact match is sparse: a 2048-item catalog, 32 items per leaf, flat popularity
     "sparse": dict(depth=3, branching=4, items_per_leaf=32, num_users=1000, seq_len=20,

@@ -9,15 +9,10 @@ Public API:
     SIDTable, SIDTrie, Tokenizer
 """
 
+from minisapo.sid.build import SIDConfig, build_sids, load, load_sids, prepare
 from minisapo.sid.table import SIDTable, code_token, dedup_codes, parse_token, prefix_key
 from minisapo.sid.trie import SIDTrie
 from minisapo.tokenizer import Tokenizer
 
-__all__ = ["SIDTable", "SIDTrie", "Tokenizer", "code_token", "parse_token", "prefix_key", "dedup_codes"]
-
-try:  # the build stage (filled in below once written)
-    from minisapo.sid.build import SIDConfig, build_sids, load, load_sids, prepare  # noqa: F401
-
-    __all__ += ["SIDConfig", "prepare", "load", "build_sids", "load_sids"]
-except ImportError:  # pragma: no cover - during development only
-    pass
+__all__ = ["SIDConfig", "prepare", "load", "build_sids", "load_sids", "SIDTable", "SIDTrie", "Tokenizer",
+           "code_token", "parse_token", "prefix_key", "dedup_codes"]

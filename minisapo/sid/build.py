@@ -42,19 +42,24 @@ class SIDConfig:
     levels: int = 3  # K: semantic SID levels (= reasoning steps); at most 7
     codebook_size: int = 0  # codes per level; 0 = auto: smallest power of two >= 2*N^(1/K), in [4, 256], <= N
     dedup: str = "token"  # "token": colliding items get an extra <d_i> token; "none": keep shared SIDs
-    embedding: str = "tfidf"  # "tfidf" (built-in TF-IDF + SVD) or a path to a .npy (N x d) in catalog order
-    embed_dim: int = 64  # TF-IDF SVD dimension (ignored for .npy vectors)
+    #   (then a hit on a shared SID counts as a hit for every item sharing it)
+    embedding: str = "tfidf"  # built-in item embedding: "tfidf" (TF-IDF + truncated SVD, no download)
+    vectors: str | None = None  # path to a .npy (N x d), row i = item index i; replaces `embedding` when set
+    embed_dim: int = 64  # TF-IDF SVD dimension (ignored with `vectors`)
     normalize: bool = True  # L2-normalise item vectors before k-means
     kmeans_iters: int = 30  # max Lloyd iterations per level (stops early when assignments settle)
     sid_seed: int = 0  # seed of SVD and k-means++ (SIDs are a data artifact: own seed, not the run seed)
     descriptor_words: int = 2  # words per descriptor (per code prefix)
-    vocab_size: int = 8192  # tokenizer cap: specials + SID tokens + words; 0 = keep every word
+    max_vocab: int = 8192  # tokenizer size cap: specials + SID tokens + words; 0 = keep every word
 
     def __post_init__(self):
         if not 1 <= self.levels <= len(LETTERS) - 1:
             raise ValueError(f"levels must be in 1..{len(LETTERS) - 1}, got {self.levels}")
         if self.dedup not in ("token", "none"):
             raise ValueError(f"dedup must be 'token' or 'none', got {self.dedup!r}")
+        if self.embedding != "tfidf":
+            raise ValueError(f"embedding must be 'tfidf' (for your own vectors set vectors=<file.npy>), "
+                             f"got {self.embedding!r}")
         if self.codebook_size < 0:
             raise ValueError("codebook_size must be >= 0 (0 = auto)")
 
@@ -62,12 +67,10 @@ class SIDConfig:
 # ------------------------------------------------------------------ helpers
 def item_vectors(texts: list[str], cfg: SIDConfig) -> np.ndarray:
     """(N, d) float32 item vectors per cfg.embedding."""
-    if cfg.embedding == "tfidf":
-        x = tfidf_svd(texts, dim=cfg.embed_dim, seed=cfg.sid_seed)
-    elif cfg.embedding.endswith(".npy"):
-        x = load_vectors(cfg.embedding, len(texts))
+    if cfg.vectors:
+        x = load_vectors(cfg.vectors, len(texts))
     else:
-        raise ValueError(f"embedding must be 'tfidf' or a path to a .npy file, got {cfg.embedding!r}")
+        x = tfidf_svd(texts, dim=cfg.embed_dim, seed=cfg.sid_seed)
     return l2_normalise(x).astype(np.float32) if cfg.normalize else x
 
 
@@ -109,8 +112,8 @@ def _fingerprint(dataset, cfg: SIDConfig) -> str:
     for field in ("item_ids", "item_titles", "item_text"):
         h.update("\x1e".join(map(str, getattr(dataset, field, None) or [])).encode())
         h.update(b"\x1d")
-    if cfg.embedding != "tfidf" and Path(cfg.embedding).exists():
-        h.update(Path(cfg.embedding).read_bytes())
+    if cfg.vectors and Path(cfg.vectors).exists():
+        h.update(Path(cfg.vectors).read_bytes())
     return h.hexdigest()
 
 
@@ -169,7 +172,7 @@ def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: bool = Tru
         return table, tok, stats
     out_dir.mkdir(parents=True, exist_ok=True)
     table, stats = build_sids(dataset, cfg, out_dir, device=device, verbose=verbose)
-    tok = Tokenizer.build(list(dataset.item_text), table, vocab_size=cfg.vocab_size or None)
+    tok = Tokenizer.build(list(dataset.item_text), table, vocab_size=cfg.max_vocab or None)
     tok.save(out_dir / TOKENIZER_FILE)
     stats["vocab_size"] = tok.vocab_size
     _write_json(out_dir / STATS_FILE, stats)

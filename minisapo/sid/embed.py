@@ -1,8 +1,9 @@
 """Item vectors: built-in TF-IDF + truncated SVD (no model download), or a user .npy.
 
 TF-IDF (sublinear tf, smoothed idf, rows L2-normalised) over the words of each
-item's text, then a truncated SVD (``torch.svd_lowrank`` on a sparse matrix, so a
-large vocabulary never becomes a dense N x V matrix) keeps ``dim`` directions:
+item's text, then a truncated SVD (exact via the V x V Gram matrix for small vocabularies,
+else ``torch.svd_lowrank`` on the sparse matrix, so a large vocabulary never
+becomes a dense N x V matrix) keeps ``dim`` directions:
 latent semantic analysis. Rows are L2-normalised so k-means compares directions.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 _WORD = re.compile(r"\w+")
+GRAM_MAX_VOCAB = 2048  # up to this many distinct words the SVD is exact (eigh of A^T A)
 
 
 def words(text: str) -> list[str]:
@@ -47,10 +50,18 @@ def tfidf_svd(texts: Sequence[str], dim: int = 64, seed: int = 0, min_df: int = 
     a = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.from_numpy(vals), (n, v),
                                 check_invariants=False).coalesce()  # (N, V)
     k = max(1, min(dim, n, v))
-    with torch.random.fork_rng(devices=[]):  # svd_lowrank draws from the global RNG
-        torch.manual_seed(seed)
-        u, s, _ = torch.svd_lowrank(a, q=min(k + 10, n, v), niter=6)
-    x = (u[:, :k] * s[:k]).numpy()  # (N, k)
+    if v <= GRAM_MAX_VOCAB:  # small vocabulary: exact, via the eigenvectors of the (V, V) Gram matrix
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": fine for one product
+            warnings.simplefilter("ignore")
+            gram = torch.sparse.mm(a.t().coalesce(), a).to_dense().double()  # (V, V) = A^T A
+        evals, evecs = torch.linalg.eigh(gram)  # ascending
+        top = evecs[:, evals.argsort(descending=True)[:k]].float()  # (V, k) right singular vectors
+        x = torch.sparse.mm(a, top).numpy()  # (N, k) = U S
+    else:  # large vocabulary: randomised truncated SVD on the sparse matrix
+        with torch.random.fork_rng(devices=[]):  # svd_lowrank draws from the global RNG
+            torch.manual_seed(seed)
+            u, s, _ = torch.svd_lowrank(a, q=min(k + 10, n, v), niter=4)
+        x = (u[:, :k] * s[:k]).numpy()  # (N, k)
     # fix SVD sign ambiguity: largest-|value| entry of each column positive
     signs = np.sign(x[np.abs(x).argmax(0), np.arange(k)])
     x = x * np.where(signs == 0, 1, signs)

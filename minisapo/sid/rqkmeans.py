@@ -25,15 +25,18 @@ import torch
 CHUNK = 16384  # rows per distance block: keeps the (chunk, k) distance matrix small
 
 
-def auto_codebook_size(num_items: int, levels: int, codes_per_item_root: float = 2.0,
+def auto_codebook_size(num_items: int, levels: int, codes_per_item_root: float = 4.0,
                        min_size: int = 4, max_size: int = 256) -> int:
-    """Default codebook size per level: the smallest power of two >= 2 * N^(1/L),
+    """Default codebook size per level: the smallest power of two >= 4 * N^(1/L),
     clamped to [4, 256] and never above N.
 
-    With L levels there are K^L possible SIDs; K ~ 2 N^(1/L) leaves about 2^L = 8
-    slots per item for L = 3, enough to keep collisions rare without a mostly empty
-    codebook (500 items -> 16, 10k -> 64, 100k -> 128; a 256-code book for 500
-    items would leave most codes unused).
+    With L levels there are K^L possible SIDs; K ~ 4 N^(1/L) gives about 4^L = 64
+    slots per item for L = 3. Residual k-means fills them very unevenly (items of
+    one fine category differ only in a few words), so this many slots are needed to
+    keep collisions moderate, while the codebook stays far from empty
+    (64 items -> 16, 512 -> 32, 10k -> 128, >= 33k -> 256; a 256-code book for 500
+    items would leave most codes almost unused). On the synthetic default world
+    (512 items) 2 N^(1/L) = 16 codes gave ~30-50% colliding items, 32 codes ~15-20%.
     """
     target = codes_per_item_root * max(num_items, 1) ** (1.0 / levels)
     k = 2 ** math.ceil(math.log2(max(target, 1.0)))
@@ -41,9 +44,11 @@ def auto_codebook_size(num_items: int, levels: int, codes_per_item_root: float =
     return max(1, min(k, num_items))
 
 
-def sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances. x: (N, d), c: (k, d) -> (N, k)."""
-    d = (x * x).sum(1, keepdim=True) - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
+def sq_dists(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances. x: (N, d), c: (k, d) -> (N, k).
+    ``x_sq``: precomputed (N, 1) squared norms of x (saves time in loops)."""
+    x_sq = (x * x).sum(1, keepdim=True) if x_sq is None else x_sq
+    d = x_sq - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
     return d.clamp_min_(0.0)
 
 
@@ -62,8 +67,9 @@ def kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tenso
     """k-means++: first centre uniform, each next one sampled with prob ~ D(x)^2,
     the squared distance to the nearest centre chosen so far. -> (k, d)"""
     n = len(x)
+    x_sq = (x * x).sum(1, keepdim=True)  # (N, 1)
     idx = [int(torch.randint(n, (1,), generator=gen, device=x.device))]
-    d2 = sq_dists(x, x[idx[0]][None]).squeeze(1)  # (N,)
+    d2 = sq_dists(x, x[idx[0]][None], x_sq).squeeze(1)  # (N,)
     for _ in range(1, k):
         total = d2.sum()
         if total <= 0:  # every point already sits on a centre: pick uniformly
@@ -71,7 +77,7 @@ def kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tenso
         else:
             j = int(torch.multinomial(d2 / total, 1, generator=gen))
         idx.append(j)
-        d2 = torch.minimum(d2, sq_dists(x, x[j][None]).squeeze(1))
+        d2 = torch.minimum(d2, sq_dists(x, x[j][None], x_sq).squeeze(1))
     return x[idx].clone()
 
 

@@ -194,9 +194,11 @@ class SIDTable:
         K = meta["num_levels"]
         codes = np.zeros((len(table), K), dtype=np.int64)
         dedup = np.full(len(table), -1, dtype=np.int64)
-        for i, toks in enumerate(table.values()):
+        for i, (iid, toks) in enumerate(table.items()):
+            if len(toks) not in (K, K + 1) or any(parse_token(t) is None for t in toks):
+                raise ValueError(f"{out_dir / TABLE_FILE}: bad SID {toks} for item {iid}; rebuild with `minisapo sid`")
             for l, t in enumerate(toks):
-                lvl, c = parse_token(t)
+                _, c = parse_token(t)
                 if l < K:
                     codes[i, l] = c
                 else:

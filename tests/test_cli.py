@@ -1,0 +1,61 @@
+"""The `minisapo` command end to end on the tiny preset (seconds), and its error messages."""
+
+import json
+
+import pytest
+
+from minisapo.cli import main
+from minisapo.runs import read_metrics
+
+FAST = ["--preset=tiny", "--sft.max_steps=8", "--sft.eval_every=4", "--sft.eval_samples=4",
+        "--rl.max_steps=2", "--rl.batch_size=2", "--num_generations=2", "--rl.eval_every=1",
+        "--eval.max_samples=8", "--beam_width=10"]
+
+
+@pytest.fixture()
+def dirs(tmp_path):
+    return [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
+
+
+def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
+    assert main(["run", *FAST, *dirs, "--name=e2e"]) == 0
+    run = tmp_path / "runs" / "e2e"
+    for f in ["config.json", "metrics.jsonl", "sft.pt", "rl_checkpoint.pt", "eval_test_sft.json", "eval_test.json",
+              "report.md", "sft_curves.png", "rl_curves.png", "eval_hit.png"]:
+        assert (run / f).exists(), f
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["sft"]["max_steps"] == 8 and cfg["rl"]["advantage"] == "step"  # resolved config, algo applied
+    report = json.loads((run / "eval_test.json").read_text())
+    for key in ["hit@1", "hit@5", "hit@10", "ndcg@10", "valid_rate", "per_level_acc"]:
+        assert key in report
+    assert set(report["baselines"]) == {"popularity", "oracle"}
+    assert 0.0 <= report["hit@1"] <= report["hit@5"] <= report["hit@10"] <= 1.0
+    records = read_metrics(run / "metrics.jsonl")
+    assert any(r.get("stage") == "sft" for r in records) and any("frac_reward_zero_std" in r for r in records)
+    assert "hit@10" in (run / "report.md").read_text()
+    # the data and SID stages are cached: a second `data` call says so
+    capsys.readouterr()
+    assert main(["data", "--world=tiny", *dirs[:1]]) == 0
+    assert "cache hit" in capsys.readouterr().out
+
+
+def test_eval_and_rl_commands_on_a_finished_sft_run(tmp_path, dirs):
+    assert main(["sft", *FAST, *dirs, "--name=s"]) == 0
+    assert main(["eval", f"--run={tmp_path / 'runs' / 's'}", "--split=valid"]) == 0
+    assert (tmp_path / "runs" / "s" / "eval_valid.json").exists()
+    assert main(["rl", f"--from={tmp_path / 'runs' / 's'}", "--algo=grpo", "--rl.max_steps=1"]) == 0
+    cfg = json.loads((tmp_path / "runs" / "s_grpo" / "config.json").read_text())
+    assert cfg["rl"]["reward"] == "exact" and cfg["rl"]["advantage"] == "sequence"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--n_layers=2"], "did you mean --n_layer"),
+    (["run", "--preset=huge"], "unknown preset"),
+    (["rl"], "needs --from"),
+    (["rl", "--from=/nonexistent"], "config.json not found"),
+    (["run", "--world=nope"], "unknown synthetic world"),
+])
+def test_bad_input_is_one_clear_line(argv, message, capsys, dirs):
+    assert main(argv + dirs) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

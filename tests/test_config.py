@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from minisapo.config import PRESETS, Config, ConfigError, from_dict, make_config, parse_overrides, resolve_key, to_dict
+
+
+def test_defaults_then_preset_then_overrides():
+    cfg = make_config({"n_layer": "3", "sft.learning_rate": "3e-4", "beta": "0"}, preset="tiny")
+    assert cfg.model.n_layer == 3  # override beats the preset's 2
+    assert cfg.model.n_embd == PRESETS["tiny"]["model.n_embd"]
+    assert cfg.sft.learning_rate == pytest.approx(3e-4)
+    assert cfg.rl.beta == 0.0 and isinstance(cfg.rl.beta, float)
+    assert cfg.name == "tiny" and cfg.preset == "tiny"
+
+
+def test_unknown_key_names_the_closest_one():
+    with pytest.raises(ConfigError, match="did you mean --n_layer"):
+        make_config({"n_layers": "2"})
+    with pytest.raises(ConfigError, match="learning_rate"):
+        make_config({"sft.learnin_rate": "2"})
+
+
+def test_ambiguous_bare_key_lists_the_sections():
+    with pytest.raises(ConfigError, match="ambiguous.*--rl.batch_size"):
+        resolve_key("batch_size")
+
+
+def test_values_are_type_checked():
+    with pytest.raises(ConfigError, match="expected int"):
+        make_config({"n_layer": "two"})
+    with pytest.raises(ConfigError, match="expected bool"):
+        make_config({"strict": "maybe"})
+    assert make_config({"strict": "true"}).data.strict is True
+    assert make_config({"data.meta": "none"}).data.meta is None
+
+
+def test_unknown_preset_and_bad_argument():
+    with pytest.raises(ConfigError, match="did you mean tiny"):
+        make_config(preset="tinyy")
+    with pytest.raises(ConfigError, match="--key=value"):
+        parse_overrides(["--n_layer", "2"])
+
+
+def test_section_checks_run_after_overrides():
+    with pytest.raises(ConfigError, match="dedup"):
+        make_config({"sid.dedup": "sometimes"})
+
+
+def test_json_round_trip():
+    cfg = make_config({"n_embd": "48", "layout": "interleaved"}, preset="tiny")
+    again = from_dict(json.loads(json.dumps(to_dict(cfg))))
+    assert again == cfg
+    assert isinstance(again, Config)
