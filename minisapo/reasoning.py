@@ -37,10 +37,7 @@ from typing import Sequence
 
 import torch
 
-# Connector words the teacher blocks use. They are only used if the tokenizer knows them (thinking
-# blocks may contain vocabulary words only); pass `" ".join(TEACHER_WORDS)` among the texts given to
-# `Tokenizer.build` to make sure they are in the vocabulary.
-TEACHER_WORDS = ("recent", "next")
+from minisapo.tokenizer import REASONING_WORDS as TEACHER_WORDS  # "recent", "next": always in the vocabulary
 
 
 @dataclass

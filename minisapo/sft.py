@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minisapo.model import autocast
 from minisapo.runs import MetricsLogger, load_checkpoint, read_metrics, save_checkpoint
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
@@ -126,14 +126,6 @@ def batch_indices(step: int, micro: int, cfg: SFTConfig, num_examples: int, seed
     return out
 
 
-def _autocast(device: torch.device):
-    try:
-        from minisapo.model import autocast
-    except ImportError:  # model.py not importable (tests with a stand-in model)
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    return autocast(device)
-
-
 def _optimizer(model: torch.nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (dim >= 2) only."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -150,7 +142,7 @@ def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bat
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         x, y, m = (t.to(device) for t in collate(examples[i:i + batch_size], pad_id))
-        with _autocast(device):
+        with autocast(device):
             logits = model(x)
         total += float(masked_token_loss(logits, y, m, normalizer=1.0))
         count += int(m.sum())
@@ -262,7 +254,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         step_loss = 0.0
         for x, y, mask in micro_batches:
             x, y, mask = x.to(device), y.to(device), mask.to(device)
-            with _autocast(device):
+            with autocast(device):
                 logits = model(x)  # (B, T, V)
             # token-mean over the *whole* accumulated batch, so grad_accum=2 x B equals one batch of 2B
             loss = masked_token_loss(logits, y, mask, normalizer=max(n_tokens, 1))

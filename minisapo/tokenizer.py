@@ -25,6 +25,8 @@ from tokenizers import models, normalizers, pre_tokenizers
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<think>", "</think>", "<sep>", "<unk>"]  # fixed ids 0..6
 LETTERS = "abcdefgh"  # SID level l uses LETTERS[l] (same convention as minisapo.sid.table)
+# Connector words the teacher's thinking blocks use ("recent <history> next <target>"); always in the vocabulary.
+REASONING_WORDS = ("recent", "next")
 _SID_RE = re.compile(r"^<([a-h])_(\d+)>$")
 
 
@@ -60,7 +62,7 @@ class Tokenizer:
     # ------------------------------------------------------------------ build
     @classmethod
     def build(cls, texts: Iterable[str], table, vocab_size: int | None = None) -> "Tokenizer":
-        """Vocabulary from item texts and the table's descriptor words.
+        """Vocabulary from item texts, the table's descriptor words and REASONING_WORDS.
 
         vocab_size: cap on the total vocabulary (specials + SID tokens + words);
         None = keep every word. Descriptor words are always kept (they are what the
@@ -74,7 +76,7 @@ class Tokenizer:
         counts: Counter[str] = Counter()
         for t in texts:
             counts.update(words(t))
-        must: Counter[str] = Counter()
+        must: Counter[str] = Counter(REASONING_WORDS)
         for d in table.descriptors.values():
             must.update(words(d))
         sid_tokens = table.all_tokens()

@@ -75,8 +75,8 @@ class BadLines:
         return f"skipped {len(self.lines)} malformed line(s) in {self.path} (lines {first}); --strict=true makes this an error"
 
 
-def read_atomic(path: Path, strict: bool = False) -> tuple[list[tuple[str, str]], list[list[str]], BadLines]:
-    """Read an atomic file -> ([(name, type), ...], rows of strings, bad-line counter)."""
+def read_atomic(path: Path, strict: bool = False) -> tuple[list[tuple[str, str]], list[list[str]], list[int], BadLines]:
+    """Read an atomic file -> ([(name, type), ...], rows of strings, their line numbers, bad-line counter)."""
     bad = BadLines(path, strict)
     with open(path, encoding="utf-8", errors="replace") as f:
         header = f.readline().rstrip("\r\n").split("\t")
@@ -86,7 +86,7 @@ def read_atomic(path: Path, strict: bool = False) -> tuple[list[tuple[str, str]]
             if typ not in ("token", "token_seq", "float", "float_seq"):
                 raise ValueError(f"{path}:1: header column {h!r} is not 'name:type' with type token|token_seq|float|float_seq")
             fields.append((name, typ))
-        rows = []
+        rows, linenos = [], []
         for lineno, line in enumerate(f, start=2):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -96,7 +96,8 @@ def read_atomic(path: Path, strict: bool = False) -> tuple[list[tuple[str, str]]
                 bad.add(lineno, f"{len(row)} columns, header has {len(fields)}")
                 continue
             rows.append(row)
-    return fields, rows, bad
+            linenos.append(lineno)
+    return fields, rows, linenos, bad
 
 
 def read_source(path: str | None, strict: bool = False) -> RawData:
@@ -122,7 +123,7 @@ def read_source(path: str | None, strict: bool = False) -> RawData:
     else:
         raise FileNotFoundError(f"--path={path} does not exist; expected a folder with <name>.inter (and <name>.item)")
 
-    fields, rows, bad = read_atomic(inter, strict)
+    fields, rows, linenos, bad = read_atomic(inter, strict)
     names = [n for n, _ in fields]
     for need in ("user_id", "item_id"):
         if need not in names:
@@ -131,12 +132,12 @@ def read_source(path: str | None, strict: bool = False) -> RawData:
     cr = names.index("rating") if "rating" in names else None
     ct = names.index("timestamp") if "timestamp" in names else None
     inters: list[Interaction] = []
-    for n, row in enumerate(rows):
+    for n, (row, lineno) in enumerate(zip(rows, linenos)):
         try:
             r = float(row[cr]) if cr is not None else 1.0
             t = float(row[ct]) if ct is not None else float(n)
         except ValueError:
-            bad.add(n + 2, "rating/timestamp is not a number")
+            bad.add(lineno, "rating/timestamp is not a number")
             continue
         inters.append((row[cu], row[ci], r, t))
     info = {"inter_file": str(inter), "bad_lines": len(bad.lines)}
@@ -145,7 +146,7 @@ def read_source(path: str | None, strict: bool = False) -> RawData:
     item_file = inter.with_suffix(".item")
     item_fields, items = [("title", "token_seq")], {}
     if item_file.exists():
-        ifields, irows, ibad = read_atomic(item_file, strict)
+        ifields, irows, _, ibad = read_atomic(item_file, strict)
         inames = [n for n, _ in ifields]
         if "item_id" not in inames:
             raise ValueError(f"{item_file}: no 'item_id' column in header {inames}")

@@ -180,7 +180,7 @@ def load(data_dir: str | Path, name: str) -> Dataset:
             f"  minisapo data --source=synthetic --world=default --name={name} --data_dir={data_dir}\n"
             f"or --source=amazon --reviews=FILE / --source=atomic --path=DIR (see data/README.md)")
     info = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
-    ifields, irows, _ = read_atomic(path / f"{name}.item", strict=True)
+    ifields, irows, _, _ = read_atomic(path / f"{name}.item", strict=True)
     names = [f for f, _ in ifields]
     text_cols = [names.index(f) for f in info["text_fields"]]
     item_ids = [r[0] for r in irows]
@@ -189,7 +189,7 @@ def load(data_dir: str | Path, name: str) -> Dataset:
     cats = [r[names.index("category")] for r in irows] if "category" in names else None
     index = {iid: n for n, iid in enumerate(item_ids)}
 
-    _, rows, _ = read_atomic(path / f"{name}.inter", strict=True)
+    _, rows, _, _ = read_atomic(path / f"{name}.inter", strict=True)
     users: dict[str, int] = {}
     sequences: list[list[int]] = []
     timestamps: list[list[float]] = []

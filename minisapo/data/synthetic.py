@@ -207,7 +207,7 @@ class World:
         for up in range(1, D):  # a uniform leaf under the ancestor `up` levels above the leaf
             d = D - up  # depth of that ancestor (1-based); column d-1 of item_anc
             same = self.item_anc[:, d - 1] == self.item_anc[last, d - 1]
-            p += self.moves[up] * same * q / B ** up
+            p += self.moves[up] * same * q / B ** (up+1)
         p[last] = 0.0  # no immediate repeat
         return p / p.sum()
 

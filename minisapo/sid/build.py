@@ -3,7 +3,7 @@
 ``prepare(dataset, cfg, out_dir)`` runs the whole stage and writes
 
     out_dir/sid_table.json        item_id -> ["<a_3>", "<b_1>", "<c_7>"(, "<d_0>")]
-    out_dir/sid_meta.json         levels, codebook sizes, dedup size
+    out_dir/sid_meta.json         levels, codebook sizes, dedup size (to reload the table exactly)
     out_dir/sid_descriptors.json  "<a_3>" / "<a_3><b_1>" / ... -> distinctive title words
     out_dir/sid_stats.json        per level usage + perplexity, collision_rate (before dedup)
     out_dir/tokenizer.json        the vocabulary (HF tokenizers format)
@@ -34,13 +34,16 @@ from minisapo.tokenizer import Tokenizer
 STATS_FILE = "sid_stats.json"
 SETTINGS_FILE = "sid_settings.json"
 TOKENIZER_FILE = "tokenizer.json"
+CACHE_VERSION = 2  # bump when the SID stage's outputs change meaning, so old caches rebuild
 PLOT_FILE = "sid_tree.png"
 
 
 @dataclass
 class SIDConfig:
+    """Settings of the SID stage (`minisapo sid`, keys `--sid.<field>`)."""
+
     levels: int = 3  # K: semantic SID levels (= reasoning steps); at most 7
-    codebook_size: int = 0  # codes per level; 0 = auto: smallest power of two >= 2*N^(1/K), in [4, 256], <= N
+    codebook_size: int = 0  # codes per level; 0 = auto: smallest power of two >= 4*N^(1/K), in [4, 256], <= N
     dedup: str = "token"  # "token": colliding items get an extra <d_i> token; "none": keep shared SIDs
     #   (then a hit on a shared SID counts as a hit for every item sharing it)
     embedding: str = "tfidf"  # built-in item embedding: "tfidf" (TF-IDF + truncated SVD, no download)
@@ -66,7 +69,7 @@ class SIDConfig:
 
 # ------------------------------------------------------------------ helpers
 def item_vectors(texts: list[str], cfg: SIDConfig) -> np.ndarray:
-    """(N, d) float32 item vectors per cfg.embedding."""
+    """(N, d) float32 item vectors: cfg.vectors if given, else the built-in TF-IDF + SVD."""
     if cfg.vectors:
         x = load_vectors(cfg.vectors, len(texts))
     else:
@@ -108,6 +111,7 @@ def format_stats(stats: dict) -> str:
 
 def _fingerprint(dataset, cfg: SIDConfig) -> str:
     h = hashlib.sha1()
+    h.update(f"v{CACHE_VERSION}".encode())
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
     for field in ("item_ids", "item_titles", "item_text"):
         h.update("\x1e".join(map(str, getattr(dataset, field, None) or [])).encode())
