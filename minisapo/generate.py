@@ -16,6 +16,7 @@ The model runs under `autocast(device)`; sampling decisions are taken in float32
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -58,6 +59,19 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _in_eval_mode(fn):
+    """Decorator: run `fn(model, ...)` with the model in eval mode (no dropout), then restore its mode."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        was_training = model.training
+        model.eval()
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists -> ids (B, L) and real-token mask (B, L)."""
     L = max(len(s) for s in seqs)
@@ -83,11 +97,22 @@ def _constrained_logp(logits: torch.Tensor, allowed: torch.Tensor, temperature: 
     return F.log_softmax((logits.float() / temperature).masked_fill(~allowed, float("-inf")), dim=-1)
 
 
+def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int):
+    """Run the left-padded prompts through a fresh KV cache with room for `max_new_tokens` more tokens.
+    Returns the cache and the float logits (P, V) after each prompt's last token."""
+    dev = _device(model)
+    ids, real = left_pad(prompts, pad_id, dev)  # (P, Lp)
+    cache = model.new_cache(len(prompts), ids.shape[1] + max_new_tokens)
+    with autocast(dev):
+        return cache, model(ids, attn_mask=real, cache=cache)[:, -1].float()  # (P, V)
+
+
 # ----------------------------------------------------------------------------------------------
 # sampling
 
 
 @torch.no_grad()
+@_in_eval_mode
 def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_generations: int = 1,
            temperature: float = 1.0, generator: torch.Generator | None = None, greedy: bool = False,
            max_new_tokens: int | None = None, use_cache: bool = True) -> Rollouts:
@@ -101,24 +126,19 @@ def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_genera
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
-    was_training = model.training
-    model.eval()
     dev = _device(model)
     tok = grammar.tok
     P, G = len(prompts), num_generations
     B = P * G
     T_max = max_new_tokens or grammar.max_length
-    ids, real = left_pad(prompts, tok.pad_id, dev)  # (P, Lp)
-    Lp = ids.shape[1]
     rep = torch.arange(P, device=dev).repeat_interleave(G)  # row b -> its prompt
 
     if use_cache:
-        cache = model.new_cache(P, Lp + T_max)
-        with autocast(dev):
-            logits = model(ids, attn_mask=real, cache=cache)[:, -1]  # (P, V): prefill each prompt once
+        cache, logits = _prefill(model, prompts, tok.pad_id, T_max)  # (P, V): prefill each prompt once
         cache.reorder(rep)  # ... then copy it for the G samples
         logits = logits[rep]  # (B, V)
     else:
+        ids, real = left_pad(prompts, tok.pad_id, dev)  # (P, Lp)
         seq, seq_real = ids[rep], real[rep]  # (B, Lp), grows by one column per step
 
     states = [grammar.start()] * B
@@ -155,7 +175,6 @@ def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_genera
         else:
             seq, seq_real = torch.cat([seq, feed], 1), torch.cat([seq_real, feed_real], 1)
 
-    model.train(was_training)
     return Rollouts(
         responses=torch.stack(out_tok, 1).to(dev),  # (B, T)
         logprobs=torch.stack(out_lp, 1).to(dev),
@@ -202,6 +221,7 @@ def response_logprobs(model, grammar: Grammar, prompts: Sequence[Sequence[int]],
 
 
 @torch.no_grad()
+@_in_eval_mode
 def beam_search(model, grammar: Grammar, prompts: Sequence[Sequence[int]], beam_width: int) -> list[BeamResult]:
     """The paper's evaluation protocol, batched over prompts.
 
@@ -215,15 +235,10 @@ def beam_search(model, grammar: Grammar, prompts: Sequence[Sequence[int]], beam_
     """
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
-    was_training = model.training
-    model.eval()
     dev = _device(model)
     tok = grammar.tok
     P, W = len(prompts), beam_width
-    ids, real = left_pad(prompts, tok.pad_id, dev)  # (P, Lp)
-    cache = model.new_cache(P, ids.shape[1] + grammar.max_length)
-    with autocast(dev):
-        last = model(ids, attn_mask=real, cache=cache)[:, -1].float()  # (R, V) logits after each row's last token
+    cache, last = _prefill(model, prompts, tok.pad_id, grammar.max_length)  # (R, V) logits after each row's last token
 
     # live beams, one row of the cache each: prompt index, grammar state, response so far, SID score
     rows = [dict(p=p, state=grammar.start(), resp=[], score=0.0) for p in range(P)]
@@ -281,7 +296,6 @@ def beam_search(model, grammar: Grammar, prompts: Sequence[Sequence[int]], beam_
             cache.reorder(index)
             last = feed([r["resp"][-1] for r in rows], [True] * len(rows))
 
-    model.train(was_training)
     results = []
     for p in range(P):
         beams = sorted(finished[p], key=lambda b: -b["score"])

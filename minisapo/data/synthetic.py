@@ -42,9 +42,9 @@ PRESETS: dict[str, dict] = {
     # the CPU demo: 64 leaves, 512 items, 1000 users, sequences of 10-20 (~12k train samples)
     "default": dict(depth=3, branching=4, items_per_leaf=8, num_users=1000, seq_len=20,
                     zipf=1.0, noise=0.05, stay=0.5, jump=0.2, focus=0.8),
-    # exact match is easy: 27 leaves of 4 items (108 items) with peaked popularity
+    # exact match is easy: 27 leaves of 4 items (108 items), peaked popularity, sticky users
     "easy": dict(depth=3, branching=3, items_per_leaf=4, num_users=1000, seq_len=20,
-                 zipf=1.5, noise=0.05, stay=0.5, jump=0.2, focus=0.8),
+                 zipf=2.0, noise=0.05, stay=0.6, jump=0.15, focus=0.9),
     # exact match is sparse: a 2048-item catalog, 32 items per leaf, flat popularity
     "sparse": dict(depth=3, branching=4, items_per_leaf=32, num_users=1000, seq_len=20,
                    zipf=0.5, noise=0.1, stay=0.5, jump=0.2, focus=0.8),
@@ -207,7 +207,7 @@ class World:
         for up in range(1, D):  # a uniform leaf under the ancestor `up` levels above the leaf
             d = D - up  # depth of that ancestor (1-based); column d-1 of item_anc
             same = self.item_anc[:, d - 1] == self.item_anc[last, d - 1]
-            p += self.moves[up] * same * q / B ** (up+1)
+            p += self.moves[up] * same * q / B ** up
         p[last] = 0.0  # no immediate repeat
         return p / p.sum()
 
