@@ -143,8 +143,17 @@ class KVCache:
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows `index` (R,) in this order (beam search; repeating a prompt's row for G samples)."""
         index = index.to(self.key_mask.device)
-        self.k = [None if k is None else k.index_select(0, index) for k in self.k]
-        self.v = [None if v is None else v.index_select(0, index) for v in self.v]
+        L = self.length
+
+        def keep(buf):  # (B,H,max_len,D) -> (R,H,max_len,D); only the filled slots are copied (the rest is unread)
+            if buf is None:
+                return None
+            out = buf.new_empty(len(index), *buf.shape[1:])
+            out[:, :, :L] = buf[:, :, :L].index_select(0, index)
+            return out
+
+        self.k = [keep(k) for k in self.k]
+        self.v = [keep(v) for v in self.v]
         self.key_mask = self.key_mask.index_select(0, index)
         self.num_real = self.num_real.index_select(0, index)
 

@@ -160,6 +160,34 @@ def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str 
     return report
 
 
+def token_credit_figure(model: GPT, stack: Stack, samples, prompts, path: Path, num_generations: int = 8,
+                        seed: int = 0, max_tries: int = 32) -> Path | None:
+    """The paper's idea in one picture: one group of G rollouts, each token coloured by the advantage
+    it gets under GRPO and under SAPO. Picks the first sample (of max_tries) whose group gives SAPO
+    some signal; returns None if none does."""
+    from minisapo.generate import sample as sample_rollouts
+    from minisapo.plots import plot_token_credit
+    from minisapo.rl import token_credit
+
+    tok, K = stack.tokenizer, stack.table.num_levels
+    gen = torch.Generator(device=pick_device("cpu")).manual_seed(seed)
+    for s, prompt in list(zip(samples, prompts))[:max_tries]:
+        ro = sample_rollouts(model, stack.grammar, [prompt], num_generations=num_generations, generator=gen)
+        responses, mask = ro.responses.cpu(), ro.mask.cpu()
+        parsed = [stack.grammar.parse(r[m].tolist()) for r, m in zip(responses, mask)]
+        credit = token_credit(responses, mask, parsed, tok.sid_ids(stack.table, s.target), tok, K)
+        if credit["sapo"].abs().sum() == 0:
+            continue  # every rollout got every step equally right: no signal for anyone
+        tokens = [[tok.id_to_token(int(t)) for t in r[m]] for r, m in zip(responses, mask)]
+        labels = ["".join("✓" if x else "✗" for x in row.tolist()) for row in credit["matches"]]
+        return plot_token_credit(tokens, {"GRPO (exact reward, sequence advantage)": credit["grpo"],
+                                          "SAPO (per-step reward and advantage)": credit["sapo"]},
+                                 path, row_labels=labels,
+                                 title=f"one group of {num_generations} rollouts; target "
+                                       f"{' '.join(stack.table.tokens(s.target))}; rows: per-step hits")
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # commands
 
@@ -244,6 +272,9 @@ def cmd_run(cfg: Config, algo: str = "sapo", resume: bool = False) -> int:
     stack = load_stack(cfg)
     model = stage_sft(cfg, stack, run_dir, resume=resume)
     stage_eval(cfg, stack, model, run_dir, tag="_sft")
+    test = stack.dataset.splits["test"]
+    token_credit_figure(model, stack, test, _prompts(cfg, stack, test[:32]), run_dir / "token_credit.png",
+                        num_generations=min(cfg.rl.num_generations, 8), seed=cfg.seed)
     if cfg.rl.max_steps > 0:
         stage_rl(cfg, stack, model, run_dir, resume=resume)
     stage_eval(cfg, stack, model, run_dir)

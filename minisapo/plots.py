@@ -86,7 +86,7 @@ def _short_token(tok: str, width: int = 6) -> str:
 
 
 def plot_token_credit(tokens, credits: dict, path, row_labels=None, title: str | None = None):
-    """Side-by-side heatmaps of the advantage each token receives, one panel per algorithm.
+    """Heatmaps of the advantage each token receives, one panel per algorithm (stacked).
 
     tokens: G lists of token strings (the same group of rollouts in every panel);
     credits: {"GRPO": (G, T) array, "SAPO": (G, T) array, ...} from `rl.token_credit`;
@@ -99,9 +99,10 @@ def plot_token_credit(tokens, credits: dict, path, row_labels=None, title: str |
             for n in names]
     G = len(tokens)
     T = max(len(t) for t in tokens) if tokens else 1
-    fig, axes = plt.subplots(1, len(names), figsize=(len(names) * max(4.0, 0.32 * T) + 1.5, 0.45 * G + 1.6),
+    # one panel per algorithm, stacked, so long responses stay readable
+    fig, axes = plt.subplots(len(names), 1, figsize=(max(6.0, 0.3 * T) + 1.5, len(names) * (0.4 * G + 1.0) + 0.6),
                              squeeze=False)
-    for ax, name, A in zip(axes[0], names, mats):
+    for ax, name, A in zip(axes[:, 0], names, mats):
         A = A[:, :T]
         vmax = 1.4 * (float(np.abs(A).max()) or 1.0)  # a little headroom keeps the labels readable
         im = ax.imshow(A, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")

@@ -41,6 +41,12 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
     if any(r.get("stage") == "sft" for r in records):
         plots.plot_sft_curves(records, run_dir / "sft_curves.png")
         lines += ["## SFT", "", "![SFT curves](sft_curves.png)", ""]
+    if (run_dir / "token_credit.png").exists():
+        lines += ["## Who gets credit: GRPO vs. SAPO", "",
+                  "One group of rollouts from the SFT model, each token coloured by its advantage (blue: reinforced, "
+                  "red: discouraged, white: none). GRPO gives one number to every token of a response and nothing "
+                  "when no rollout hits the exact item; SAPO credits each step's thinking block and SID token by "
+                  "whether that step was right.", "", "![token credit](token_credit.png)", ""]
     if any("reward" in r for r in records):
         plots.plot_rl_curves({"rl": records}, run_dir / "rl_curves.png")
         rl = config["rl"]

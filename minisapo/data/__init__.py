@@ -67,6 +67,29 @@ def _default_name(cfg: DataConfig) -> str:
     return cfg.source
 
 
+_SYNTHETIC_ONLY = ("world", "depth", "branching", "items_per_leaf", "num_users", "seq_len", "zipf", "noise",
+                   "stay", "jump", "focus", "world_seed")
+_REAL_ONLY = {"amazon": ("reviews", "meta", "with_description"), "atomic": ("path",)}
+
+
+def _settings_of(cfg: DataConfig) -> dict:
+    """The DataConfig fields that shape this source's output: the cache key. A field another source
+    uses is left out, so e.g. `--preset=tiny` (which sets data.world) does not rebuild an Amazon dataset."""
+    real = {f for fields in _REAL_ONLY.values() for f in fields}
+    if cfg.source == "synthetic":
+        drop = real | {"strict"}
+    else:
+        drop = (real - set(_REAL_ONLY[cfg.source])) | set(_SYNTHETIC_ONLY)
+    return {k: v for k, v in asdict(cfg).items() if k not in drop}
+
+
+def _flags_of(settings: dict) -> str:
+    """The command-line data flags that rebuild a dataset with these (stored) settings."""
+    default = asdict(DataConfig())
+    keys = ["source"] + [k for k in settings if k in default and k not in ("source", "name") and settings[k] != default[k]]
+    return " ".join(f"--{k}={settings[k]}" for k in keys)
+
+
 def _file_facts(cfg: DataConfig) -> dict:
     """Sizes of the raw input files: part of the cache key, so a changed file rebuilds."""
     files = [cfg.reviews, cfg.meta] if cfg.source == "amazon" else [cfg.path] if cfg.source == "atomic" else []
@@ -87,7 +110,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
     name = cfg.name or _default_name(cfg)
     out = Path(data_dir) / "processed" / name
-    settings = {**asdict(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
+    settings = {**_settings_of(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
     info_file = out / "dataset.json"
     if info_file.exists():
         try:
@@ -98,6 +121,12 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         if old == settings and files_ok:
             print(f"cache hit: {out} already holds {name!r} with these settings (delete it to rebuild)")
             return out
+        if old.get("source") and old["source"] != cfg.source:
+            # almost always a forgotten --source (the default is synthetic): never overwrite real data for that
+            raise ValueError(f"{out} holds a dataset built from --source={old['source']}, but this command asks for "
+                             f"--source={cfg.source}; "
+                             f"repeat its data flags ({_flags_of(old)}), or pick another dataset name "
+                             f"(or delete {out} to replace it)")
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         print(f"settings of {out} changed ({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); rebuilding")
         shutil.rmtree(out)
