@@ -116,7 +116,7 @@ def format_summary(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep_compare(overrides: dict, algos: list[str], seeds: int, sweep: str) -> int:
+def sweep_compare(overrides: dict, algos: list[str], seeds: int, sweep: str) -> list[dict]:
     """`--sweep=KNOB:V1,V2,...`: one comparison per value; table and plot of SAPO - GRPO against the knob."""
     from minisapo.plots import plot_sweep
 
@@ -148,5 +148,5 @@ def sweep_compare(overrides: dict, algos: list[str], seeds: int, sweep: str) -> 
     plot_sweep(rows, knob, a, b, root / "sweep.png")
     print("\n".join(lines))
     print(f"wrote {root / 'sweep.json'}, {root / 'sweep.md'}, {root / 'sweep.png'}")
-    return 0
+    return rows
 

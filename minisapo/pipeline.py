@@ -293,13 +293,35 @@ def cmd_compare(overrides: dict, algos: list[str], seeds: int, sweep: str | None
     from minisapo.compare import compare, sweep_compare
 
     if sweep:
-        return sweep_compare(overrides, algos, seeds, sweep)
-    return compare(overrides, algos, seeds)
+        sweep_compare(overrides, algos, seeds, sweep)
+    else:
+        compare(overrides, algos, seeds)
+    return 0
 
 
 def cmd_bench(overrides: dict) -> int:
+    """`minisapo bench [--device=auto] [--preset=small] [--threads=1]`: side-by-side speed ratios."""
+    import difflib
+
     from minisapo.bench import format_table as bench_table
     from minisapo.bench import run_benchmarks
+    from minisapo.model import MODEL_PRESETS
 
-    print(bench_table(run_benchmarks(device=str(overrides.get("device", "auto")))))
+    known = ("device", "preset", "threads")
+    for k in overrides:
+        if k not in known:
+            close = difflib.get_close_matches(k, known, n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise ConfigError(f"unknown bench option --{k}{hint} (bench takes --{', --'.join(known)})")
+    preset = str(overrides.get("preset", "small"))
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(MODEL_PRESETS)})")
+    try:
+        threads = int(overrides.get("threads", 1))
+    except ValueError:
+        raise ConfigError(f"--threads takes a whole number, got {overrides['threads']!r}") from None
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    print(bench_table(run_benchmarks(device=str(overrides.get("device", "auto")), preset=preset,
+                                     num_threads=threads)))
     return 0

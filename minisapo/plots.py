@@ -223,7 +223,8 @@ def plot_eval_comparison(reports: dict, path, metric: str = "hit") -> Path:
     ax.set_xticklabels([f"{metric}@{k}" for k in ks])
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
-    ax.set_title(f"{metric}@K: model vs. popularity and oracle")
+    baselines = [b for b in cols if b not in reports]  # oracle only on synthetic data
+    ax.set_title(f"{metric}@K: model" + (f" vs. {' and '.join(baselines)}" if baselines else ""))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,12 +85,20 @@ C.section("3. the allowed-token mask at every position of one response")
 
 prompt, response = build_examples(ds, table, tok, [s0], rcfg)[0]
 masks = grammar.masks(torch.tensor([response]))[0]  # (T, V) bool: allowed at t given response[:t]
-print(" pos  token          phase   #allowed  allowed (first few)")
+rows = []
 for t, x in enumerate(response):
     state = grammar.state_of(response[:t])
     allowed = masks[t].nonzero().flatten().tolist()
     shown = " ".join(tok.id_to_token(i) for i in allowed[:5]) + (" ..." if len(allowed) > 5 else "")
-    print(f"{t:>4}  {tok.id_to_token(x):<14} {state.phase:<7} {len(allowed):>8}  {shown}")
+    rows.append((state.phase, len(allowed), f"{t:>4}  {tok.id_to_token(x):<14} {state.phase:<7} {len(allowed):>8}  {shown}"))
+print(" pos  token          phase   #allowed  allowed (first few)")
+for t, (phase, n, line) in enumerate(rows):  # runs of identical word positions are shortened to "..."
+    same_as_prev = t > 0 and rows[t - 1][:2] == (phase, n)
+    same_as_next = t + 1 < len(rows) and rows[t + 1][:2] == (phase, n)
+    if not (same_as_prev and same_as_next):
+        print(line)
+    elif not (t > 1 and rows[t - 2][:2] == (phase, n)):
+        print("   ...")
 parsed = grammar.parse(response)
 print(f"\nparse: valid={parsed.valid}, SID {tok.decode(parsed.sid_ids)}, item {parsed.item} (target {s0.target})")
 broken = list(response)
@@ -144,7 +152,8 @@ for i in range(G):
     p = grammar.parse(resp)
     print(f"  rollout {i}: {len(resp):>2} tokens, valid={p.valid}, item {p.item:>2}, "
           f"{int(ro.forced[i].sum())} forced tokens (log-prob 0): ...{tok.decode(resp[-8:])}")
-lp, _ = response_logprobs(model, grammar, ro.prompts, ro.responses)
+with torch.no_grad():
+    lp, _ = response_logprobs(model, grammar, ro.prompts, ro.responses)  # (G, T), one forward pass
 print(f"max |sampler log-prob - recomputed log-prob| = {float((lp - ro.logprobs).abs().max()):.2e}")
 
 # ----------------------------------------------------------------------------------------------

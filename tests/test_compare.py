@@ -1,0 +1,55 @@
+"""`minisapo compare` on the tiny preset: same SFT checkpoint per seed, mean +- std over seeds, sweeps."""
+
+import json
+
+import numpy as np
+import pytest
+
+from minisapo.cli import main
+from minisapo.compare import summarize
+from tests.test_cli import FAST
+
+
+def test_summarize_is_mean_and_std_over_seeds():
+    rows = {"sapo": [{"hit@10": 0.2, "valid_rate": 1.0}, {"hit@10": 0.4, "valid_rate": 1.0}]}
+    s = summarize(rows)
+    assert s["sapo"]["hit@10"] == pytest.approx([0.3, 0.1])
+    assert s["sapo"]["valid_rate"] == pytest.approx([1.0, 0.0])
+
+
+def test_compare_two_algos_two_seeds(tmp_path):
+    dirs = [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
+    assert main(["compare", "--algos=grpo,sapo", "--seeds=2", *FAST, *dirs]) == 0
+    root = tmp_path / "runs" / "compare_tiny"
+    out = json.loads((root / "compare.json").read_text())
+    assert set(out["summary"]) == {"sft", "grpo", "sapo"}
+    for algo in ("grpo", "sapo"):
+        rows = out["per_seed"][algo]
+        assert len(rows) == 2
+        mean, std = out["summary"][algo]["hit@10"]
+        assert mean == pytest.approx(np.mean([r["hit@10"] for r in rows]))
+        assert std == pytest.approx(np.std([r["hit@10"] for r in rows]))
+        assert 0.0 <= out["summary"][algo]["frac_reward_zero_std"][0] <= 1.0
+    # both algorithms started from the same SFT weights of their seed, with the same rollout budget
+    for s in range(2):
+        cfgs = [json.loads((root / f"seed{s}" / a / "config.json").read_text()) for a in ("grpo", "sapo")]
+        assert cfgs[0]["seed"] == cfgs[1]["seed"] == s
+        assert {k: v for k, v in cfgs[0]["rl"].items() if k not in ("reward", "advantage", "step_token_mean")} == \
+               {k: v for k, v in cfgs[1]["rl"].items() if k not in ("reward", "advantage", "step_token_mean")}
+    assert "± " in (root / "compare.md").read_text() and (root / "compare_curves.png").exists()
+    # a second call reuses every finished piece (no training): same numbers
+    assert main(["compare", "--algos=grpo,sapo", "--seeds=2", *FAST, *dirs]) == 0
+    again = json.loads((root / "compare.json").read_text())
+    assert again["summary"] == out["summary"]
+
+
+def test_sweep_over_catalog_size(tmp_path):
+    dirs = [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
+    assert main(["compare", "--algos=grpo,sapo", "--seeds=1", "--sweep=items_per_leaf:4,8", *FAST, *dirs]) == 0
+    sweep = json.loads((tmp_path / "runs" / "sweep_tiny_items_per_leaf" / "sweep.json").read_text())
+    assert [r["value"] for r in sweep["rows"]] == ["4", "8"]
+    for r in sweep["rows"]:
+        assert r["sapo-grpo_hit@10"] == pytest.approx(r["sapo_hit@10"][0] - r["grpo_hit@10"][0])
+    # each knob value got its own dataset
+    assert (tmp_path / "data" / "processed" / "tiny_items_per_leaf4").exists()
+    assert (tmp_path / "runs" / "sweep_tiny_items_per_leaf" / "sweep.png").exists()
