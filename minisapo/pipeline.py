@@ -301,18 +301,14 @@ def cmd_compare(overrides: dict, algos: list[str], seeds: int, sweep: str | None
 
 def cmd_bench(overrides: dict) -> int:
     """`minisapo bench [--device=auto] [--preset=small] [--threads=1]`: side-by-side speed ratios."""
-    import difflib
-
     from minisapo.bench import format_table as bench_table
     from minisapo.bench import run_benchmarks
     from minisapo.model import MODEL_PRESETS
 
     known = ("device", "preset", "threads")
-    for k in overrides:
-        if k not in known:
-            close = difflib.get_close_matches(k, known, n=1)
-            hint = f"; did you mean --{close[0]}?" if close else ""
-            raise ConfigError(f"unknown bench option --{k}{hint} (bench takes --{', --'.join(known)})")
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown bench option --{unknown[0]} (bench takes only --{', --'.join(known)})")
     preset = str(overrides.get("preset", "small"))
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(MODEL_PRESETS)})")

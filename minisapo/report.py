@@ -24,6 +24,15 @@ def _eval_reports(run_dir: Path) -> dict[str, dict]:
     return out
 
 
+def _dataset_name(data: dict) -> str:
+    from minisapo.data import DataConfig, dataset_name
+
+    try:
+        return dataset_name(DataConfig(**data))
+    except TypeError:  # a config.json from another version
+        return str(data.get("name") or data.get("world"))
+
+
 def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) -> Path:
     """Write the run's plots and report.md; returns the report's path."""
     from minisapo import plots
@@ -33,7 +42,7 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
     records = read_metrics(run_dir / "metrics.jsonl")
     evals = _eval_reports(run_dir)
     lines = [f"# minisapo run `{config['name']}`", ""]
-    lines.append(f"preset `{config['preset']}`, dataset `{config['data']['name'] or config['data']['world']}` "
+    lines.append(f"preset `{config['preset']}`, dataset `{_dataset_name(config['data'])}` "
                  f"({config['data']['source']}), mode `{config['reasoning']['mode']}`, "
                  f"layout `{config['reasoning']['layout']}`, seed {config['seed']}"
                  + (f", {seconds:.0f} s in all" if seconds is not None else "") + ".")

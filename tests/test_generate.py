@@ -239,12 +239,3 @@ def test_beam_search_without_dedup_tokens_returns_distinct_sids():
     for sid, score in zip(res.sids, res.scores):
         want = sum(-math.log(len(g.trie.next_tokens(sid[:k]))) for k in range(len(sid)))
         assert score == pytest.approx(want, abs=1e-5)
-
-
-def test_bench_sampling_smoke():
-    from minisapo.bench import bench_sampling, format_table
-
-    row = bench_sampling(preset="tiny", device="cpu", num_prompts=2, num_generations=2, prompt_len=6,
-                         max_think_tokens=2, num_items=20)
-    assert row["same_tokens"] and row["tokens"] > 0 and row["speedup"] > 0
-    assert "tok/s cache" in format_table([row])

@@ -123,6 +123,13 @@ def test_dedup_none_keeps_shared_sids():
     assert t.item(["<a_1>", "<b_1>"]) is None and t.item(["<a_0>"]) is None
 
 
+def test_table_rejects_a_sid_that_is_a_prefix_of_another():
+    # item 0 without a dedup token, item 1 with one: <a_0><b_1> would be both a leaf and an inner trie node,
+    # so the grammar could never end a SID there (item 0 unreachable)
+    with pytest.raises(ValueError, match="both with and without a dedup token"):
+        SIDTable(np.array([[0, 1], [0, 1], [1, 0]]), np.array([-1, 0, -1]), [2, 2])
+
+
 def test_table_save_load_identical(tmp_path):
     codes = np.array([[0, 1, 2], [0, 1, 2], [3, 0, 1]])
     t = SIDTable.from_codes(codes, descriptors={"<a_0>": "red", "<a_0><b_1>": "shoes"},

@@ -19,7 +19,7 @@ from pathlib import Path
 from minisapo.data.dataset import Dataset, Sample, load, make_splits, write_processed
 from minisapo.data.synthetic import PRESETS, Oracle, oracle
 
-__all__ = ["DataConfig", "Dataset", "Sample", "Oracle", "PRESETS", "prepare", "load", "oracle", "make_splits"]
+__all__ = ["DataConfig", "dataset_name", "Dataset", "Sample", "Oracle", "PRESETS", "prepare", "load", "oracle", "make_splits"]
 
 FORMAT_VERSION = 1  # bump when the processed files change meaning (old caches then rebuild)
 
@@ -53,6 +53,11 @@ class DataConfig:
     # --- samples ---
     split: str = "loo"  # "loo" (leave-one-out, TIGER/SASRec) | "temporal" (global 8:1:1 by time, MiniOneRec)
     max_history: int = 10  # history = the at most max_history items right before the target
+
+
+def dataset_name(cfg: DataConfig) -> str:
+    """The processed dataset's name: `cfg.name`, else the world / file / folder name."""
+    return cfg.name or _default_name(cfg)
 
 
 def _default_name(cfg: DataConfig) -> str:
@@ -108,7 +113,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         raise ValueError(f"unknown data source {cfg.source!r}: use --source=synthetic, amazon or atomic")
     if cfg.split not in ("loo", "temporal"):
         raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
-    name = cfg.name or _default_name(cfg)
+    name = dataset_name(cfg)
     out = Path(data_dir) / "processed" / name
     settings = {**_settings_of(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
     info_file = out / "dataset.json"

@@ -110,6 +110,14 @@ class SIDTable:
         for i in range(len(codes)):
             self._lookup[tuple(self.tokens(i))].append(i)
         self._lookup = dict(self._lookup)
+        # every SID must be a trie leaf: the grammar ends a SID where the trie has no children, so an
+        # item whose K codes are also the prefix of a deduplicated SID could never be generated
+        plain = {tuple(codes[i]) for i in range(len(codes)) if dedup[i] < 0}
+        mixed = sorted(c for c in {tuple(codes[i]) for i in range(len(codes)) if dedup[i] >= 0} if c in plain)
+        if mixed:
+            raise ValueError(f"SID {prefix_key(mixed[0])} is used both with and without a dedup token "
+                             f"({len(mixed)} such code tuples): give every item sharing those codes a dedup "
+                             "token, or none of them (rebuild with `minisapo sid`)")
 
     # ----------------------------------------------------------------- building
     @classmethod

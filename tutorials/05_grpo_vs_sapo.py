@@ -1,0 +1,211 @@
+"""Tutorial 5: GRPO vs SAPO -- who gets credit for what.
+
+Run:  python tutorials/05_grpo_vs_sapo.py          (about 15 s)
+
+What you will see
+  1. by hand, on one group of G rollouts: per-step matches m[i,k]; GRPO's exact-match reward and
+     its one advantage per response; SAPO's per-step rewards and per-step advantages;
+  2. zero-variance groups: why most GRPO groups teach nothing when exact match is rare;
+  3. real rollouts of a small SFT model: which TOKENS receive which credit
+     (`rl.token_advantages` with `reasoning.step_index`), as a heatmap;
+  4. a few RL steps of each algorithm from the same SFT model, `frac_reward_zero_std` side by side.
+Pictures: 05_token_credit.png, 05_rl_curves.png
+"""
+
+import copy
+import shutil
+
+import _common as C
+import numpy as np
+import torch
+
+from minisapo.config import make_config
+from minisapo.evaluate import quick_hit_fn
+from minisapo.generate import sample
+from minisapo.pipeline import load_stack, new_model
+from minisapo.plots import plot_rl_curves, plot_token_credit
+from minisapo.reasoning import build_examples, build_prompt, step_index
+from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, reward_prefix, rl_config,
+                         sequence_advantages, step_advantages, step_matches, token_advantages, token_credit,
+                         train_rl, zero_std_groups)
+from minisapo.runs import read_metrics
+from minisapo.sft import SFTConfig, train_sft
+
+C.start("Tutorial 5 - GRPO vs SAPO: rewards, advantages and per-token credit, by hand and for real")
+
+cfg = make_config({"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs")}, preset="tiny")
+stack = load_stack(cfg)
+ds, table, tok, grammar = stack.dataset, stack.table, stack.tokenizer, stack.grammar
+K = table.num_levels
+np.set_printoptions(precision=3, suppress=True)
+
+
+def marks(row) -> str:
+    return "".join("✓" if v else "✗" for v in row.tolist())
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. One group, by hand
+#
+# RL samples G responses for one prompt (a "group") and scores each. Here we skip the thinking and
+# write six SIDs by hand against the target <a_3><b_1><c_7>:
+#   m[i, k] = 1 if SID token k of response i equals the target's token k.
+#
+# GRPO (the baseline): reward r_i = 1 only if the WHOLE SID matches (prod_k m[i,k]). Advantage
+#   A_i = (r_i - mean_j r_j) / (std_j r_j + eps), one number per response, given to EVERY token.
+# SAPO: reward m[i,k] per step, advantage per step k on its own:
+#   A_ik = (m_ik - mean_j m_jk) / (std_j m_jk + eps), given only to the tokens of step k.
+# (std is the unbiased std over the group, as in TRL; eps = 1e-4.)
+# ----------------------------------------------------------------------------------------------
+C.section("1. one group of G = 6 rollouts, by hand")
+
+ids = lambda sid: [tok.token_to_id(t) for t in sid.replace("><", "> <").split()]  # noqa: E731
+target = ids("<a_3><b_1><c_7>")
+preds = [ids(s) for s in ["<a_3><b_1><c_7>", "<a_3><b_1><c_2>", "<a_3><b_4><c_7>",
+                          "<a_3><b_4><c_0>", "<a_8><b_1><c_5>", "<a_8><b_2><c_0>"]]
+G = len(preds)
+m = step_matches(preds, [target] * G, K)  # (G, K)
+r_grpo = reward_exact(m)  # (G,)
+A_grpo = sequence_advantages(r_grpo, G)  # (G,)
+r_sapo = reward_position(m)  # (G, K)
+A_sapo = step_advantages(r_sapo, G)  # (G, K)
+print(f"target {tok.decode(target)}")
+print(f"{'rollout':<8} {'SID':<20} m[i,k]  GRPO r  GRPO A   SAPO A[i,k] (k = 0, 1, 2)")
+for i in range(G):
+    print(f"{i:<8} {tok.decode(preds[i]):<20} {marks(m[i]):<7} {r_grpo[i]:>6.0f} {A_grpo[i]:>7.3f}   {A_sapo[i].numpy()}")
+
+# the same numbers with numpy, straight from the formulas
+r = m.numpy()
+by_hand_grpo = (r.prod(1) - r.prod(1).mean()) / (r.prod(1).std(ddof=1) + 1e-4)
+by_hand_sapo = (r - r.mean(0)) / (r.std(0, ddof=1) + 1e-4)
+print(f"\nnumpy check: GRPO {np.allclose(by_hand_grpo, A_grpo.numpy(), atol=1e-5)}, "
+      f"SAPO {np.allclose(by_hand_sapo, A_sapo.numpy(), atol=1e-5)}")
+print("read it: rollouts 1 (✓✓✗) and 5 (✗✗✗) get the SAME GRPO advantage; SAPO rewards rollout 1's two right"
+      "\nsteps and only blames its last one. Rollout 2 (✓✗✓) gets step-2 credit although step 1 was wrong:"
+      "\nthe paper's reward is per position, not prefix-gated. The prefix-gated variant (algo sapo_prefix):")
+print(f"  reward_prefix(m) =\n{reward_prefix(m).numpy()}")
+
+print("\nevery preset in rl.ALGOS on this group (reward shape -> advantage shape):")
+for algo, settings in ALGOS.items():
+    rew = compute_rewards(m, settings["reward"], settings["advantage"])
+    adv = sequence_advantages(rew, G) if settings["advantage"] == "sequence" else step_advantages(rew, G)
+    print(f"  {algo:<13} reward={settings['reward']:<11} advantage={settings['advantage']:<8} "
+          f"A of rollout 1 (✓✓✗): {np.atleast_1d(adv[1].numpy())}")
+
+# ----------------------------------------------------------------------------------------------
+# 2. Zero-variance groups
+#
+# If every rollout of a group gets the same reward, every advantage is 0: the group contributes
+# nothing to the gradient. With exact match that is the common case (nobody hits the exact item).
+# SAPO's per-step rewards rarely agree on every step at once. TRL logs the fraction of such
+# groups as `frac_reward_zero_std`; we count a SAPO group as "zero" only if all its steps are.
+# ----------------------------------------------------------------------------------------------
+C.section("2. zero-variance groups: no exact hit, but the steps still differ")
+
+miss = [ids(s) for s in ["<a_3><b_1><c_2>", "<a_3><b_4><c_0>", "<a_3><b_1><c_5>",
+                         "<a_3><b_9><c_2>", "<a_3><b_4><c_2>", "<a_3><b_1><c_0>"]]
+m2 = step_matches(preds + miss, [target] * (2 * G), K)  # two groups: the one above, then this one
+print("group 2 matches: " + " ".join(marks(row) for row in m2[G:]))
+print(f"zero-variance groups, GRPO (exact):   {zero_std_groups(reward_exact(m2), G).tolist()}")
+print(f"zero-variance groups, SAPO (per step): {zero_std_groups(reward_position(m2), G).tolist()}")
+print(f"SAPO advantages of group 2 (only step 1 varies):\n{step_advantages(reward_position(m2), G)[G:].numpy()}")
+
+# ----------------------------------------------------------------------------------------------
+# 3. Which tokens get which credit -- on real rollouts
+#
+# A small SFT model (as in tutorial 4) writes G responses for one training prompt. We parse them,
+# score them, and spread the advantages over the tokens:
+#   GRPO: A_i on every response token (thinking, SID, <eos>).
+#   SAPO: `step_index` says which step every token belongs to (thinking block k + SID token k), and
+#         token t gets A[i, step(t)] / |tokens of that step|  (`step_token_mean`, the paper's
+#         normalisation: every step weighs the same however long its thinking was); <eos> gets 0.
+# `rl.token_credit` does this for both algorithms; below we also do it by hand with
+# `step_index` + `token_advantages` and check that the two agree.
+# ----------------------------------------------------------------------------------------------
+C.section("3. per-token credit on real rollouts of a small SFT model")
+
+model = new_model(cfg, stack)
+train = build_examples(ds, table, tok, ds.splits["train"], cfg.reasoning, verbose=False)
+sft_dir = C.OUT / "runs" / "05_sft"
+train_sft(model, train, SFTConfig(max_steps=150, batch_size=16, learning_rate=1e-2, warmup_steps=10, eval_every=0),
+          sft_dir, pad_id=tok.pad_id, seed=cfg.seed, progress=False)
+
+# Sample G = 8 responses for each of 16 training prompts and show one group: preferably one where
+# somebody hit the exact item (so GRPO has a signal too), with as many match patterns as possible.
+G = 8
+cands = ds.splits["train"][:16]
+ro = sample(model, grammar, [build_prompt(s.history, table, tok, cfg.reasoning) for s in cands], num_generations=G,
+            generator=torch.Generator().manual_seed(0))
+parsed = [grammar.parse(r[mk].tolist()) for r, mk in zip(ro.responses, ro.mask)]
+all_m = step_matches([p.sid_ids if p.valid else None for p in parsed],
+                     [tok.sid_ids(table, s.target) for s in cands for _ in range(G)], K)
+variety = [len({marks(row) for row in all_m[g * G:(g + 1) * G]}) for g in range(len(cands))]
+exact = [bool(reward_exact(all_m[g * G:(g + 1) * G]).sum() > 0) for g in range(len(cands))]
+g = int(np.argmax([10 * e + v for e, v in zip(exact, variety)]))
+rows = slice(g * G, (g + 1) * G)
+responses, mask, group_parsed = ro.responses[rows], ro.mask[rows], parsed[rows]
+tgt = tok.sid_ids(table, cands[g].target)
+print(f"prompt {g}: target {tok.decode(tgt)}; {variety[g]} distinct match patterns among its {G} rollouts")
+print(f"groups (of {len(cands)}) with no exact hit at all, i.e. no GRPO signal: {exact.count(False)}")
+
+credit = token_credit(responses, mask, group_parsed, tgt, tok, K, algos=("grpo", "sapo"))
+steps = step_index(responses, tok, K, has_prompt=False)  # (G, T)
+adv = step_advantages(reward_position(credit["matches"]), G)  # (G, K)
+by_hand = token_advantages(adv, steps, mask, step_token_mean=True)  # (G, T)
+print(f"token_advantages(step_advantages(..), step_index(..)) == token_credit()['sapo']: "
+      f"{torch.allclose(by_hand, credit['sapo'])}")
+
+i = int(np.argmax([0 < row.sum() < K for row in credit["matches"]]))  # a partial match if there is one
+toks = [tok.id_to_token(x) for x in responses[i][mask[i]].tolist()]
+print(f"\nrollout {i}: {marks(credit['matches'][i])}  SAPO step advantages {adv[i].numpy()}")
+print(f"{'token':<12} step   GRPO credit   SAPO credit")
+for t, name in enumerate(toks):
+    print(f"{name:<12} {int(steps[i, t]):>4}   {float(credit['grpo'][i, t]):>11.3f}   {float(credit['sapo'][i, t]):>11.3f}")
+sums = [float(credit["sapo"][i][steps[i] == k].sum()) for k in range(K)]
+print(f"SAPO credit summed over each step's tokens: {np.round(sums, 3)} = the step advantages (step_token_mean)")
+
+tokens = [[tok.id_to_token(x) for x in responses[j][mask[j]].tolist()] for j in range(G)]
+labels = [f"{marks(credit['matches'][j])}" for j in range(G)]
+C.saved(plot_token_credit(tokens, {"GRPO: exact match, one advantage per response": credit["grpo"],
+                                   "SAPO: per-step match, advantage on that step's tokens": credit["sapo"]},
+                          C.OUT / "05_token_credit.png", row_labels=labels,
+                          title=f"who gets credit: one group of {G} rollouts (target {tok.decode(tgt)})"))
+
+# ----------------------------------------------------------------------------------------------
+# 4. A few RL steps of each, from the same SFT model
+#
+# `train_rl` runs the loop: sample G responses per prompt -> score -> advantages -> PPO-clip
+# update. Both runs start from the SAME SFT weights with the same seed, so they draw the same
+# prompts and, at step 1, the very same rollouts: the first row compares the two estimators on
+# identical data. `reward` is on different scales (exact match vs mean per-step match); `hit_rate`
+# (exact match of the sampled SIDs) is comparable. We switch off the KL term (beta=0) for speed.
+# ----------------------------------------------------------------------------------------------
+C.section("4. a few RL steps of GRPO and of SAPO from the same SFT model")
+
+samples = ds.splits["train"]
+prompts = [build_prompt(s.history, table, tok, cfg.reasoning) for s in samples]
+quick = quick_hit_fn(grammar, ds, table, tok, ds.splits["valid"][:32], k=10, reasoning=cfg.reasoning)
+records = {}
+for algo in ("grpo", "sapo"):
+    run_dir = C.OUT / "runs" / f"05_{algo}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # train_rl appends to metrics.jsonl: start clean
+    rl_cfg = rl_config(algo, num_generations=8, batch_size=8, max_steps=5, learning_rate=3e-4, beta=0.0,
+                       eval_every=0, save_every=0)
+    train_rl(copy.deepcopy(model), None, grammar, tok, table, samples, prompts, rl_cfg, run_dir, eval_fn=quick,
+             seed=cfg.seed, progress=False)
+    records[algo] = read_metrics(run_dir / "metrics.jsonl")
+
+steps_of = {algo: [r for r in recs if "reward" in r] for algo, recs in records.items()}
+print(f"{'step':>4} | {'GRPO reward':>11} {'hit_rate':>8} {'zero_std':>8} | {'SAPO reward':>11} {'hit_rate':>8} "
+      f"{'zero_std':>8}  zero_std per step")
+for a, b in zip(steps_of["grpo"], steps_of["sapo"]):
+    per_step = [round(b[f"frac_reward_zero_std/step_{k}"], 2) for k in range(K)]
+    print(f"{a['step']:>4} | {a['reward']:>11.3f} {a['hit_rate']:>8.3f} {a['frac_reward_zero_std']:>8.2f} | "
+          f"{b['reward']:>11.3f} {b['hit_rate']:>8.3f} {b['frac_reward_zero_std']:>8.2f}  {per_step}")
+for algo, recs in records.items():
+    ev = [r for r in recs if "eval/valid_hit@10" in r]
+    print(f"{algo}: valid hit@10 {ev[0]['eval/valid_hit@10']:.3f} -> {ev[-1]['eval/valid_hit@10']:.3f} "
+          f"after {steps_of[algo][-1]['step']} steps (a few steps move little; `minisapo compare` runs it for real)")
+C.saved(plot_rl_curves(records, C.OUT / "05_rl_curves.png", keys=("reward", "frac_reward_zero_std", "hit_rate")))
+
+C.done()
