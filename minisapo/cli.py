@@ -7,7 +7,7 @@
     minisapo rl      --from=<sft run dir> [--algo=sapo|grpo|...] [--name=RUN] [--resume] ...
     minisapo eval    --run=<run dir> [--split=test|valid]   (--split here picks the split to evaluate)
     minisapo compare [--algos=grpo,sapo] [--seeds=3] [--preset=..] [--sweep=items_per_leaf:4,16,64]
-    minisapo bench   [--device=auto]
+    minisapo bench   [--device=auto] [--preset=small] [--threads=1]
 
 Every `--key=value` that is not one of the flags above is a config override (see
 `minisapo run --help-config` for every key and its default).

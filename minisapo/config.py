@@ -85,6 +85,12 @@ class ConfigError(ValueError):
     """A bad preset, key or value; the message says what to change."""
 
 
+def did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
+    """'; did you mean --n_layer?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
 def _fields(obj) -> dict[str, type]:
     hints = typing.get_type_hints(type(obj))
     return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
@@ -110,9 +116,8 @@ def resolve_key(key: str, cfg: Config | None = None) -> str:
     if len(owners) > 1:
         raise ConfigError(f"--{key} is ambiguous: use one of {', '.join('--' + o for o in owners)}")
     bare = sorted({k.split(".")[-1] for k in keys})
-    close = difflib.get_close_matches(key, keys + bare, n=1, cutoff=0.5)
-    hint = f"; did you mean --{close[0]}?" if close else ""
-    raise ConfigError(f"unknown config key --{key}{hint} (see `minisapo run --help-config`)")
+    raise ConfigError(f"unknown config key --{key}{did_you_mean(key, keys + bare, '--')} "
+                      f"(see `minisapo run --help-config`)")
 
 
 def _parse(value: str | object, typ, key: str):
@@ -162,9 +167,8 @@ def make_config(overrides: dict[str, object] | None = None, preset: str | None =
     overrides = dict(overrides or {})
     preset = preset or str(overrides.pop("preset", "small"))
     if preset not in PRESETS:
-        close = difflib.get_close_matches(preset, PRESETS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"unknown preset {preset!r}{hint} (choose from {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, list(PRESETS))} "
+                          f"(choose from {', '.join(PRESETS)})")
     cfg = Config(preset=preset)
     for k, v in PRESETS[preset].items():
         set_value(cfg, k, v)

@@ -12,6 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path, dpi: int = 110, **layout) -> Path:
+    """tight_layout, create the folder, write the PNG, close the figure; returns the path."""
+    fig.tight_layout(**layout)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 # ------------------------------------------------------------------ SIDs (developer B)
 def plot_sid_tree(table, stats: dict | None, path, top: int = 10, children: int = 3) -> Path:
     """Left: the SID tree's top two levels (the ``top`` largest level-1 codes and
@@ -68,11 +78,7 @@ def plot_sid_tree(table, stats: dict | None, path, top: int = 10, children: int 
         title += f" (collisions before dedup: {stats['collision_rate']:.1%})"
     ax2.set_title(title, fontsize=10)
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,12 +123,7 @@ def plot_token_credit(tokens, credits: dict, path, row_labels=None, title: str |
         fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="advantage")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=150)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,12 +161,7 @@ def plot_response_steps(token_ids, tokenizer, num_steps: int, path, has_prompt: 
     ax.set_title(title or "a response coloured by reasoning step (thinking block k + SID token k)", fontsize=9)
     fig.legend(handles, [f"step {k}" for k in range(num_steps)] + ["outside steps (-1)"], ncol=num_steps + 1,
                loc="lower center", fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=130, rect=(0, 0.12, 1, 1))
 
 
 def plot_sft_curves(records: list[dict], path) -> Path:
@@ -192,12 +188,7 @@ def plot_sft_curves(records: list[dict], path) -> Path:
     ax2.set_title("SFT validation (quick beam search)")
     if hit_keys:
         ax2.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_eval_comparison(reports: dict, path, metric: str = "hit") -> Path:
@@ -225,12 +216,7 @@ def plot_eval_comparison(reports: dict, path, metric: str = "hit") -> Path:
     ax.legend(fontsize=8)
     baselines = [b for b in cols if b not in reports]  # oracle only on synthetic data
     ax.set_title(f"{metric}@K: model" + (f" vs. {' and '.join(baselines)}" if baselines else ""))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_rl_curves(runs: dict[str, list[dict]], path,
@@ -250,12 +236,7 @@ def plot_rl_curves(runs: dict[str, list[dict]], path,
         if key != "reward":
             ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sweep(rows: list[dict], knob: str, a: str, b: str, path) -> Path:
@@ -274,9 +255,4 @@ def plot_sweep(rows: list[dict], knob: str, a: str, b: str, path) -> Path:
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_xlabel(knob)
     ax2.set_title(f"{a} - {b}: hit@10 gain")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
