@@ -38,11 +38,12 @@ What is simplified
 - Dropout is off during RL (the model is kept in eval mode, as TRL's `disable_dropout`), so with
   `num_iterations = 1` the importance ratio is exactly 1 and PPO-clip reduces to REINFORCE with
   a group baseline (plus the KL term).
-- `step_token_mean` scales the advantage of step k's tokens by 1/|y_i^(k)|; the chosen
-  `loss_type` normaliser is applied on top (with `dr_grpo` that normaliser is a constant, so the
-  per-step 1/|y_i^(k)| weighting is kept exactly; with `grpo` each response is further divided by
-  its length, as in textbook GRPO). All presets use the same `loss_type` (default "grpo"), so
-  GRPO-vs-SAPO comparisons differ only in reward and advantage.
+- `step_token_mean` gives step k's tokens the weight 1/|y_i^(k)| (the paper's per-step mean),
+  rescaled so that a response keeps its total token weight: token weight n_i / (K_i |y_i^(k)|)
+  with n_i its tokens inside steps. Every step then counts equally whatever its length, and the
+  chosen `loss_type` normaliser (applied on top, TRL's) scales SAPO exactly as it scales GRPO. All
+  presets use the same `loss_type` (default "grpo"), so GRPO-vs-SAPO comparisons differ only in
+  reward and advantage, not in effective step size.
 - Rewards of invalid responses are 0; `frac_reward_zero_std` counts a group as "no signal" when
   its advantage is zero everywhere (for a step advantage: every step's rewards are equal).
 
@@ -85,7 +86,7 @@ class RLConfig:
     # --- what is rewarded and how credit is assigned
     reward: str = "position"  # "exact" | "position" (paper) | "prefix" (gated) | "sidreasoner" (0/.25/.5/1)
     advantage: str = "step"  # "sequence" (GRPO: one scalar per response) | "step" (SAPO: one per step)
-    step_token_mean: bool = True  # step advantage: divide step k's token terms by its length |y_i^(k)|
+    step_token_mean: bool = True  # step advantage: each step weighs the same whatever its length (1/|y_i^(k)|)
     scale_rewards: str = "group"  # "group" (group std) | "batch" (std over batch) | "none"; mean is per group
     # --- sampling
     num_generations: int = 16  # G: responses sampled per prompt (the group); the paper uses 16
@@ -155,6 +156,10 @@ def check_config(cfg: RLConfig) -> None:
         raise ValueError("rl.num_generations must be >= 2: group-relative advantages need a group")
     if cfg.num_iterations < 1 or cfg.batch_size < 1 or cfg.gradient_accumulation_steps < 1:
         raise ValueError("rl.num_iterations, rl.batch_size and rl.gradient_accumulation_steps must be >= 1")
+    rows = cfg.batch_size * cfg.num_generations
+    if rows % cfg.gradient_accumulation_steps:
+        raise ValueError(f"rl.gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide "
+                         f"batch_size * num_generations = {rows} (equal chunks keep every row's weight equal)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,8 +293,11 @@ def token_advantages(advantages: torch.Tensor, steps: torch.Tensor, mask: torch.
 
     advantages (B,)   (GRPO): every real response token (mask, incl. `<eos>`) gets A_i.
     advantages (B, K) (SAPO): token t gets A[i, steps[i, t]]; tokens with step -1 (prompt, pad,
-        `<eos>`, anything outside a step) get 0. With `step_token_mean`, step k's tokens get
-        A[i, k] / |y_i^(k)| (|y_i^(k)| = number of tokens of step k in response i).
+        `<eos>`, anything outside a step) get 0. With `step_token_mean` (the paper's 1/|y_i^(k)|),
+        step k's tokens get A[i, k] * n_i / (K_i * |y_i^(k)|): every step carries the same total
+        weight whatever its length (|y_i^(k)| = tokens of step k in response i), and the response
+        keeps its total token weight n_i (= its tokens inside steps; K_i = its steps), so each
+        `loss_type` normaliser scales SAPO and GRPO alike and the two differ only in credit.
     steps (B, T) from `reasoning.step_index`; mask (B, T) bool, real response tokens.
     """
     mask = mask.bool()
@@ -301,8 +309,10 @@ def token_advantages(advantages: torch.Tensor, steps: torch.Tensor, mask: torch.
     tok = advantages.gather(1, idx)  # (B, T) advantage of each token's step
     if step_token_mean:
         onehot = torch.nn.functional.one_hot(idx, K) * inside[..., None]  # (B, T, K)
-        counts = onehot.sum(dim=1).clamp(min=1)  # (B, K) tokens per step
-        tok = tok / counts.gather(1, idx)
+        counts = onehot.sum(dim=1)  # (B, K) tokens per step, |y_i^(k)|
+        n = counts.sum(dim=1, keepdim=True)  # (B, 1) tokens inside steps, n_i
+        k_i = (counts > 0).sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1) steps present, K_i
+        tok = tok * n / (k_i * counts.clamp(min=1).gather(1, idx))
     return tok * inside
 
 
@@ -485,14 +495,15 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
-        kept = [r for r in read_metrics(log.path) if r.get("step", 0) <= start]  # drop steps redone now
+        # drop the RL records of steps that are redone now (keep every earlier stage's records)
+        kept = [r for r in read_metrics(log.path) if r.get("stage") != "rl" or r.get("step", 0) <= start]
         write_jsonl(log.path, kept)
         print(f"resuming RL from step {start} ({ckpt_path})")
 
     def evaluate_now(step: int) -> None:
         if eval_fn is not None:
             model.eval()
-            log.log({"step": step, **_flat("eval/", eval_fn(model))})
+            log.log({"stage": "rl", "step": step, **_flat("eval/", eval_fn(model))})
 
     if start == 0:
         evaluate_now(0)
@@ -555,7 +566,7 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         metrics.update({k: v / n for k, v in stats_sum.items()})
         metrics["loss"] *= len(chunks)  # the loss of the whole batch is the sum over its chunks
         metrics.update({"step": step + 1, "grad_norm": float(grad_norm), "step_time": time.time() - t0})
-        log.log(metrics)
+        log.log({"stage": "rl", **metrics})
         last = metrics
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", hit=f"{metrics['hit_rate']:.3f}",
                         zero_std=f"{metrics['frac_reward_zero_std']:.2f}")

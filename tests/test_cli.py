@@ -33,6 +33,13 @@ def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
     records = read_metrics(run / "metrics.jsonl")
     assert any(r.get("stage") == "sft" for r in records) and any("frac_reward_zero_std" in r for r in records)
     assert "hit@10" in (run / "report.md").read_text()
+    # --resume continues the RL stage from its checkpoint: earlier records are kept, none is duplicated
+    sft_records = [r for r in records if r.get("stage") == "sft"]
+    assert main(["run", *FAST, *dirs, "--name=e2e", "--rl.max_steps=3", "--resume"]) == 0
+    again = read_metrics(run / "metrics.jsonl")
+    assert [r for r in again if r.get("stage") == "sft"] == sft_records
+    rl_steps = [r["step"] for r in again if r.get("stage") == "rl" and "reward" in r]
+    assert rl_steps == [1, 2, 3]
     # the data and SID stages are cached: a second `data` call says so
     capsys.readouterr()
     assert main(["data", "--world=tiny", *dirs[:1]]) == 0

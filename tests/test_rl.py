@@ -132,10 +132,13 @@ def test_step_mask_sends_step_k_advantage_only_to_step_k(layout, step_mean):
         adv = torch.zeros(1, K)
         adv[0, k] = 2.0
         tok = rl.token_advantages(adv, steps, mask, step_token_mean=step_mean)
-        n_k = int((steps == k).sum())
+        n_k = int(((steps == k) & mask).sum())
+        n = int(((steps >= 0) & mask).sum())  # tokens inside the K steps
         for t in range(steps.size(1)):
-            want = (2.0 / n_k if step_mean else 2.0) if steps[0, t] == k else 0.0
+            want = (2.0 * n / (K * n_k) if step_mean else 2.0) if steps[0, t] == k else 0.0
             assert tok[0, t].item() == pytest.approx(want)
+        if step_mean:  # each step's tokens together weigh n / K, whatever the step's length
+            assert tok[0].sum().item() == pytest.approx(2.0 * n / K)
     # the dedup token (level K) is in the last step
     adv = torch.tensor([[0.0, 0.0, 1.0]])
     tok = rl.token_advantages(adv, steps, mask)

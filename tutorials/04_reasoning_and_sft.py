@@ -11,10 +11,12 @@ What you will see
 Pictures: 04_steps_blocks_first.png, 04_steps_interleaved.png, 04_sft_curves.png
 """
 
+import sys
+
 import _common as C
 import torch
 
-from minisapo.config import make_config
+from minisapo.config import make_config, parse_overrides
 from minisapo.evaluate import eval_report, evaluate, format_table, oracle_baseline, popularity_baseline, quick_hit_fn
 from minisapo.generate import beam_search
 from minisapo.pipeline import load_stack, new_model
@@ -27,7 +29,8 @@ C.start("Tutorial 4 - thinking blocks, reasoning steps (step_index), and a short
 
 # The "tiny" preset: the tiny synthetic world and a 2-layer, 32-wide GPT. `load_stack` builds (or
 # loads from the cache) the dataset, SIDs, tokenizer and the response grammar (tutorial 3).
-cfg = make_config({"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs")}, preset="tiny")
+cfg = make_config({"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs"), **parse_overrides(sys.argv[1:])},
+                  preset="tiny")
 stack = load_stack(cfg)
 ds, table, tok, grammar = stack.dataset, stack.table, stack.tokenizer, stack.grammar
 K = table.num_levels

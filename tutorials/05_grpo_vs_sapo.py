@@ -13,27 +13,37 @@ Pictures: 05_token_credit.png, 05_rl_curves.png
 """
 
 import copy
+import dataclasses
 import shutil
+import sys
 
 import _common as C
 import numpy as np
 import torch
 
-from minisapo.config import make_config
+from minisapo.config import make_config, parse_overrides
 from minisapo.evaluate import quick_hit_fn
 from minisapo.generate import sample
 from minisapo.pipeline import load_stack, new_model
 from minisapo.plots import plot_rl_curves, plot_token_credit
 from minisapo.reasoning import build_examples, build_prompt, step_index
-from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, reward_prefix, rl_config,
+from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, reward_prefix,
                          sequence_advantages, step_advantages, step_matches, token_advantages, token_credit,
                          train_rl, zero_std_groups)
 from minisapo.runs import read_metrics
-from minisapo.sft import SFTConfig, train_sft
+from minisapo.sft import train_sft
 
 C.start("Tutorial 5 - GRPO vs SAPO: rewards, advantages and per-token credit, by hand and for real")
 
-cfg = make_config({"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs")}, preset="tiny")
+# The "tiny" preset plus this tutorial's SFT and RL settings (a few small RL steps, no KL term for
+# speed); `--key=value` arguments go on top, as with the `minisapo` command, e.g.
+#     python tutorials/05_grpo_vs_sapo.py --items_per_leaf=32 --data.name=tiny_ipl32
+TUTORIAL = {"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs"),
+            "sft.max_steps": 150, "sft.batch_size": 16, "sft.learning_rate": 1e-2, "sft.warmup_steps": 10,
+            "sft.eval_every": 0, "sft.eval_samples": 32,
+            "rl.num_generations": 8, "rl.batch_size": 8, "rl.max_steps": 5, "rl.learning_rate": 1e-4,
+            "rl.beta": 0.0, "rl.eval_every": 0, "rl.save_every": 0}
+cfg = make_config({**TUTORIAL, **parse_overrides(sys.argv[1:])}, preset="tiny")
 stack = load_stack(cfg)
 ds, table, tok, grammar = stack.dataset, stack.table, stack.tokenizer, stack.grammar
 K = table.num_levels
@@ -127,12 +137,11 @@ C.section("3. per-token credit on real rollouts of a small SFT model")
 model = new_model(cfg, stack)
 train = build_examples(ds, table, tok, ds.splits["train"], cfg.reasoning, verbose=False)
 sft_dir = C.OUT / "runs" / "05_sft"
-train_sft(model, train, SFTConfig(max_steps=150, batch_size=16, learning_rate=1e-2, warmup_steps=10, eval_every=0),
-          sft_dir, pad_id=tok.pad_id, seed=cfg.seed, progress=False)
+train_sft(model, train, cfg.sft, sft_dir, pad_id=tok.pad_id, seed=cfg.seed, progress=False)
 
-# Sample G = 8 responses for each of 16 training prompts and show one group: preferably one where
+# Sample G responses for each of 16 training prompts and show one group: preferably one where
 # somebody hit the exact item (so GRPO has a signal too), with as many match patterns as possible.
-G = 8
+G = cfg.rl.num_generations
 cands = ds.splits["train"][:16]
 ro = sample(model, grammar, [build_prompt(s.history, table, tok, cfg.reasoning) for s in cands], num_generations=G,
             generator=torch.Generator().manual_seed(0))
@@ -184,13 +193,12 @@ C.section("4. a few RL steps of GRPO and of SAPO from the same SFT model")
 
 samples = ds.splits["train"]
 prompts = [build_prompt(s.history, table, tok, cfg.reasoning) for s in samples]
-quick = quick_hit_fn(grammar, ds, table, tok, ds.splits["valid"][:32], k=10, reasoning=cfg.reasoning)
+quick = quick_hit_fn(grammar, ds, table, tok, ds.splits["valid"][:cfg.sft.eval_samples], k=10, reasoning=cfg.reasoning)
 records = {}
 for algo in ("grpo", "sapo"):
     run_dir = C.OUT / "runs" / f"05_{algo}"
     shutil.rmtree(run_dir, ignore_errors=True)  # train_rl appends to metrics.jsonl: start clean
-    rl_cfg = rl_config(algo, num_generations=8, batch_size=8, max_steps=5, learning_rate=3e-4, beta=0.0,
-                       eval_every=0, save_every=0)
+    rl_cfg = dataclasses.replace(cfg.rl, **ALGOS[algo])  # the tutorial's RL settings + the algorithm's
     train_rl(copy.deepcopy(model), None, grammar, tok, table, samples, prompts, rl_cfg, run_dir, eval_fn=quick,
              seed=cfg.seed, progress=False)
     records[algo] = read_metrics(run_dir / "metrics.jsonl")

@@ -75,6 +75,7 @@ def _default_name(cfg: DataConfig) -> str:
 _SYNTHETIC_ONLY = ("world", "depth", "branching", "items_per_leaf", "num_users", "seq_len", "zipf", "noise",
                    "stay", "jump", "focus", "world_seed")
 _REAL_ONLY = {"amazon": ("reviews", "meta", "with_description"), "atomic": ("path",)}
+_PATHS = ("reviews", "meta", "path")  # input files: compared as absolute paths
 
 
 def _settings_of(cfg: DataConfig) -> dict:
@@ -85,7 +86,20 @@ def _settings_of(cfg: DataConfig) -> dict:
         drop = real | {"strict"}
     else:
         drop = (real - set(_REAL_ONLY[cfg.source])) | set(_SYNTHETIC_ONLY)
-    return {k: v for k, v in asdict(cfg).items() if k not in drop}
+    out = {k: v for k, v in asdict(cfg).items() if k not in drop}
+    for k in _PATHS:  # the same file named from another folder is the same input
+        if out.get(k):
+            out[k] = _resolve(out[k])
+    return out
+
+
+def _resolve(p: str) -> str:
+    return str(Path(p).resolve()) if Path(p).exists() else p
+
+
+def _missing_inputs(cfg: DataConfig) -> list[str]:
+    files = [cfg.reviews, cfg.meta] if cfg.source == "amazon" else [cfg.path] if cfg.source == "atomic" else []
+    return [f for f in files if f and not Path(f).exists()]
 
 
 def _flags_of(settings: dict) -> str:
@@ -101,10 +115,14 @@ def _file_facts(cfg: DataConfig) -> dict:
     facts = {}
     for f in files:
         if f and Path(f).is_file():
-            facts[f] = Path(f).stat().st_size
+            facts[_resolve(f)] = Path(f).stat().st_size
         elif f and Path(f).is_dir():
-            facts[f] = {p.name: p.stat().st_size for p in sorted(Path(f).iterdir()) if p.suffix in (".inter", ".item")}
+            facts[_resolve(f)] = {p.name: p.stat().st_size for p in sorted(Path(f).iterdir()) if p.suffix in (".inter", ".item")}
     return facts
+
+
+def _but_paths(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in _PATHS + ("input_files",)}
 
 
 def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
@@ -125,6 +143,11 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         files_ok = (out / f"{name}.inter").exists() and (out / f"{name}.item").exists()
         if old == settings and files_ok:
             print(f"cache hit: {out} already holds {name!r} with these settings (delete it to rebuild)")
+            return out
+        missing = _missing_inputs(cfg)
+        if missing and files_ok and _but_paths(old) == _but_paths(settings):
+            # e.g. `minisapo eval --run=...` from another folder, with a relative --reviews in config.json
+            print(f"{', '.join(missing)} not found: using the processed copy in {out} (same settings otherwise)")
             return out
         if old.get("source") and old["source"] != cfg.source:
             # almost always a forgotten --source (the default is synthetic): never overwrite real data for that
