@@ -133,9 +133,10 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     reasoning = reasoning or ReasoningConfig()
     samples = _subset(samples, max_samples)
 
+    canon = canonical_items(table)
+
     def canonical(item: int) -> int:
-        # with dedup="none" several items can share one SID: a hit on the SID counts for all of them
-        return table.item(table.tokens(item))
+        return int(canon[item])
 
     was_training = model.training
     model.eval()
@@ -160,6 +161,31 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     return out
 
 
+def canonical_items(table) -> np.ndarray:
+    """(N,) the item that stands for each item's SID: itself, unless dedup="none" made several items
+    share one SID; then all of them map to the first (a hit on the SID counts for every sharer)."""
+    return np.array([table.item(table.tokens(i)) for i in range(table.num_items)], dtype=np.int64)
+
+
+def _per_sid(scores: np.ndarray, table) -> np.ndarray:
+    """Item scores -> scores of distinct SIDs (summed over items sharing one; -inf on the others), so
+    baselines rank what the model ranks. Identity when every SID is unique."""
+    if table is None:
+        return scores
+    canon = canonical_items(table)
+    if (canon == np.arange(len(canon))).all():
+        return scores
+    out = np.full(len(scores), -np.inf)
+    summed = np.bincount(canon, weights=scores, minlength=len(scores))
+    out[np.unique(canon)] = summed[np.unique(canon)]
+    return out
+
+
+def _targets(samples, table) -> list[int]:
+    canon = None if table is None else canonical_items(table)
+    return [s.target if canon is None else int(canon[s.target]) for s in samples]
+
+
 def _ranked_by_scores(scores: np.ndarray, k: int) -> list[int]:
     """Indices of the k highest scores, ties broken by lower item index (stable, deterministic)."""
     order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64)))
@@ -168,11 +194,12 @@ def _ranked_by_scores(scores: np.ndarray, k: int) -> list[int]:
 
 def popularity_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
                         max_samples: int = 0) -> dict:
-    """Rank every item by training popularity (`dataset.item_popularity()`), same list for every sample."""
+    """Rank every item by training popularity (`dataset.item_popularity()`), same list for every sample.
+    With a table whose SIDs are shared (dedup="none"), distinct SIDs are ranked, as for the model."""
     ks = parse_ks(ks)
     samples = _subset(samples, max_samples)
-    ranked = _ranked_by_scores(dataset.item_popularity(), max(ks))
-    targets = [s.target for s in samples]
+    ranked = _ranked_by_scores(_per_sid(dataset.item_popularity().astype(np.float64), table), max(ks))
+    targets = _targets(samples, table)
     out = ranking_metrics([ranked] * len(samples), targets, ks)
     out["valid_rate"] = 1.0
     out["per_level_acc"] = per_level_accuracy([ranked[0]] * len(samples), targets, table.codes) if table else None
@@ -187,6 +214,7 @@ def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), tabl
 
     Besides the realised `hit@K`/`ndcg@K` it reports `expected_hit@K` = probability mass of the top-K
     items, i.e. the hit@K the oracle reaches on average (the ceiling without sampling noise).
+    With shared SIDs (dedup="none") it ranks SIDs by their summed probability, as the model must.
     """
     from minisapo.data import oracle as make_oracle
 
@@ -197,12 +225,12 @@ def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), tabl
     samples = _subset(samples, max_samples)
     rankings, expected = [], {k: 0.0 for k in ks}
     for s in samples:
-        p = np.asarray(orc.distribution(s), dtype=np.float64)
+        p = _per_sid(np.asarray(orc.distribution(s), dtype=np.float64), table)
         ranked = _ranked_by_scores(p, max(ks))
         rankings.append(ranked)
         for k in ks:
             expected[k] += float(p[ranked[:k]].sum())
-    targets = [s.target for s in samples]
+    targets = _targets(samples, table)
     out = ranking_metrics(rankings, targets, ks)
     for k in ks:
         out[f"expected_hit@{k}"] = expected[k] / max(len(samples), 1)

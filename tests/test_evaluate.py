@@ -123,3 +123,19 @@ def test_plots_write_pngs(tmp_path):
     recs = [{"stage": "sft", "step": 1, "loss": 2.0}, {"stage": "sft", "step": 2, "loss": 1.0},
             {"stage": "sft", "step": 2, "valid_loss": 1.5, "valid_hit@10": 0.4}, {"stage": "rl", "step": 1}]
     assert plot_sft_curves(recs, tmp_path / "sft.png").stat().st_size > 0
+
+
+def test_baselines_rank_distinct_sids_when_items_share_one():
+    """dedup="none": items 0 and 1 share a SID, so baselines rank SIDs (summed scores) like the model."""
+    from minisapo.evaluate import _per_sid, _ranked_by_scores, _targets, canonical_items
+    from minisapo.data import Sample
+    from minisapo.sid import SIDTable
+
+    table = SIDTable.from_codes(np.array([[0, 0], [0, 0], [1, 0]]), dedup=np.array([-1, -1, -1]))
+    assert canonical_items(table).tolist() == [0, 0, 2]
+    scores = _per_sid(np.array([0.3, 0.3, 0.4]), table)
+    assert scores[0] == pytest.approx(0.6) and scores[1] == -np.inf
+    assert _ranked_by_scores(scores, 2) == [0, 2]
+    assert _targets([Sample(0, (2,), 1)], table) == [0]  # a hit on the shared SID counts for item 1
+    unique = SIDTable.from_codes(np.array([[0, 0], [0, 1], [1, 0]]))
+    assert _per_sid(np.array([0.3, 0.3, 0.4]), unique).tolist() == [0.3, 0.3, 0.4]
