@@ -45,7 +45,12 @@ What is simplified
   presets use the same `loss_type` (default "grpo"), so GRPO-vs-SAPO comparisons differ only in
   reward and advantage, not in effective step size.
 - Rewards of invalid responses are 0; `frac_reward_zero_std` counts a group as "no signal" when
-  its advantage is zero everywhere (for a step advantage: every step's rewards are equal).
+  its advantage is zero everywhere (for a step advantage: every step's rewards are equal), always
+  from the group std (TRL uses the batch std for it under `scale_rewards="batch"`).
+  `frac_exact_zero_std` is the same count for the exact-match reward, logged for every algorithm,
+  so GRPO's no-signal rate can be read off a SAPO run too.
+- `entropy` is the entropy of the grammar-constrained distribution, averaged over response
+  tokens, forced tokens (entropy 0) included, so it reads lower than an unconstrained entropy.
 
 Option and metric names follow TRL's GRPOTrainer (`num_generations`, `beta`, `epsilon`,
 `epsilon_high`, `num_iterations`, `scale_rewards`, `loss_type`, `max_completion_length`;
@@ -414,6 +419,8 @@ def rollout_metrics(scored: dict, mask: torch.Tensor, cfg: RLConfig) -> dict:
         "reward_std": scalar.view(-1, G).std(dim=1).mean().item(),  # mean of the per-group std, as TRL
         # groups with no signal at all (for a step reward: every step has zero variance)
         "frac_reward_zero_std": zero_std_groups(r, G).float().mean().item(),
+        # the same count for the exact-match reward, whatever the algorithm: GRPO's no-signal groups
+        "frac_exact_zero_std": zero_std_groups(m.prod(dim=-1), G).float().mean().item(),
         "hit_rate": m.prod(dim=-1).mean().item(),  # exact match of the whole SID
         "valid_rate": valid.float().mean().item(),
         "invalid_count": int((~valid).sum()),
