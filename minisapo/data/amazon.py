@@ -94,19 +94,24 @@ def _review(d: dict, release: str) -> Interaction:
     return (u, i, float(r), t)
 
 
-def read_reviews(path: Path, release: str, strict: bool) -> tuple[list[Interaction], BadLines]:
-    bad = BadLines(path, strict)
-    out: list[Interaction] = []
+def numbered_lines(path: Path):
+    """(line number, line) for every non-blank line of a (gzipped or plain) text file, with a tqdm bar."""
     with open_text(path) as f:
         for lineno, line in enumerate(tqdm(f, desc=f"reading {path.name}", unit=" lines", leave=False,
                                            mininterval=1.0), start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                out.append(_review(d, release))
-            except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
-                bad.add(lineno, f"malformed review ({type(e).__name__}: {e})")
+            if line.strip():
+                yield lineno, line
+
+
+def read_reviews(path: Path, release: str, strict: bool) -> tuple[list[Interaction], BadLines]:
+    bad = BadLines(path, strict)
+    out: list[Interaction] = []
+    for lineno, line in numbered_lines(path):
+        try:
+            d = json.loads(line)
+            out.append(_review(d, release))
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
+            bad.add(lineno, f"malformed review ({type(e).__name__}: {e})")
     return out, bad
 
 
@@ -146,26 +151,22 @@ def read_meta(path: Path, release: str, wanted: set[str], strict: bool, with_des
     bad = BadLines(path, strict)
     key_re, key = _KEY[release], "parent_asin" if release == "2023" else "asin"
     items: dict[str, list[str]] = {}
-    with open_text(path) as f:
-        for lineno, line in enumerate(tqdm(f, desc=f"reading {path.name}", unit=" lines", leave=False,
-                                           mininterval=1.0), start=1):
-            if not line.strip():
-                continue
-            m = key_re.search(line)
-            if m and (m.group(1) not in wanted or m.group(1) in items):
-                continue  # fast path: an item we do not need (real meta files are large)
-            try:
-                if release == "2014":
-                    d = ast.literal_eval(line)  # a Python literal, not JSON; literal_eval never runs code
-                else:
-                    d = json.loads(line)
-                if not isinstance(d, dict) or not isinstance(d.get(key), str):
-                    raise ValueError(f"no '{key}' string field")
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, json.JSONDecodeError) as e:
-                bad.add(lineno, f"malformed metadata ({type(e).__name__}: {e})")
-                continue
-            if d[key] in wanted and d[key] not in items:
-                items[d[key]] = _meta_fields(d, release, with_description)
+    for lineno, line in numbered_lines(path):
+        m = key_re.search(line)
+        if m and (m.group(1) not in wanted or m.group(1) in items):
+            continue  # fast path: an item we do not need (real meta files are large)
+        try:
+            if release == "2014":
+                d = ast.literal_eval(line)  # a Python literal, not JSON; literal_eval never runs code
+            else:
+                d = json.loads(line)
+            if not isinstance(d, dict) or not isinstance(d.get(key), str):
+                raise ValueError(f"no '{key}' string field")
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, json.JSONDecodeError) as e:
+            bad.add(lineno, f"malformed metadata ({type(e).__name__}: {e})")
+            continue
+        if d[key] in wanted and d[key] not in items:
+            items[d[key]] = _meta_fields(d, release, with_description)
     return items, bad
 
 
