@@ -207,11 +207,25 @@ def from_dict(d: dict) -> Config:
     return cfg
 
 
+def field_comments(cls) -> dict[str, str]:
+    """{field: its trailing `# comment`} read from the dataclass's source (the comments are the docs)."""
+    import inspect
+    import re
+
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)", line)
+        if m:
+            out.setdefault(m.group(1), m.group(2).strip())
+    return out
+
+
 def describe(cfg: Config | None = None) -> str:
-    """Every key with its current value (for `--help-config`)."""
+    """Every key with its current value and its comment (for `--help-config`)."""
     cfg = cfg or Config()
     lines = []
     for k in all_keys(cfg):
         obj, name = (cfg, k) if "." not in k else (getattr(cfg, k.split(".")[0]), k.split(".")[1])
-        lines.append(f"  --{k}={getattr(obj, name)!r}")
+        comment = field_comments(type(obj)).get(name, "")
+        lines.append(f"  --{k}={getattr(obj, name)!r}".ljust(44) + (f"  # {comment}" if comment else ""))
     return "\n".join(lines)

@@ -52,3 +52,14 @@ def test_json_round_trip():
     again = from_dict(json.loads(json.dumps(to_dict(cfg))))
     assert again == cfg
     assert isinstance(again, Config)
+
+
+def test_every_config_field_has_a_comment():
+    from minisapo.config import SECTIONS, describe, field_comments
+
+    cfg = Config()
+    for obj in [cfg] + [getattr(cfg, s) for s in SECTIONS]:
+        comments = field_comments(type(obj))
+        missing = [f for f in vars(obj) if f not in SECTIONS and not comments.get(f)]
+        assert not missing, f"{type(obj).__name__}: fields without a comment: {missing}"
+    assert "# RL steps" in describe() or "--rl.max_steps" in describe()
