@@ -81,8 +81,10 @@ def token_advantages_loops(adv, steps, mask, step_token_mean):
                 out[i, t] = adv[i]
             elif steps[i, t] >= 0:
                 k = int(steps[i, t])
-                n = sum(1 for u in range(T) if mask[i, u] and steps[i, u] == k) if step_token_mean else 1
-                out[i, t] = adv[i, k] / n
+                out[i, t] = adv[i, k]
+                if step_token_mean:
+                    c = [sum(1 for u in range(T) if mask[i, u] and steps[i, u] == j) for j in range(adv.size(1))]
+                    out[i, t] *= sum(c) / (sum(1 for x in c if x > 0) * c[k])
     return out
 
 def interleaved_step_index(response, tokenizer, num_steps):

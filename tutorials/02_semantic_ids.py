@@ -149,7 +149,8 @@ trie = SIDTrie(table, tok)
 print(table)
 print(tok)
 item = int(np.where(dedup >= 0)[0][0]) if (dedup >= 0).any() else 0
-print(f"item {item}: tokens {table.tokens(item)} -> ids {tok.sid_ids(table, item)} -> back to item {table.item(table.tokens(item))}")
+print(f"item {item}: tokens {table.tokens(item)} -> ids {tok.sid_ids(table, item)} "
+      f"-> back to item {table.item(table.tokens(item))}")
 print(f"vocabulary layout: ids 0..6 specials {[tok.id_to_token(i) for i in range(7)]}, then "
       f"{len(table.all_tokens())} SID tokens, then {len(tok.word_ids)} words")
 ids = tok.encode(f"<bos> {''.join(table.tokens(0))} {ds.item_titles[0]} unicorn <sep>")
@@ -159,7 +160,8 @@ sid = tok.sid_ids(table, item)
 for depth in range(len(sid) + 1):
     nxt = trie.next_tokens(sid[:depth])
     shown = " ".join(tok.id_to_token(i) for i in nxt[:8]) + (" ..." if len(nxt) > 8 else "")
-    print(f"  after {tok.decode(sid[:depth]) or '(nothing)':<24} {len(nxt):>2} valid next tokens: {shown or '[] (complete SID)'}")
+    print(f"  after {tok.decode(sid[:depth]) or '(nothing)':<24} {len(nxt):>2} valid next tokens: "
+          f"{shown or '[] (complete SID)'}")
 a_id, used_b = sid[0], set(trie.next_tokens(sid[:1]))
 bad_b = next(i for i in tok.level_ids(1) if i not in used_b)
 try:

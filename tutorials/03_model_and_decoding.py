@@ -16,7 +16,6 @@ import time
 
 import _common as C
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from minisapo.data import DataConfig, load, prepare

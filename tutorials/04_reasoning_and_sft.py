@@ -118,7 +118,8 @@ C.section("4. a short SFT on teacher traces, then a quick hit@10")
 train = build_examples(ds, table, tok, ds.splits["train"], rcfg)
 valid_samples = ds.splits["valid"][:32]
 valid = build_examples(ds, table, tok, valid_samples, rcfg)
-print(f"{len(train)} training examples; a response is {min(len(r) for _, r in train)}-{max(len(r) for _, r in train)} tokens")
+lengths = [len(r) for _, r in train]
+print(f"{len(train)} training examples; a response is {min(lengths)}-{max(lengths)} tokens")
 model = new_model(cfg, stack)  # seeded by cfg.seed
 sft_cfg = SFTConfig(max_steps=150, batch_size=16, learning_rate=1e-2, warmup_steps=10, eval_every=50, eval_samples=32)
 run_dir = C.OUT / "runs" / "04_sft"

@@ -31,6 +31,7 @@ from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, 
                          sequence_advantages, step_advantages, step_matches, token_advantages, token_credit,
                          train_rl, zero_std_groups)
 from minisapo.runs import read_metrics
+from minisapo.sid import prefix_key
 from minisapo.sft import train_sft
 
 C.start("Tutorial 5 - GRPO vs SAPO: rewards, advantages and per-token credit, by hand and for real")
@@ -58,8 +59,10 @@ def marks(row) -> str:
 # 1. One group, by hand
 #
 # RL samples G responses for one prompt (a "group") and scores each. Here we skip the thinking and
-# write six SIDs by hand against the target <a_3><b_1><c_7>:
+# write six 3-level SIDs by hand against the target <a_3><b_1><c_7>:
 #   m[i, k] = 1 if SID token k of response i equals the target's token k.
+# (`step_matches` compares SIDs position by position, so we can give it the codes (3, 1, 7) as
+# well as token ids: position k always holds a level-k token.)
 #
 # GRPO (the baseline): reward r_i = 1 only if the WHOLE SID matches (prod_k m[i,k]). Advantage
 #   A_i = (r_i - mean_j r_j) / (std_j r_j + eps), one number per response, given to EVERY token.
@@ -69,20 +72,19 @@ def marks(row) -> str:
 # ----------------------------------------------------------------------------------------------
 C.section("1. one group of G = 6 rollouts, by hand")
 
-ids = lambda sid: [tok.token_to_id(t) for t in sid.replace("><", "> <").split()]  # noqa: E731
-target = ids("<a_3><b_1><c_7>")
-preds = [ids(s) for s in ["<a_3><b_1><c_7>", "<a_3><b_1><c_2>", "<a_3><b_4><c_7>",
-                          "<a_3><b_4><c_0>", "<a_8><b_1><c_5>", "<a_8><b_2><c_0>"]]
+KH = 3  # levels of the hand-made example
+target = (3, 1, 7)
+preds = [(3, 1, 7), (3, 1, 2), (3, 4, 7), (3, 4, 0), (8, 1, 5), (8, 2, 0)]
 G = len(preds)
-m = step_matches(preds, [target] * G, K)  # (G, K)
+m = step_matches(preds, [target] * G, KH)  # (G, K)
 r_grpo = reward_exact(m)  # (G,)
 A_grpo = sequence_advantages(r_grpo, G)  # (G,)
 r_sapo = reward_position(m)  # (G, K)
 A_sapo = step_advantages(r_sapo, G)  # (G, K)
-print(f"target {tok.decode(target)}")
+print(f"target {prefix_key(target)}")
 print(f"{'rollout':<8} {'SID':<20} m[i,k]  GRPO r  GRPO A   SAPO A[i,k] (k = 0, 1, 2)")
 for i in range(G):
-    print(f"{i:<8} {tok.decode(preds[i]):<20} {marks(m[i]):<7} {r_grpo[i]:>6.0f} {A_grpo[i]:>7.3f}   {A_sapo[i].numpy()}")
+    print(f"{i:<8} {prefix_key(preds[i]):<20} {marks(m[i]):<7} {r_grpo[i]:>6.0f} {A_grpo[i]:>7.3f}   {A_sapo[i].numpy()}")
 
 # the same numbers with numpy, straight from the formulas
 r = m.numpy()
@@ -112,9 +114,8 @@ for algo, settings in ALGOS.items():
 # ----------------------------------------------------------------------------------------------
 C.section("2. zero-variance groups: no exact hit, but the steps still differ")
 
-miss = [ids(s) for s in ["<a_3><b_1><c_2>", "<a_3><b_4><c_0>", "<a_3><b_1><c_5>",
-                         "<a_3><b_9><c_2>", "<a_3><b_4><c_2>", "<a_3><b_1><c_0>"]]
-m2 = step_matches(preds + miss, [target] * (2 * G), K)  # two groups: the one above, then this one
+miss = [(3, 1, 2), (3, 4, 0), (3, 1, 5), (3, 9, 2), (3, 4, 2), (3, 1, 0)]
+m2 = step_matches(preds + miss, [target] * (2 * G), KH)  # two groups: the one above, then this one
 print("group 2 matches: " + " ".join(marks(row) for row in m2[G:]))
 print(f"zero-variance groups, GRPO (exact):   {zero_std_groups(reward_exact(m2), G).tolist()}")
 print(f"zero-variance groups, SAPO (per step): {zero_std_groups(reward_position(m2), G).tolist()}")
@@ -127,8 +128,11 @@ print(f"SAPO advantages of group 2 (only step 1 varies):\n{step_advantages(rewar
 # score them, and spread the advantages over the tokens:
 #   GRPO: A_i on every response token (thinking, SID, <eos>).
 #   SAPO: `step_index` says which step every token belongs to (thinking block k + SID token k), and
-#         token t gets A[i, step(t)] / |tokens of that step|  (`step_token_mean`, the paper's
-#         normalisation: every step weighs the same however long its thinking was); <eos> gets 0.
+#         token t gets A[i, step(t)], <eos> gets 0. With `step_token_mean` (the paper's 1/|y_i^(k)|)
+#         step k's tokens share it: each gets A[i,k] * n_i / (K_i * |y_i^(k)|), |y_i^(k)| = tokens
+#         of step k, n_i = tokens in all steps, K_i = steps. So every step carries the same total
+#         weight however long its thinking was, and the response keeps its total token weight n_i
+#         (as under GRPO, <eos> aside): the two differ in WHICH tokens get credit, not in how much.
 # `rl.token_credit` does this for both algorithms; below we also do it by hand with
 # `step_index` + `token_advantages` and check that the two agree.
 # ----------------------------------------------------------------------------------------------
@@ -169,9 +173,12 @@ toks = [tok.id_to_token(x) for x in responses[i][mask[i]].tolist()]
 print(f"\nrollout {i}: {marks(credit['matches'][i])}  SAPO step advantages {adv[i].numpy()}")
 print(f"{'token':<12} step   GRPO credit   SAPO credit")
 for t, name in enumerate(toks):
-    print(f"{name:<12} {int(steps[i, t]):>4}   {float(credit['grpo'][i, t]):>11.3f}   {float(credit['sapo'][i, t]):>11.3f}")
+    grpo_t, sapo_t = float(credit["grpo"][i, t]) + 0.0, float(credit["sapo"][i, t]) + 0.0  # + 0.0: no "-0.000"
+    print(f"{name:<12} {int(steps[i, t]):>4}   {grpo_t:>11.3f}   {sapo_t:>11.3f}")
+sizes = [int(((steps[i] == k) & mask[i]).sum()) for k in range(K)]
 sums = [float(credit["sapo"][i][steps[i] == k].sum()) for k in range(K)]
-print(f"SAPO credit summed over each step's tokens: {np.round(sums, 3)} = the step advantages (step_token_mean)")
+print(f"tokens per step |y^(k)| = {sizes}; SAPO credit summed over each step's tokens: {np.round(sums, 3)}\n"
+      f"= the step advantages x n_i / K_i = {np.round(adv[i].numpy() * sum(sizes) / sum(map(bool, sizes)), 3)}")
 
 tokens = [[tok.id_to_token(x) for x in responses[j][mask[j]].tolist()] for j in range(G)]
 labels = [f"{marks(credit['matches'][j])}" for j in range(G)]
@@ -204,12 +211,15 @@ for algo in ("grpo", "sapo"):
     records[algo] = read_metrics(run_dir / "metrics.jsonl")
 
 steps_of = {algo: [r for r in recs if "reward" in r] for algo, recs in records.items()}
+# `frac_exact_zero_std` is the fraction of groups where the exact-match reward has no variance, logged
+# for every algorithm: on SAPO's rollouts it says how many groups GRPO would have wasted.
 print(f"{'step':>4} | {'GRPO reward':>11} {'hit_rate':>8} {'zero_std':>8} | {'SAPO reward':>11} {'hit_rate':>8} "
-      f"{'zero_std':>8}  zero_std per step")
+      f"{'zero_std':>8} {'exact_zero_std':>14}  zero_std per step")
 for a, b in zip(steps_of["grpo"], steps_of["sapo"]):
     per_step = [round(b[f"frac_reward_zero_std/step_{k}"], 2) for k in range(K)]
     print(f"{a['step']:>4} | {a['reward']:>11.3f} {a['hit_rate']:>8.3f} {a['frac_reward_zero_std']:>8.2f} | "
-          f"{b['reward']:>11.3f} {b['hit_rate']:>8.3f} {b['frac_reward_zero_std']:>8.2f}  {per_step}")
+          f"{b['reward']:>11.3f} {b['hit_rate']:>8.3f} {b['frac_reward_zero_std']:>8.2f} "
+          f"{b.get('frac_exact_zero_std', float('nan')):>14.2f}  {per_step}")
 for algo, recs in records.items():
     ev = [r for r in recs if "eval/valid_hit@10" in r]
     print(f"{algo}: valid hit@10 {ev[0]['eval/valid_hit@10']:.3f} -> {ev[-1]['eval/valid_hit@10']:.3f} "

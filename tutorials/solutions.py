@@ -21,8 +21,9 @@ def token_advantages_loops(advantages: torch.Tensor, steps: torch.Tensor, mask: 
                            step_token_mean: bool) -> torch.Tensor:
     """Spread advantages over tokens with loops over rows and positions (no gather/one_hot):
     advantages (B,) -> every real token (mask True) gets A[i];
-    advantages (B, K) -> token t gets A[i, steps[i, t]] (0 where steps is -1 or mask is False),
-    divided by the number of real tokens of that step in row i when step_token_mean.
+    advantages (B, K) -> token t gets A[i, steps[i, t]] (0 where steps is -1 or mask is False);
+    with step_token_mean it gets A[i, k] * n_i / (K_i * c_ik) instead, where (row i, real tokens only)
+        c_ik = tokens of step k,  n_i = tokens in any step,  K_i = number of steps with c_ik > 0.
     Returns (B, T) float."""
     raise NotImplementedError
 
