@@ -128,9 +128,7 @@ def sweep_compare(overrides: dict, algos: list[str], seeds: int, sweep: str) -> 
     a, b = ("sapo", "grpo") if {"sapo", "grpo"} <= set(algos) else (algos[-1], algos[0])
     rows = []
     for v in values.split(","):
-        ov = {**overrides, key: v}
-        if key.startswith("data."):  # a different dataset: give it its own processed folder
-            ov.setdefault("data.name", f"{base.data.name or base.data.world}_{knob}{v}")
+        ov = {**overrides, key: v}  # a synthetic knob value also names its own dataset folder
         summary = summarize(compare(ov, algos, seeds, tag=f"_{knob}{v}"))
         gain = summary[a]["hit@10"][0] - summary[b]["hit@10"][0]
         rows.append({"value": v, **{f"{al}_hit@10": summary[al]["hit@10"] for al in summary},

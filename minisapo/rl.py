@@ -502,10 +502,10 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
-        # drop the RL records of steps that are redone now (keep every earlier stage's records)
-        kept = [r for r in read_metrics(log.path) if r.get("stage") != "rl" or r.get("step", 0) <= start]
-        write_jsonl(log.path, kept)
         print(f"resuming RL from step {start} ({ckpt_path})")
+    # drop the RL records of steps (re)done now; a fresh start drops them all (other stages' records stay)
+    kept = [r for r in read_metrics(log.path) if r.get("stage") != "rl" or (ckpt and r.get("step", 0) <= start)]
+    write_jsonl(log.path, kept)
 
     def evaluate_now(step: int) -> None:
         if eval_fn is not None:

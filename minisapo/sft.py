@@ -277,7 +277,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         if step == n_total or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
             last_eval = validate_and_checkpoint(done=step == n_total)
             shown = {k: round(v, 4) for k, v in last_eval.items() if isinstance(v, float)}
-            bar.write(f"sft step {step}: {shown}")
+            if progress and shown:
+                bar.write(f"sft step {step}: {shown}")
     bar.close()
     return last_eval
 

@@ -78,8 +78,9 @@ def test_oracle_hit_at_k_equals_brute_force_count(tiny):
 
 def test_data_follows_the_oracle(tmp_path):
     """The observed share of 'next item in the same leaf / same top category' matches the oracle's."""
-    prepare(DataConfig(world="default", num_users=400), tmp_path)
-    ds = load(tmp_path, "default")
+    path = prepare(DataConfig(world="default", num_users=400), tmp_path)
+    assert path.name == "default_num_users400"  # a changed knob names its own folder
+    ds = load(tmp_path, path.name)
     orc = oracle(ds)
     w = orc.world
     leaf = w.item_leaf[orc.to_world]  # (N,) leaf of each dataset item

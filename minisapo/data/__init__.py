@@ -56,13 +56,16 @@ class DataConfig:
 
 
 def dataset_name(cfg: DataConfig) -> str:
-    """The processed dataset's name: `cfg.name`, else the world / file / folder name."""
+    """The processed dataset's name: `cfg.name`, else the world (+ changed knobs, e.g. `tiny_items_per_leaf32`)
+    / the Amazon category / the atomic folder name."""
     return cfg.name or _default_name(cfg)
 
 
 def _default_name(cfg: DataConfig) -> str:
-    if cfg.source == "synthetic":
-        return cfg.world
+    if cfg.source == "synthetic":  # each changed knob is part of the name, so worlds never share a folder
+        from minisapo.data.synthetic import KNOBS
+        knobs = "".join(f"_{k}{getattr(cfg, k)}" for k in KNOBS if getattr(cfg, k) is not None)
+        return cfg.world + knobs + (f"_seed{cfg.world_seed}" if cfg.world_seed else "")
     if cfg.source == "amazon" and cfg.reviews:
         from minisapo.data.amazon import category_of
         return category_of(cfg.reviews)
