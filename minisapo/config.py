@@ -61,12 +61,20 @@ PRESETS: dict[str, dict[str, object]] = {
     "tiny": {
         "data.world": "tiny",
         "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32,
-        "sft.max_steps": 60, "sft.batch_size": 16, "sft.eval_every": 30, "sft.eval_samples": 16,
-        "rl.max_steps": 4, "rl.batch_size": 4, "rl.num_generations": 4, "rl.eval_every": 2,
-        "eval.max_samples": 32,
+        "sft.max_steps": 200, "sft.batch_size": 32, "sft.learning_rate": 3e-3, "sft.eval_every": 100,
+        "sft.eval_samples": 16,
+        "rl.max_steps": 8, "rl.batch_size": 4, "rl.num_generations": 8, "rl.eval_every": 4,
+        "eval.max_samples": 0,  # all 100 test users
     },
-    # the default: the synthetic world, a small model, a few minutes on a 2-core CPU
-    "small": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128},
+    # the default: the synthetic world, a small model, a few minutes on a 2-core CPU.
+    # SFT: ~3 epochs of the ~12k train samples at a high learning rate (a 0.36M model wants it);
+    # RL: 60 steps x 8 prompts x 8 generations; test metrics on the first 500 test users.
+    "small": {
+        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
+        "sft.max_steps": 600, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_every": 300,
+        "rl.max_steps": 60, "rl.batch_size": 8, "rl.num_generations": 8, "rl.eval_every": 30,
+        "eval.max_samples": 500,
+    },
     # one consumer GPU: bigger model, longer training
     "base": {
         "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384,
@@ -75,9 +83,21 @@ PRESETS: dict[str, dict[str, object]] = {
         "eval.max_samples": 0,
     },
     # exact match is sparse (large catalog, many items per leaf): where SAPO should help most
-    "sparse": {"data.world": "sparse", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128},
+    "sparse": {
+        "data.world": "sparse",
+        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
+        "sft.max_steps": 600, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_every": 300,
+        "rl.max_steps": 60, "rl.batch_size": 8, "rl.num_generations": 8, "rl.eval_every": 30,
+        "eval.max_samples": 500,
+    },
     # exact match is easy (few items per leaf, peaked popularity)
-    "easy": {"data.world": "easy", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128},
+    "easy": {
+        "data.world": "easy",
+        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
+        "sft.max_steps": 600, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_every": 300,
+        "rl.max_steps": 60, "rl.batch_size": 8, "rl.num_generations": 8, "rl.eval_every": 30,
+        "eval.max_samples": 500,
+    },
 }
 
 
