@@ -17,11 +17,24 @@ A *reasoning step* k (k = 0..K-1) is thinking block k plus SID token k. The dedu
 has no block of its own: it belongs to the last step. `step_index` maps every token of a
 sequence to its step (or -1); SFT analysis and the SAPO loss both use it.
 
-Teacher thinking blocks are built from data, one per step. Block k says what the user's recent
-history shows at SID level k (the descriptors of the recent items' level-k prefixes, among the
-items that agree with the target on levels < k) and which level-k descriptor comes next, e.g.
+Teacher thinking blocks are built from data, one per step, in one of two styles (reasoning.teacher):
 
-    <think> recent trail running shoes next trail running shoes </think>
+  "history" (the default): block k says what the user's history shows at SID level k, using only what
+      the model knows when it writes the block: "recent <descriptor of the last recent item's level-k
+      prefix> often <descriptor of the most frequent level-k prefix among the last `recent` items>".
+      In blocks_first the block sees the history alone (the same blocks for every target of a history);
+      in interleaved, block k may also use the SID tokens already written (the target's levels < k):
+      it looks only at the recent items that share them (all recent items if none does), e.g.
+
+          <think> recent trail running shoes often hiking boots </think>
+
+  "target": the paper-style rationalisation, which names the target's level-k descriptor after "next"
+      (and, for k > 0, looks at the recent items that share the target's levels < k, in both layouts):
+
+          <think> recent trail running shoes next trail running shoes </think>
+
+      It knows the answer: greedy thinking at evaluation then commits to one item before the beam
+      search over SIDs runs (on the synthetic default it ranked below sid_only at the same budget).
 
 External traces (e.g. written by an LLM) can replace them: see `load_traces`.
 """
@@ -37,7 +50,7 @@ from typing import Sequence
 
 import torch
 
-from minisapo.tokenizer import REASONING_WORDS as TEACHER_WORDS  # "recent", "next": always in the vocabulary
+from minisapo.tokenizer import REASONING_WORDS as TEACHER_WORDS  # "recent", "often", "next": always in the vocabulary
 
 
 @dataclass
@@ -50,10 +63,15 @@ class ReasoningConfig:
     recent: int = 5  # teacher blocks look at the user's last `recent` history items
     descriptor_words: int = 3  # words kept from each descriptor inside a teacher block
     traces: str | None = None  # optional JSONL of external traces (see load_traces); None = teacher blocks
+    teacher: str = "history"  # teacher blocks: "history" (what the history shows at level k, no target; in interleaved also the SID so far) or "target" (names the target's level-k descriptor: the paper-style rationale)
+
+    def __post_init__(self):
+        check_config(self)
 
 
 MODES = ("reasoning", "sid_only")
 LAYOUTS = ("blocks_first", "interleaved")
+TEACHERS = ("history", "target")
 
 
 def check_config(cfg: ReasoningConfig) -> None:
@@ -64,6 +82,8 @@ def check_config(cfg: ReasoningConfig) -> None:
         raise ValueError(f"reasoning.layout={cfg.layout!r}: choose one of {LAYOUTS}")
     if cfg.max_think_tokens < 1:
         raise ValueError(f"reasoning.max_think_tokens={cfg.max_think_tokens}: must be >= 1")
+    if cfg.teacher not in TEACHERS:
+        raise ValueError(f"reasoning.teacher={cfg.teacher!r}: choose one of {TEACHERS}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,43 +158,63 @@ def teacher_blocks(history: Sequence[int], target: int, table, tokenizer,
                    cfg: ReasoningConfig | None = None, cache: dict | None = None) -> list[str]:
     """K thinking-block texts (words only, no <think> tags), one per SID level, built from data.
 
-    Block k = "recent <d1> [<d2>] next <dt>":
-      - among the last `cfg.recent` history items, keep those that agree with the target on levels < k
-        (all of them if none agree); <d1> = descriptor of the most recent one's level-k prefix,
-        <d2> = descriptor of the most frequent other level-k prefix (ties: most recent);
-      - <dt> = descriptor of the target's level-k prefix (what comes next).
-    Deterministic; only vocabulary words; at most cfg.max_think_tokens words (the history part is
-    shortened first, the "next ..." part is kept). `cache`: an optional dict reused across calls with the
-    same table and tokenizer (descriptor words), for speed.
+    `recent` = the last `cfg.recent` history items. Block k looks at `seen`: the recent items, or, where
+    allowed, those that agree with the target on levels < k (all recent items if none agrees).
+
+    cfg.teacher="history": block k = "recent <d_last> often <d_often>", with <d_last> the descriptor of the
+      last seen item's level-k prefix and <d_often> that of the most frequent level-k prefix among the seen
+      items (ties: the most recent). `seen` agrees with the target's levels < k only in layout
+      "interleaved" (those SID tokens are written before block k); in "blocks_first" it never depends on
+      the target. At most 8 words with descriptor_words=3.
+    cfg.teacher="target": block k = "recent <d1> [<d2>] next <dt>", `seen` always agrees with the target's
+      levels < k; <d1> = the last seen item's level-k descriptor, <d2> = the most frequent other one
+      (ties: most recent; skipped if its words repeat <d1>), <dt> = the target's level-k descriptor.
+      The history part is shortened first to fit max_think_tokens; "next <dt>" is kept.
+
+    Deterministic; only vocabulary words (a connector word missing from the vocabulary is dropped); at
+    most cfg.max_think_tokens words. `cache`: an optional dict reused across calls with the same table
+    and tokenizer (descriptor words), for speed.
     """
     cfg = cfg or ReasoningConfig()
+    check_config(cfg)
     known = _word_set(tokenizer)
-    # the connector words "recent" and "next" (TEACHER_WORDS), dropped when not in the vocabulary
     connector = {w: [tokenizer.token_to_id(w)] if tokenizer.token_to_id(w) in known else [] for w in TEACHER_WORDS}
-    recent_w, next_w = connector["recent"], connector["next"]
     codes = table.codes
     tcodes = [int(c) for c in codes[target]]
-    recent_items = list(history)[-cfg.recent:] if cfg.recent > 0 else list(history)
+    recent = list(history)[-cfg.recent:] if cfg.recent > 0 else list(history)
+    may_use_target_prefix = cfg.teacher == "target" or cfg.layout == "interleaved"
     blocks = []
     for k in range(table.num_levels):
-        agree = [i for i in recent_items if list(codes[i][:k]) == tcodes[:k]] or recent_items
-        # level-k prefixes of the agreeing items: the most recent one first, then by frequency (ties: recency)
-        prefixes = [tuple(int(c) for c in codes[i][:k + 1]) for i in agree]
+        seen = recent
+        if may_use_target_prefix:
+            seen = [i for i in recent if list(codes[i][:k]) == tcodes[:k]] or recent
+        prefixes = [tuple(int(c) for c in codes[i][:k + 1]) for i in seen]  # oldest first
         counts = Counter(prefixes)
         last_seen = {p: pos for pos, p in enumerate(prefixes)}
-        ranked = sorted(counts, key=lambda p: (p != prefixes[-1], -counts[p], -last_seen[p]))
-        hist_ids: list[int] = []
-        shown: list[list[int]] = []
-        for p in ranked:  # the first two prefixes (in that order) with distinct, non-empty descriptors
-            d = _descriptor_ids(table, p, tokenizer, cfg.descriptor_words, cache)
-            if d and d not in shown:
-                shown.append(d)
-                hist_ids += d
-            if len(shown) == 2:
-                break
-        nxt = next_w + _descriptor_ids(table, tcodes[:k + 1], tokenizer, cfg.descriptor_words, cache)
-        room = max(cfg.max_think_tokens - len(nxt), 0)
-        words = (recent_w + hist_ids)[:room] + nxt
+
+        def desc(prefix) -> list[int]:
+            return _descriptor_ids(table, prefix, tokenizer, cfg.descriptor_words, cache)
+
+        if cfg.teacher == "history":
+            words = []
+            if prefixes:  # an empty history gives no block content (the fallback word below)
+                often = max(counts, key=lambda p: (counts[p], last_seen[p]))
+                words = connector["recent"] + desc(prefixes[-1]) + connector["often"] + desc(often)
+        else:  # "target"
+            # level-k prefixes: the most recent one first, then by frequency (ties: recency)
+            ranked = sorted(counts, key=lambda p: (p != prefixes[-1], -counts[p], -last_seen[p]))
+            hist_ids: list[int] = []
+            shown: list[list[int]] = []
+            for p in ranked:  # the first two prefixes (in that order) with distinct, non-empty descriptors
+                d = desc(p)
+                if d and d not in shown:
+                    shown.append(d)
+                    hist_ids += d
+                if len(shown) == 2:
+                    break
+            nxt = connector["next"] + desc(tcodes[:k + 1])
+            room = max(cfg.max_think_tokens - len(nxt), 0)
+            words = (connector["recent"] + hist_ids)[:room] + nxt
         words = words[:cfg.max_think_tokens]
         if not words:  # no descriptor or connector words in the vocabulary: the grammar needs >= 1 word
             words = [min(known)]

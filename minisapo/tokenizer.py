@@ -25,8 +25,9 @@ from tokenizers import models, normalizers, pre_tokenizers
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<think>", "</think>", "<sep>", "<unk>"]  # fixed ids 0..6
 LETTERS = "abcdefgh"  # SID level l uses LETTERS[l] (same convention as minisapo.sid.table)
-# Connector words the teacher's thinking blocks use ("recent <history> next <target>"); always in the vocabulary.
-REASONING_WORDS = ("recent", "next")
+# Connector words the teacher's thinking blocks use ("recent <last> often <most frequent>" and
+# "recent <history> next <target>", see minisapo.reasoning.teacher_blocks); always in the vocabulary.
+REASONING_WORDS = ("recent", "often", "next")
 _SID_RE = re.compile(r"^<([a-h])_(\d+)>$")
 
 

@@ -109,20 +109,73 @@ def test_response_formats(world):
     assert tok.decode(build_prompt([0, 4], table, tok)) == "<bos> <a_0> <b_0> <c_0> <a_1> <b_1> <c_2> <sep>"
 
 
-def test_teacher_blocks(world):
+def test_teacher_blocks_history_blocks_first_has_no_target_leak(world):
     table, tok = world
-    cfg = ReasoningConfig(max_think_tokens=16)
+    cfg = ReasoningConfig()  # teacher="history", layout="blocks_first": the defaults
+    history = [0, 0, 1, 4]
+    blocks = teacher_blocks(history, 2, table, tok, cfg)
+    # "recent <last item's level-k descriptor> often <most frequent level-k descriptor>" over all recent items:
+    # level 0: last a_1, most frequent a_0 (x3); level 1: last (1,1), most frequent (0,0) (x2);
+    # level 2: last (1,1,2), most frequent (0,0,0) (x2)
+    assert blocks == ["recent blue hats often red shoes", "recent straw often trail", "recent sun often light"]
+    # the same history gives the same blocks whatever the target: nothing about the target leaks in
+    for target in range(table.num_items):
+        assert teacher_blocks(history, target, table, tok, cfg) == blocks
+    # ties in frequency go to the most recent prefix; deterministic
+    assert teacher_blocks([0, 1, 4], 3, table, tok, cfg) == ["recent blue hats often red shoes",
+                                                           "recent straw often straw", "recent sun often sun"]
+    words = set(tok.word_ids)
+    for b in blocks:
+        assert len(tok.encode(b)) <= 8 and all(i in words for i in tok.encode(b))
+    assert teacher_blocks(history, 2, table, tok, ReasoningConfig(max_think_tokens=3))[0] == "recent blue hats"
+
+
+def test_teacher_blocks_history_interleaved_uses_only_the_sid_written_so_far(world):
+    table, tok = world
+    cfg = ReasoningConfig(layout="interleaved")
+    history = [0, 0, 1, 4]
+    # target 1 = (0, 1, 1): level 1 looks at the items under a_0 (0, 0, 1); level 2 at those under (0, 1): item 1
+    assert teacher_blocks(history, 1, table, tok, cfg) == ["recent blue hats often red shoes",
+                                                           "recent road often trail", "recent fast often fast"]
+    # target 2 = (1, 0, 0): level 1 looks at item 4 (under a_1); nothing is under (1, 0) -> all recent items
+    assert teacher_blocks(history, 2, table, tok, cfg) == ["recent blue hats often red shoes",
+                                                           "recent straw often straw", "recent sun often light"]
+    # block k depends on the target only through its levels < k (the SID tokens written before block k)
+    per_target = {t: teacher_blocks(history, t, table, tok, cfg) for t in range(table.num_items)}
+    for t1 in per_target:
+        for t2 in per_target:
+            for k in range(table.num_levels):
+                if list(table.codes[t1][:k]) == list(table.codes[t2][:k]):
+                    assert per_target[t1][k] == per_target[t2][k], (t1, t2, k)
+
+
+def test_teacher_blocks_target_style(world):
+    table, tok = world
+    cfg = ReasoningConfig(max_think_tokens=16, teacher="target")
     blocks = teacher_blocks([0, 1, 4], 2, table, tok, cfg)
     # level 0: most recent a_1, then the most frequent other a_0 (x2); level 1: only item 4 agrees with a_1 -> straw;
     # level 2: nobody agrees with (a_1, b_0) -> all recent items: most recent sun, then (ties by recency) fast
     assert blocks == ["recent blue hats red shoes next blue hats", "recent straw next wool",
                       "recent sun fast next warm winter"]
     assert teacher_blocks([0, 1, 4], 2, table, tok, cfg) == blocks  # deterministic
+    for target in range(table.num_items):  # every block names the target's level-k descriptor after "next"
+        for k, b in enumerate(teacher_blocks([0, 1, 4], target, table, tok, cfg)):
+            assert b.endswith("next " + table.descriptor([int(c) for c in table.codes[target][:k + 1]]))
     words = set(tok.word_ids)
-    short = teacher_blocks([0, 1, 4], 2, table, tok, ReasoningConfig(max_think_tokens=3))
+    short = teacher_blocks([0, 1, 4], 2, table, tok, ReasoningConfig(max_think_tokens=3, teacher="target"))
     for b in short:
         assert 1 <= len(tok.encode(b)) <= 3 and all(i in words for i in tok.encode(b))
     assert short[2] == "next warm winter"  # the target part is kept, the history part cut first
+
+
+def test_teacher_style_is_validated():
+    from minisapo.config import ConfigError, make_config
+
+    with pytest.raises(ValueError, match="reasoning.teacher='oracle': choose one of"):
+        ReasoningConfig(teacher="oracle")
+    with pytest.raises(ConfigError, match="teacher"):
+        make_config({"teacher": "oracle"})
+    assert make_config({"teacher": "target"}).reasoning.teacher == "target"
 
 
 def test_split_reasoning():

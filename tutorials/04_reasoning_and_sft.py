@@ -4,7 +4,8 @@ Run:  python tutorials/04_reasoning_and_sft.py          (about 10 s)
 
 What you will see
   1. a prompt: the user's history written as SID tokens;
-  2. the teacher's thinking blocks, built from the data (one per SID level);
+  2. the teacher's thinking blocks, built from the data (one per SID level), in both styles
+     ("history", the default: what the history shows; "target": names the target, the paper-style rationale);
   3. the response in both layouts, and `step_index`: the reasoning step of every token
      (step k = thinking block k + SID token k; a dedup token belongs to the last step);
   4. a short SFT on teacher traces, its curves, and a quick hit@10 against popularity and the oracle.
@@ -12,6 +13,7 @@ Pictures: 04_steps_blocks_first.png, 04_steps_interleaved.png, 04_sft_curves.png
 """
 
 import sys
+from dataclasses import replace
 
 import _common as C
 import torch
@@ -56,17 +58,33 @@ print(f"\nprompt ids ({len(prompt)}): {prompt}\nprompt text: {tok.decode(prompt)
 # 2. Teacher thinking blocks
 #
 # SFT needs a reasoning trace for every sample. Without an LLM, the teacher writes one block per
-# SID level from the data: block k = "recent <what the recent history shows at level k> next
-# <the descriptor of the target's level-k prefix>". Step k's words thus explain SID token k.
+# SID level from the data, in one of two styles (reasoning.teacher):
+#   "history" (the default): block k = "recent <descriptor of the last recent item's level-k prefix>
+#       often <descriptor of the most frequent level-k prefix among the last `recent` items>". It uses
+#       only what the model knows when it writes the block: the history (and, in the interleaved
+#       layout, the SID tokens already written, i.e. the target's levels < k).
+#   "target": the paper-style rationale "recent <history at level k> next <the descriptor of the
+#       target's level-k prefix>". It names the answer. At evaluation the model writes its thinking
+#       greedily before the beam search over SIDs, and on this data the level-2/3 descriptors are
+#       nearly item-specific: the thinking then commits to one item and the beam has little left to
+#       rank (on the synthetic default it ranked below sid_only at the same SFT budget).
+# Step k's words are about SID token k either way.
 # (External traces from an LLM can replace them: reasoning.traces=<file.jsonl>.)
 # ----------------------------------------------------------------------------------------------
 C.section("2. the teacher's thinking blocks: one per SID level")
 
-blocks = teacher_blocks(s.history, s.target, table, tok, rcfg)
+styles = {t: teacher_blocks(s.history, s.target, table, tok, replace(rcfg, teacher=t)) for t in ("history", "target")}
 codes = [int(c) for c in table.codes[s.target]]
-for k, b in enumerate(blocks):
-    print(f"  block {k}: {b!r:<48} target's level-{k} prefix {''.join(table.tokens(s.target)[:k + 1])} "
-          f"= {table.descriptor(codes[:k + 1])!r}")
+for k in range(K):
+    print(f"  block {k}  history: {styles['history'][k]!r:<44} target: {styles['target'][k]!r}")
+    print(f"           (the target's level-{k} prefix {''.join(table.tokens(s.target)[:k + 1])} is "
+          f"{table.descriptor(codes[:k + 1])!r})")
+# in blocks_first, history-style blocks do not depend on the target: another target gives the same blocks
+other = next(i for i in range(table.num_items) if table.codes[i][0] != table.codes[s.target][0])
+bf = replace(rcfg, teacher="history", layout="blocks_first")
+print(f"  same history, target {other} instead: history-style blocks identical? "
+      f"{teacher_blocks(s.history, other, table, tok, bf) == teacher_blocks(s.history, s.target, table, tok, bf)}")
+blocks = styles[rcfg.teacher]  # the configured style (reasoning.teacher), used below
 
 # ----------------------------------------------------------------------------------------------
 # 3. Two layouts, one step index

@@ -34,7 +34,7 @@ from minisapo.tokenizer import Tokenizer
 STATS_FILE = "sid_stats.json"
 SETTINGS_FILE = "sid_settings.json"
 TOKENIZER_FILE = "tokenizer.json"
-CACHE_VERSION = 2  # bump when the SID stage's outputs change meaning, so old caches rebuild
+CACHE_VERSION = 3  # bump when the SID stage's outputs change meaning, so old caches rebuild (3: connector word "often")
 PLOT_FILE = "sid_tree.png"
 
 
