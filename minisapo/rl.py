@@ -105,7 +105,7 @@ class RLConfig:
     beta: float = 0.001  # KL(pi || pi_ref) coefficient, k3 estimator; 0 = no reference model needed
     num_iterations: int = 1  # mu: PPO updates per batch of rollouts (1 = on-policy, ratio == 1)
     # --- optimisation
-    learning_rate: float = 1e-4  # AdamW learning rate (constant); 1e-5 barely moves a ~1M-param model
+    learning_rate: float = 3e-5  # AdamW learning rate (constant); 1e-4 drifted on the CPU presets
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     gradient_accumulation_steps: int = 1  # split each batch into this many chunks per optimiser step
