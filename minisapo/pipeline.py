@@ -22,13 +22,12 @@ import torch
 
 from minisapo import data as data_lib
 from minisapo import sid as sid_lib
-from minisapo.config import Config, ConfigError, from_dict, make_config, set_value, to_dict
+from minisapo.config import Config, ConfigError, from_dict, set_value, to_dict
 from minisapo.evaluate import evaluate, evaluate_split, format_table
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import build_examples, build_prompt
-from minisapo.runs import read_json, read_metrics, seed_everything, write_json
-from minisapo.sft import CHECKPOINT as SFT_CHECKPOINT
+from minisapo.runs import read_json, seed_everything, write_json
 from minisapo.sft import load_sft_weights, train_sft
 
 

@@ -349,6 +349,7 @@ def test_one_rl_step_changes_weights_and_stays_finite(world, tmp_path, algo):
     recs = read_metrics(tmp_path / "metrics.jsonl")
     train = [r for r in recs if "reward" in r]
     assert len(train) == 1 and train[0]["step"] == 1
+    assert last["reward"] == train[0]["reward"]  # train_rl returns the last step's metrics
     for key in ["reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "clip_ratio/low_mean",
                 "clip_ratio/high_mean", "clip_ratio/region_mean", "completions/mean_length", "valid_rate",
                 "hit_rate/step_0"]:
