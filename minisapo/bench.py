@@ -34,7 +34,7 @@ import torch
 
 from minisapo.generate import beam_search, response_logprobs, sample
 from minisapo.grammar import Grammar
-from minisapo.model import MODEL_PRESETS, GPT, ModelConfig, autocast, pick_device
+from minisapo.model import GPT, autocast, pick_device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,7 +72,11 @@ def _setup(preset: str, device: str, num_prompts: int, prompt_len: int, max_thin
     dev = pick_device(device)
     _, tok, trie = _synthetic_world(num_items, codebook=16, num_words=500, seed=seed)
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, **MODEL_PRESETS[preset])).to(dev).eval()
+    from minisapo.config import make_config  # the run presets are the one source of model sizes
+
+    mcfg = make_config(preset=preset).model
+    mcfg.vocab_size = tok.vocab_size
+    model = GPT(mcfg).to(dev).eval()
     g = torch.Generator().manual_seed(seed)
     words = torch.tensor(tok.word_ids)
     prompts = [[tok.bos_id] + words[torch.randint(len(words), (prompt_len - 2,), generator=g)].tolist() + [tok.sep_id]

@@ -44,12 +44,6 @@ class ModelConfig:
     init_std: float = 0.02  # std of the normal weight init (residual projections are scaled by 1/sqrt(2*n_layer))
 
 
-# Suggested sizes for the presets (the lead keeps the preset dicts in config.py).
-MODEL_PRESETS: dict[str, dict] = {
-    "tiny": dict(n_embd=32, n_layer=2, n_head=2, max_seq_len=256),  # unit tests, seconds on a CPU
-    "small": dict(n_embd=128, n_layer=4, n_head=4, max_seq_len=512),  # CPU demo, minutes
-    "base": dict(n_embd=384, n_layer=6, n_head=6, max_seq_len=1024),  # one consumer GPU
-}
 
 
 # ----------------------------------------------------------------------------------------------

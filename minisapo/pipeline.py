@@ -22,7 +22,7 @@ import torch
 
 from minisapo import data as data_lib
 from minisapo import sid as sid_lib
-from minisapo.config import Config, ConfigError, from_dict, set_value, to_dict
+from minisapo.config import Config, ConfigError, from_dict, make_config, set_value, to_dict
 from minisapo.evaluate import evaluate, evaluate_split, format_table
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
@@ -302,15 +302,13 @@ def cmd_bench(overrides: dict) -> int:
     """`minisapo bench [--device=auto] [--preset=small] [--threads=1]`: side-by-side speed ratios."""
     from minisapo.bench import format_table as bench_table
     from minisapo.bench import run_benchmarks
-    from minisapo.model import MODEL_PRESETS
 
     known = ("device", "preset", "threads")
     unknown = [k for k in overrides if k not in known]
     if unknown:
         raise ConfigError(f"unknown bench option --{unknown[0]} (bench takes only --{', --'.join(known)})")
     preset = str(overrides.get("preset", "small"))
-    if preset not in MODEL_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(MODEL_PRESETS)})")
+    make_config(preset=preset)  # an unknown preset is a clear error here
     try:
         threads = int(overrides.get("threads", 1))
     except ValueError:
