@@ -44,6 +44,10 @@ What is simplified
   chosen `loss_type` normaliser (applied on top, TRL's) scales SAPO exactly as it scales GRPO. All
   presets use the same `loss_type` (default "grpo"), so GRPO-vs-SAPO comparisons differ only in
   reward and advantage, not in effective step size.
+- Budgets: `RLConfig`'s defaults are the paper's prototype (G = 16, temperature 1, clip 0.2,
+  beta 0.001, one update per batch) except the learning rate (3e-5 for these ~1M-parameter
+  models). The CPU presets in config.py use G = 8, 8 prompts x 60 steps and beta 0.04: with less
+  KL, at that budget, both algorithms drifted and lost hit@10 (README, Results).
 - Rewards of invalid responses are 0; `frac_reward_zero_std` counts a group as "no signal" when
   its advantage is zero everywhere (for a step advantage: every step's rewards are equal), always
   from the group std (TRL uses the batch std for it under `scale_rewards="batch"`).
