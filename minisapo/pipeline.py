@@ -131,6 +131,10 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) ->
     valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples],
                            cfg.reasoning, verbose=False)
     _check_lengths(cfg, stack, train + valid)
+    from minisapo.plots import plot_response_steps  # one training example, each token coloured by its step
+
+    plot_response_steps(list(train[0][0]) + list(train[0][1]), stack.tokenizer, stack.table.num_levels,
+                        run_dir / "response_steps.png", title="an SFT example: thinking block k + SID token k = step k")
     model = new_model(cfg, stack)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
     train_sft(model, train, cfg.sft, run_dir, valid_examples=valid, valid_fn=eval_fn(cfg, stack), resume=resume,

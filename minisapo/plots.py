@@ -220,8 +220,11 @@ def plot_eval_comparison(reports: dict, path, metric: str = "hit") -> Path:
 
 
 def plot_rl_curves(runs: dict[str, list[dict]], path,
-                   keys=("reward", "frac_reward_zero_std", "eval/valid_hit@10")) -> Path:
+                   keys=("reward", "hit_rate", "frac_reward_zero_std", "eval/valid_hit@10")) -> Path:
     """RL training curves, one panel per metric key, one line per run ({label: metrics.jsonl records}).
+
+    `reward` is each algorithm's own reward (exact match for GRPO, the mean per-step match for SAPO);
+    `hit_rate` (exact match of the sampled SID) is the same quantity for every algorithm.
 
     SFT records ("stage": "sft") are skipped; `eval/...` keys are logged at evaluation steps.
     """
@@ -232,8 +235,8 @@ def plot_rl_curves(runs: dict[str, list[dict]], path,
             if pts:
                 ax.plot(*zip(*pts), marker="o" if key.startswith("eval/") else None, ms=3, label=label)
         ax.set_xlabel("RL step")
-        ax.set_title(key)
-        if key != "reward":
+        ax.set_title(key + (" (own definition)" if key == "reward" else ""))
+        if key not in ("reward", "hit_rate"):
             ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
     return _save(fig, path)

@@ -50,6 +50,9 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
     if any(r.get("stage") == "sft" for r in records):
         plots.plot_sft_curves(records, run_dir / "sft_curves.png")
         lines += ["## SFT", "", "![SFT curves](sft_curves.png)", ""]
+        if (run_dir / "response_steps.png").exists():
+            lines += ["One training example, each token coloured by its reasoning step (`reasoning.step_index`):",
+                      "", "![steps](response_steps.png)", ""]
     if (run_dir / "token_credit.png").exists():
         lines += ["## Who gets credit: GRPO vs. SAPO", "",
                   "One group of rollouts from the SFT model, each token coloured by its advantage (blue: reinforced, "

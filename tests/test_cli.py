@@ -21,7 +21,7 @@ def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
     assert main(["run", *FAST, *dirs, "--name=e2e"]) == 0
     run = tmp_path / "runs" / "e2e"
     for f in ["config.json", "metrics.jsonl", "sft.pt", "rl_checkpoint.pt", "eval_test_sft.json", "eval_test.json",
-              "report.md", "sft_curves.png", "rl_curves.png", "eval_hit.png"]:
+              "report.md", "sft_curves.png", "rl_curves.png", "eval_hit.png", "response_steps.png"]:
         assert (run / f).exists(), f
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["sft"]["max_steps"] == 8 and cfg["rl"]["advantage"] == "step"  # resolved config, algo applied
