@@ -54,6 +54,18 @@ class Config:
 
 SECTIONS = ("data", "sid", "model", "reasoning", "sft", "rl", "eval")
 
+# The CPU budget shared by `small`, `sparse` and `easy` (a few minutes on 2 cores).
+# SFT: ~3 epochs of the ~12k train samples at a high learning rate (a 0.39M model wants it);
+# RL: 60 steps x 8 prompts x 8 generations at lr 3e-5 with a firm KL (beta 0.04): at this budget a
+# larger step or a looser KL only drifts (measured: lr 1e-4, beta 0.001 cost 2-4 points of hit@10);
+# test metrics on the first 500 test users.
+_CPU: dict[str, object] = {
+    "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
+    "sft.max_steps": 600, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_every": 300,
+    "rl.max_steps": 60, "rl.batch_size": 8, "rl.num_generations": 8, "rl.eval_every": 30, "rl.beta": 0.04,
+    "eval.max_samples": 500,
+}
+
 # Presets are plain override dicts applied to the defaults, so a preset never hides a setting:
 # `minisapo run --preset=tiny --n_layer=4` is exactly "tiny, then n_layer=4".
 PRESETS: dict[str, dict[str, object]] = {
@@ -66,17 +78,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "rl.max_steps": 8, "rl.batch_size": 4, "rl.num_generations": 8, "rl.eval_every": 4,
         "eval.max_samples": 0,  # all 100 test users
     },
-    # the default: the synthetic world, a small model, a few minutes on a 2-core CPU.
-    # SFT: ~3 epochs of the ~12k train samples at a high learning rate (a 0.36M model wants it);
-    # RL: 60 steps x 8 prompts x 8 generations at lr 3e-5 with a firm KL (beta 0.04): at this budget a
-    # larger step or a looser KL only drifts (measured: lr 1e-4, beta 0.001 cost ~3 points of hit@10);
-    # test metrics on the first 500 test users.
-    "small": {
-        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
-        "sft.max_steps": 600, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_every": 300,
-        "rl.max_steps": 60, "rl.batch_size": 8, "rl.num_generations": 8, "rl.eval_every": 30, "rl.beta": 0.04,
-        "eval.max_samples": 500,
-    },
+    # the default: the synthetic world, a small model, a few minutes on a 2-core CPU (see _CPU)
+    "small": _CPU,
     # one consumer GPU: bigger model, longer training
     "base": {
         "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384,
@@ -84,22 +87,11 @@ PRESETS: dict[str, dict[str, object]] = {
         "rl.max_steps": 400, "rl.batch_size": 32, "rl.num_generations": 16,
         "eval.max_samples": 0,
     },
-    # exact match is sparse (large catalog, many items per leaf): where SAPO should help most
-    "sparse": {
-        "data.world": "sparse",
-        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
-        "sft.max_steps": 600, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_every": 300,
-        "rl.max_steps": 60, "rl.batch_size": 8, "rl.num_generations": 8, "rl.eval_every": 30, "rl.beta": 0.04,
-        "eval.max_samples": 500,
-    },
-    # exact match is easy (few items per leaf, peaked popularity)
-    "easy": {
-        "data.world": "easy",
-        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
-        "sft.max_steps": 600, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_every": 300,
-        "rl.max_steps": 60, "rl.batch_size": 8, "rl.num_generations": 8, "rl.eval_every": 30, "rl.beta": 0.04,
-        "eval.max_samples": 500,
-    },
+    # the same budget on a world where exact match is sparse (large catalog, many items per leaf):
+    # where the paper says SAPO helps most
+    "sparse": {**_CPU, "data.world": "sparse"},
+    # the same budget on a world where exact match is easy (few items per leaf, peaked popularity)
+    "easy": {**_CPU, "data.world": "easy"},
 }
 
 
