@@ -59,15 +59,22 @@ def test_kv_cache_matches_full_forward():
     torch.testing.assert_close(inc, full, atol=1e-4, rtol=1e-4)
 
 
+def _left_pad(seqs, T):
+    """(B, T) ids right-aligned with zeros in front, and the (B, T) mask of real tokens (written by hand,
+    independently of generate.left_pad)."""
+    idx = torch.zeros(len(seqs), T, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        idx[b, T - len(s) :] = s
+        mask[b, T - len(s) :] = True
+    return idx, mask
+
+
 def test_left_padding_does_not_change_real_logits():
     model = tiny_model()
     seqs = [torch.randint(3, V, (n,)) for n in (4, 9, 6)]
     T = max(len(s) for s in seqs)
-    idx = torch.zeros(3, T, dtype=torch.long)
-    mask = torch.zeros(3, T, dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        idx[b, T - len(s) :] = s
-        mask[b, T - len(s) :] = True
+    idx, mask = _left_pad(seqs, T)
     with torch.no_grad():
         batched = model(idx, attn_mask=mask)
         for b, s in enumerate(seqs):
@@ -82,11 +89,7 @@ def test_left_padded_incremental_with_holes_matches_unpadded():
     seqs = [torch.randint(3, V, (n,)) for n in (3, 7)]
     conts = [torch.randint(3, V, (4,)) for _ in seqs]
     T = 7
-    idx = torch.zeros(2, T, dtype=torch.long)
-    mask = torch.zeros(2, T, dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        idx[b, T - len(s) :] = s
-        mask[b, T - len(s) :] = True
+    idx, mask = _left_pad(seqs, T)
     with torch.no_grad():
         cache = model.new_cache(2, 20)
         model(idx, attn_mask=mask, cache=cache)
