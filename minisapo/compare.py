@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from minisapo.config import Config, ConfigError, make_config, resolve_key
-from minisapo.runs import read_json, read_metrics, write_json
+from minisapo.runs import load_weights, read_json, read_metrics, write_json
 
 METRICS = ("hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "valid_rate", "frac_reward_zero_std")
 
@@ -77,7 +77,7 @@ def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "") -> dic
             done = ckpt is not None and ckpt["step"] >= acfg.rl.max_steps
             model = copy.deepcopy(sft_model)
             if done:
-                model.load_state_dict(ckpt["model"])
+                load_weights(model, ckpt["model"], run_dir / "rl_checkpoint.pt")
             else:
                 stage_rl(acfg, stack, model, run_dir, resume=True)
             records = read_metrics(run_dir / "metrics.jsonl")

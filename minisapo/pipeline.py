@@ -27,7 +27,7 @@ from minisapo.evaluate import evaluate, evaluate_split, format_table
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import build_examples, build_prompt
-from minisapo.runs import read_json, seed_everything, write_json
+from minisapo.runs import load_weights, read_json, seed_everything, write_json
 from minisapo.sft import load_sft_weights, train_sft
 
 
@@ -224,7 +224,7 @@ def load_model(cfg: Config, stack: Stack, run_dir: Path) -> GPT:
     model = new_model(cfg, stack)
     rl_ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", map_location=pick_device(cfg.device))
     if rl_ckpt is not None:
-        model.load_state_dict(rl_ckpt["model"])
+        load_weights(model, rl_ckpt["model"], run_dir / "rl_checkpoint.pt")
     else:
         load_sft_weights(model, run_dir, device=pick_device(cfg.device))
     return model

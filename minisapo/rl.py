@@ -81,7 +81,7 @@ from tqdm.auto import tqdm
 
 from minisapo.generate import response_logprobs, sample
 from minisapo.reasoning import step_index
-from minisapo.runs import MetricsLogger, load_checkpoint, read_metrics, save_checkpoint, write_json
+from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, read_metrics, save_checkpoint, write_json
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,7 +503,7 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
     start = 0
     ckpt = load_checkpoint(ckpt_path, map_location=device) if resume else None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], ckpt_path)
         opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
         print(f"resuming RL from step {start} ({ckpt_path})")

@@ -54,6 +54,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
+def load_weights(model: torch.nn.Module, state: dict, where: str | Path) -> None:
+    """`model.load_state_dict(state)`, with an error that says what to do when the checkpoint was made
+    for another vocabulary or model size (e.g. the dataset's SID/tokenizer cache was rebuilt since)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise ValueError(f"{where} does not fit this model: it was trained with another vocabulary or model size "
+                         f"(the dataset's SIDs/tokenizer or the model settings changed since). Start a new run, or "
+                         f"rebuild with the settings in the run's config.json ({first})") from None
+
+
 class MetricsLogger:
     """Appends one JSON object per line to `metrics.jsonl` (flushed at once, so a crash loses nothing)."""
 

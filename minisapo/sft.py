@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from minisapo.model import autocast
-from minisapo.runs import MetricsLogger, load_checkpoint, read_metrics, save_checkpoint
+from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, read_metrics, save_checkpoint
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
 
@@ -213,7 +213,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
+            load_weights(model, ckpt["model"], ckpt_path)
             optimizer.load_state_dict(ckpt["optimizer"])
             step, last_eval = ckpt["step"], ckpt.get("last_eval", {})
             _set_rng_state(ckpt["rng"])
@@ -288,5 +288,5 @@ def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | 
     ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT, map_location=device)
     if ckpt is None:
         raise FileNotFoundError(f"no SFT checkpoint {Path(run_dir) / CHECKPOINT}; run `minisapo sft` first")
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], Path(run_dir) / CHECKPOINT)
     return ckpt

@@ -66,3 +66,17 @@ def test_bad_input_is_one_clear_line(argv, message, capsys, dirs):
     assert main(argv + dirs) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_checkpoint_for_another_vocabulary_is_a_clear_error(tmp_path):
+    import torch
+
+    from minisapo.model import GPT, ModelConfig
+    from minisapo.runs import load_weights
+
+    small = GPT(ModelConfig(vocab_size=20))
+    other = GPT(ModelConfig(vocab_size=21)).state_dict()
+    with pytest.raises(ValueError, match="another vocabulary or model size"):
+        load_weights(small, other, tmp_path / "sft.pt")
+    load_weights(small, {k: v.clone() for k, v in small.state_dict().items()}, "same")  # a fitting one loads
+    assert all(torch.isfinite(v).all() for v in small.state_dict().values())
