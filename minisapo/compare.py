@@ -62,8 +62,8 @@ def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "") -> dic
         cfg = copy.deepcopy(base)
         cfg.seed = base.seed + s
         seed_dir = root / f"seed{s}"
-        stack = load_stack(cfg)
         sft_dir = seed_dir / "sft"
+        stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # every algorithm of this seed uses the SFT's SIDs
         save_config(cfg, sft_dir)
         fresh_sft = not (sft_dir / "eval_test.json").exists()
         sft_model = stage_sft(cfg, stack, sft_dir, resume=True)

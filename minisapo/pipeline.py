@@ -14,6 +14,7 @@ Each function reads top to bottom; the algorithms live in the stage modules.
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +48,23 @@ def load_dataset(cfg: Config) -> data_lib.Dataset:
     return data_lib.load(cfg.data_dir, path.name)
 
 
-def load_stack(cfg: Config) -> Stack:
-    """Data -> SIDs -> tokenizer -> grammar (each stage cached on disk)."""
+def load_stack(cfg: Config, run_dir: Path | None = None, reuse_run_sids: bool = False) -> Stack:
+    """Data -> SIDs -> tokenizer -> grammar (each stage cached on disk).
+
+    With a run_dir, the SIDs and tokenizer the run trains with are snapshotted in `<run_dir>/sid/`;
+    `reuse_run_sids=True` (resume, eval, RL from an SFT run) loads that snapshot, so a checkpoint
+    always meets the vocabulary it was trained with, whatever happened to the dataset's cache since.
+    """
     ds = load_dataset(cfg)
-    table, tok, stats = sid_lib.prepare(ds, cfg.sid, Path(ds.path) / "sid", device=pick_device(cfg.device))
+    snapshot = None if run_dir is None else Path(run_dir) / "sid"
+    if reuse_run_sids and snapshot is not None and (snapshot / "tokenizer.json").exists():
+        table, tok = sid_lib.load(snapshot)
+        stats = read_json(snapshot / "sid_stats.json") if (snapshot / "sid_stats.json").exists() else {}
+        print(f"SIDs and tokenizer: the run's own, from {snapshot}")
+    else:
+        table, tok, stats = sid_lib.prepare(ds, cfg.sid, Path(ds.path) / "sid", device=pick_device(cfg.device))
+        if snapshot is not None:
+            shutil.copytree(Path(ds.path) / "sid", snapshot, dirs_exist_ok=True)
     trie = sid_lib.SIDTrie(table, tok)
     r = cfg.reasoning
     grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, r.mode)
@@ -210,7 +224,7 @@ def cmd_sid(cfg: Config) -> int:
 
 def cmd_sft(cfg: Config, resume: bool = False) -> int:
     run_dir = start_run(cfg, resume)
-    stack = load_stack(cfg)
+    stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
     model = stage_sft(cfg, stack, run_dir, resume=resume)
     stage_eval(cfg, stack, model, run_dir)
     _finish(cfg, run_dir)
@@ -235,7 +249,7 @@ def cmd_eval(run: str, split: str, overrides: dict) -> int:
     cfg = load_run_config(run_dir)
     for k, v in overrides.items():
         set_value(cfg, k, v)
-    stack = load_stack(cfg)
+    stack = load_stack(cfg, run_dir, reuse_run_sids=True)
     stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split)
     return 0
 
@@ -249,7 +263,8 @@ def cmd_rl(from_run: str, algo: str, overrides: dict, resume: bool = False) -> i
     for k, v in overrides.items():
         set_value(cfg, k, v)
     run_dir = start_run(cfg, resume)
-    stack = load_stack(cfg)
+    stack = load_stack(cfg, src, reuse_run_sids=True)  # the SFT run's SIDs, snapshotted into this run too
+    shutil.copytree(src / "sid", run_dir / "sid", dirs_exist_ok=True)
     model = new_model(cfg, stack)
     load_sft_weights(model, src, device=pick_device(cfg.device))
     stage_rl(cfg, stack, model, run_dir, resume=resume)
@@ -272,7 +287,7 @@ def cmd_run(cfg: Config, algo: str = "sapo", resume: bool = False) -> int:
     t0 = time.time()
     _apply_algo(cfg, algo)
     run_dir = start_run(cfg, resume)
-    stack = load_stack(cfg)
+    stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
     model = stage_sft(cfg, stack, run_dir, resume=resume)
     stage_eval(cfg, stack, model, run_dir, tag="_sft")
     test = stack.dataset.splits["test"]

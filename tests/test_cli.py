@@ -1,6 +1,7 @@
 """The `minisapo` command end to end on the tiny preset (seconds), and its error messages."""
 
 import json
+import shutil
 
 import pytest
 
@@ -48,7 +49,10 @@ def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
 
 def test_eval_and_rl_commands_on_a_finished_sft_run(tmp_path, dirs):
     assert main(["sft", *FAST, *dirs, "--name=s"]) == 0
-    assert main(["eval", f"--run={tmp_path / 'runs' / 's'}", "--split=valid"]) == 0
+    assert (tmp_path / "runs" / "s" / "sid" / "tokenizer.json").exists()  # the run's own SIDs, snapshotted
+    # the dataset's SID cache is rebuilt differently since: eval still uses the SIDs the model was trained with
+    shutil.rmtree(tmp_path / "data" / "processed" / "tiny" / "sid")
+    assert main(["eval", f"--run={tmp_path / 'runs' / 's'}", "--split=valid", "--sid.codebook_size=4"]) == 0
     assert (tmp_path / "runs" / "s" / "eval_valid.json").exists()
     assert main(["rl", f"--from={tmp_path / 'runs' / 's'}", "--algo=grpo", "--rl.max_steps=1"]) == 0
     cfg = json.loads((tmp_path / "runs" / "s_grpo" / "config.json").read_text())
