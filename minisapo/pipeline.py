@@ -24,7 +24,7 @@ import torch
 from minisapo import data as data_lib
 from minisapo import sid as sid_lib
 from minisapo.config import Config, ConfigError, from_dict, make_config, set_value, to_dict
-from minisapo.evaluate import evaluate, evaluate_split, format_table
+from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import build_examples, build_prompt
@@ -96,17 +96,11 @@ def _check_lengths(cfg: Config, stack: Stack, examples) -> None:
                           f"raise --max_seq_len or lower --max_history / --max_think_tokens")
 
 
-def eval_fn(cfg: Config, stack: Stack, split: str = "valid", ks=(10,), max_samples: int | None = None):
-    """A callback `fn(model) -> {"hit@10": ..}` on the first samples of a split (for training curves)."""
-    samples = stack.dataset.splits[split][: (max_samples if max_samples is not None else cfg.sft.eval_samples)]
-
-    def fn(model):
-        m = evaluate(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, samples, ks=ks,
-                     beam_width=max(max(ks), 1), batch_size=cfg.eval.batch_size, reasoning=cfg.reasoning,
-                     progress=False)
-        return {f"{split}_{k}": v for k, v in m.items() if "@" in k}
-
-    return fn
+def eval_fn(cfg: Config, stack: Stack):
+    """`model -> {"valid_hit@10", "valid_ndcg@10"}` on the first sft.eval_samples validation samples."""
+    return quick_hit_fn(stack.grammar, stack.dataset, stack.table, stack.tokenizer,
+                        stack.dataset.splits["valid"][: cfg.sft.eval_samples], k=10, reasoning=cfg.reasoning,
+                        batch_size=cfg.eval.batch_size)
 
 
 def save_config(cfg: Config, run_dir: Path) -> None:
@@ -162,7 +156,7 @@ def stage_rl(cfg: Config, stack: Stack, model: GPT, run_dir: Path, resume: bool 
 
     samples = stack.dataset.splits["train"]
     ref = copy.deepcopy(model) if cfg.rl.beta != 0.0 else None
-    fn = eval_fn(cfg, stack, max_samples=cfg.sft.eval_samples)
+    fn = eval_fn(cfg, stack)
     return train_rl(model, ref, stack.grammar, stack.tokenizer, stack.table, samples, _prompts(cfg, stack, samples),
                     cfg.rl, run_dir, eval_fn=fn, resume=resume, device=pick_device(cfg.device), seed=cfg.seed)
 
