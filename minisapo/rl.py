@@ -69,8 +69,6 @@ an **advantage** estimator (`advantage="step"`) that works with any `loss_type` 
 from __future__ import annotations
 
 import copy
-import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,7 +79,7 @@ from tqdm.auto import tqdm
 
 from minisapo.generate import response_logprobs, sample
 from minisapo.reasoning import step_index
-from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, read_metrics, save_checkpoint, write_json
+from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, save_checkpoint, trim_metrics, write_json
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,13 +452,6 @@ def batch_indices(num_samples: int, batch_size: int, step: int, seed: int) -> li
     return out
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """Rewrite a metrics.jsonl file atomically."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
-
-
 def _flat(prefix: str, d: dict) -> dict:
     """{'hit@10': .3, 'per_level_acc': [..]} -> {'eval/hit@10': .3, 'eval/per_level_acc/0': ..} (numbers only)."""
     out = {}
@@ -508,8 +499,7 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         start = ckpt["step"]
         print(f"resuming RL from step {start} ({ckpt_path})")
     # drop the RL records of steps (re)done now; a fresh start drops them all (other stages' records stay)
-    kept = [r for r in read_metrics(log.path) if r.get("stage") != "rl" or (ckpt and r.get("step", 0) <= start)]
-    write_jsonl(log.path, kept)
+    trim_metrics(log.path, "rl", start if ckpt is not None else None)
 
     def evaluate_now(step: int) -> None:
         if eval_fn is not None:

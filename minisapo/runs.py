@@ -24,7 +24,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(tmp_path)`, then move the file into place with os.replace (never half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -34,7 +35,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as pretty JSON, atomically."""
-    _atomic_write(Path(path), lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
 
 
 def read_json(path: str | Path) -> Any:
@@ -43,7 +44,7 @@ def read_json(path: str | Path) -> Any:
 
 def save_checkpoint(path: str | Path, obj: dict) -> None:
     """torch.save `obj` atomically (tmp file + os.replace)."""
-    _atomic_write(Path(path), lambda p: torch.save(obj, p))
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
@@ -78,6 +79,15 @@ class MetricsLogger:
                  for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
+
+
+def trim_metrics(path: str | Path, stage: str, keep_until: int | None) -> None:
+    """Drop the `stage` records of metrics.jsonl logged after step `keep_until` (all of them when None),
+    atomically; other stages' records stay. A resumed stage logs those steps again."""
+    records = read_metrics(path)
+    keep = [r for r in records if r.get("stage") != stage or (keep_until is not None and r.get("step", 0) <= keep_until)]
+    if len(keep) != len(records):
+        atomic_write(path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in keep)))
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from minisapo.model import autocast
-from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, read_metrics, save_checkpoint
+from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, save_checkpoint, trim_metrics
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
 
@@ -170,19 +170,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _trim_metrics(path: Path, after_step: int) -> None:
-    """Drop SFT records logged after `after_step` (on resume they will be logged again)."""
-    records = read_metrics(path)
-    keep = [r for r in records if not (r.get("stage") == "sft" and r.get("step", 0) > after_step)]
-    if len(keep) != len(records):
-        import json
-        import os
-
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, path)
-
-
 def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SFTConfig, run_dir: str | Path,
               valid_examples: Sequence[Example] | None = None, valid_fn: Callable[[torch.nn.Module], dict] | None = None,
               resume: bool = False, device: str | torch.device = "cpu", pad_id: int = 0, seed: int = 0,
@@ -217,12 +204,12 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
             optimizer.load_state_dict(ckpt["optimizer"])
             step, last_eval = ckpt["step"], ckpt.get("last_eval", {})
             _set_rng_state(ckpt["rng"])
-            _trim_metrics(metrics_path, step)
+            trim_metrics(metrics_path, "sft", step)
             print(f"sft: resumed from {ckpt_path} at step {step}/{n_total}")
             if ckpt.get("done"):
                 return last_eval
     if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
-        _trim_metrics(metrics_path, 0)
+        trim_metrics(metrics_path, "sft", None)
     logger = MetricsLogger(metrics_path)
     valid_examples = list(valid_examples or [])[:cfg.eval_samples]
 

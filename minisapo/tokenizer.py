@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, normalizers, pre_tokenizers
 
+from minisapo.runs import atomic_write
+
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<think>", "</think>", "<sep>", "<unk>"]  # fixed ids 0..6
 LETTERS = "abcdefgh"  # SID level l uses LETTERS[l] (same convention as minisapo.sid.table)
 # Connector words the teacher's thinking blocks use ("recent <last> often <most frequent>" and
@@ -149,9 +151,7 @@ class Tokenizer:
         if path.suffix != ".json":
             path.mkdir(parents=True, exist_ok=True)
             path = path / "tokenizer.json"
-        tmp = path.with_suffix(".json.tmp")
-        self.hf.save(str(tmp))
-        tmp.replace(path)
+        atomic_write(path, lambda p: self.hf.save(str(p)))
         return path
 
     @classmethod

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minisapo.data.filters import Interaction
+from minisapo.runs import atomic_write
 
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
 
@@ -48,12 +49,13 @@ def fmt_float(x: float) -> str:
 
 def write_atomic(path: Path, header: list[str], rows: list[list[str]]) -> None:
     """Write one atomic file (tmp file + rename, so a crash never leaves half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\t".join(header) + "\n")
-        for row in rows:
-            f.write("\t".join(clean_field(v) for v in row) + "\n")
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\t".join(header) + "\n")
+            for row in rows:
+                f.write("\t".join(clean_field(v) for v in row) + "\n")
+
+    atomic_write(path, write)
 
 
 class BadLines:

@@ -28,7 +28,8 @@ import torch
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import l2_normalise, load_vectors, tfidf_svd
 from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans
-from minisapo.sid.table import LETTERS, SIDTable, _write_json, dedup_codes
+from minisapo.runs import write_json
+from minisapo.sid.table import LETTERS, SIDTable, dedup_codes
 from minisapo.tokenizer import Tokenizer
 
 STATS_FILE = "sid_stats.json"
@@ -151,7 +152,7 @@ def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device
     if out_dir is not None:
         out_dir = Path(out_dir)
         table.save(out_dir)
-        _write_json(out_dir / STATS_FILE, stats)
+        write_json(out_dir / STATS_FILE, stats)
     return table, stats
 
 
@@ -179,10 +180,10 @@ def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: bool = Tru
     tok = Tokenizer.build(list(dataset.item_text), table, vocab_size=cfg.max_vocab or None)
     tok.save(out_dir / TOKENIZER_FILE)
     stats["vocab_size"] = tok.vocab_size
-    _write_json(out_dir / STATS_FILE, stats)
+    write_json(out_dir / STATS_FILE, stats)
     if plot:
         _plot(table, stats, out_dir)
-    _write_json(settings_path, {"config": dataclasses.asdict(cfg), "fingerprint": fp})  # last: marks completion
+    write_json(settings_path, {"config": dataclasses.asdict(cfg), "fingerprint": fp})  # last: marks completion
     if verbose:
         print(f"SIDs: wrote {out_dir} (vocabulary {tok.vocab_size} tokens)")
     return table, tok, stats

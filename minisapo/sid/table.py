@@ -16,13 +16,14 @@ sharing it (the paper's released SIDs keep collisions, too).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from minisapo.runs import write_json
 
 LETTERS = "abcdefgh"  # level l -> letter; the dedup level K uses LETTERS[K]
 _TOKEN_RE = re.compile(r"^<([a-h])_(\d+)>$")
@@ -188,9 +189,9 @@ class SIDTable:
         meta = {"num_levels": self.num_levels, "codebook_sizes": self.codebook_sizes,
                 "dedup_size": self.dedup_size, "num_items": self.num_items,
                 "has_item_ids": self.item_ids is not None}
-        _write_json(out_dir / TABLE_FILE, table)
-        _write_json(out_dir / DESCRIPTORS_FILE, self.descriptors)
-        _write_json(out_dir / META_FILE, meta)
+        write_json(out_dir / TABLE_FILE, table)
+        write_json(out_dir / DESCRIPTORS_FILE, self.descriptors)
+        write_json(out_dir / META_FILE, meta)
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "SIDTable":
@@ -219,10 +220,3 @@ class SIDTable:
     def __repr__(self) -> str:
         return (f"SIDTable(items={self.num_items}, levels={self.num_levels}, "
                 f"codebook_sizes={self.codebook_sizes}, dedup_size={self.dedup_size})")
-
-
-def _write_json(path: Path, obj) -> None:
-    """Atomic JSON write (tmp file + os.replace)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
