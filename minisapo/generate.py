@@ -115,12 +115,14 @@ def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, max_new_token
 @_in_eval_mode
 def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_generations: int = 1,
            temperature: float = 1.0, generator: torch.Generator | None = None, greedy: bool = False,
-           max_new_tokens: int | None = None, use_cache: bool = True) -> Rollouts:
+           max_new_tokens: int | None = None, use_cache: bool = True, greedy_think: bool = False) -> Rollouts:
     """Sample `num_generations` grammar-valid responses per prompt.
 
     temperature: > 0; log-probs are those of the constrained distribution at this temperature.
     generator:   torch.Generator for reproducible sampling (tokens are drawn on its device, CPU by default).
     greedy:      take the most likely allowed token instead of sampling (log-probs still reported).
+    greedy_think: write the thinking greedily (as evaluation does) and sample only the SID tokens, so
+                 the G rows of a prompt share one thinking and differ only in their SIDs.
     max_new_tokens: cap on response length (default: the grammar's longest response).
     use_cache:   False recomputes the whole sequence every step (only to measure what the cache saves).
     """
@@ -154,7 +156,10 @@ def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_genera
         if greedy:
             nxt = logp.argmax(-1)  # (B,)
         else:
-            nxt = torch.multinomial(logp.exp().to(gen_dev), 1, generator=generator).squeeze(1)  # (B,)
+            nxt = torch.multinomial(logp.exp().to(gen_dev), 1, generator=generator).squeeze(1).to(dev)  # (B,)
+            if greedy_think:  # rows inside a thinking block take the argmax instead
+                thinking = torch.tensor([s.phase in ("open", "think") for s in states], device=dev)
+                nxt = torch.where(thinking, logp.argmax(-1), nxt)
         nxt = nxt.to(dev)
         lp = logp.gather(1, nxt[:, None]).squeeze(1).cpu()  # (B,)
         nxt = nxt.cpu()

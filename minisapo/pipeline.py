@@ -88,6 +88,16 @@ def _prompts(cfg: Config, stack: Stack, samples) -> list[list[int]]:
     return [build_prompt(s.history, stack.table, stack.tokenizer, cfg.reasoning, titles=titles) for s in samples]
 
 
+def train_samples(cfg: Config, stack: Stack, stage: str) -> list:
+    """The training samples a stage uses: all of them, unless `sft.user_fraction` < 1; then SFT takes that
+    fraction of the users (drawn with the run's seed) and RL the other users."""
+    train = stack.dataset.splits["train"]
+    if cfg.sft.user_fraction >= 1:
+        return train
+    sft_users = data_lib.user_subset(stack.dataset.num_users, cfg.sft.user_fraction, cfg.seed)
+    return [s for s in train if (s.user in sft_users) == (stage == "sft")]
+
+
 def _check_lengths(cfg: Config, stack: Stack, examples) -> None:
     longest = max(len(p) + len(r) for p, r in examples)
     longest = max(longest, max(len(p) for p, _ in examples) + stack.grammar.max_length)
@@ -135,7 +145,7 @@ def load_run_config(run_dir: str | Path) -> Config:
 def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) -> GPT:
     """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt)."""
     ds = stack.dataset
-    train = build_examples(ds, stack.table, stack.tokenizer, ds.splits["train"], cfg.reasoning)
+    train = build_examples(ds, stack.table, stack.tokenizer, train_samples(cfg, stack, "sft"), cfg.reasoning)
     valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples],
                            cfg.reasoning, verbose=False)
     _check_lengths(cfg, stack, train + valid)
@@ -154,7 +164,7 @@ def stage_rl(cfg: Config, stack: Stack, model: GPT, run_dir: Path, resume: bool 
     """RL from the current (SFT) weights of `model`; the frozen copy taken here is the KL reference."""
     from minisapo.rl import train_rl
 
-    samples = stack.dataset.splits["train"]
+    samples = train_samples(cfg, stack, "rl")
     ref = copy.deepcopy(model) if cfg.rl.beta != 0.0 else None
     fn = eval_fn(cfg, stack)
     return train_rl(model, ref, stack.grammar, stack.tokenizer, stack.table, samples, _prompts(cfg, stack, samples),

@@ -56,6 +56,7 @@ class SFTConfig:
     eval_every: int = 100  # validate and checkpoint every this many steps (and at the end; 0 = only at the end)
     eval_samples: int = 64  # validation examples for the validation loss / quick hit@10
     log_every: int = 10  # write a training record to metrics.jsonl every this many steps
+    user_fraction: float = 1.0  # SFT sees only this fraction of the training users; RL prompts come from the others
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minisapo.data.dataset import Dataset, Sample, load, make_splits, write_processed
+from minisapo.data.dataset import Dataset, Sample, load, make_splits, user_subset, write_processed
 from minisapo.data.synthetic import PRESETS, Oracle, oracle
 
-__all__ = ["DataConfig", "dataset_name", "Dataset", "Sample", "Oracle", "PRESETS", "prepare", "load", "oracle", "make_splits"]
+__all__ = ["DataConfig", "dataset_name", "Dataset", "Sample", "Oracle", "PRESETS", "prepare", "load", "oracle", "make_splits", "user_subset"]
 
 FORMAT_VERSION = 1  # bump when the processed files change meaning (old caches then rebuild)
 

@@ -65,6 +65,17 @@ class Dataset:
         return counts
 
 
+def user_subset(num_users: int, fraction: float, seed: int) -> set[int]:
+    """A fixed random `fraction` of the user indices (at least one user), drawn with `seed`.
+
+    `sft.user_fraction` uses it: SFT trains on these users' samples, RL draws its prompts from the others
+    (the regime where reasoning traces are costly and outcome labels are not)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"user fraction must be in (0, 1], got {fraction}")
+    order = np.random.default_rng(seed).permutation(num_users)
+    return set(order[: max(1, round(fraction * num_users))].tolist())
+
+
 def make_splits(sequences: list[list[int]], timestamps: list[list[float]], split: str,
                 max_history: int) -> dict[str, list[Sample]]:
     """Turn sequences into (user, history, target) samples.
