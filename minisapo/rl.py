@@ -79,8 +79,8 @@ from tqdm.auto import tqdm
 
 from minisapo.generate import response_logprobs, sample
 from minisapo.reasoning import step_index
-from minisapo.runs import (MetricsLogger, check_finite, load_checkpoint, load_weights, save_checkpoint, trim_metrics,
-                           write_json)
+from minisapo.runs import (MetricsLogger, check_finite, load_checkpoint, load_weights, nonfinite_context,
+                           save_checkpoint, trim_metrics, write_json)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -520,7 +520,7 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         idx = batch_indices(len(samples), cfg.batch_size, step, seed)
         batch_prompts = [list(prompts[i]) for i in idx]
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
-        with torch.no_grad():
+        with torch.no_grad(), nonfinite_context("rl", step + 1):
             ro = sample(model, grammar, batch_prompts, num_generations=G, temperature=cfg.temperature,
                         generator=gen, max_new_tokens=cfg.max_completion_length)
         responses, mask = ro.responses, ro.mask  # (B, T), (B, T) bool

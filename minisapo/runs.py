@@ -14,13 +14,13 @@ The safety rules every command follows live here too, so SFT, RL and the CLI sha
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import pickle
 import random
 import re
+import shutil
 import sys
 import time
 import zipfile
@@ -82,6 +82,25 @@ def atomic_write(path: str | Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def swap_dir(new: str | Path, out: str | Path) -> None:
+    """Replace the folder `out` by the complete folder `new` (two renames; the old one is put back if the
+    second fails), so a reader never sees a half-built folder and a failed build leaves `out` as it was."""
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -172,6 +191,15 @@ def check_finite(stage: str, step: int, hint: str = "", **values) -> None:
         if not math.isfinite(x):
             raise NonFiniteError(f"{stage}: the {name} is {x} at step {step}: training stopped before that update "
                                  f"and the last good checkpoint is kept{'; ' + hint if hint else ''}")
+
+
+@contextmanager
+def nonfinite_context(stage: str, step: int):
+    """Name the stage and step in a NonFiniteError raised inside (e.g. by sampling from diverged weights)."""
+    try:
+        yield
+    except NonFiniteError as e:
+        raise NonFiniteError(f"{stage}: at step {step}, {e}") from None
 
 
 def check_finite_weights(model: torch.nn.Module, stage: str, step: int, hint: str = "") -> None:
@@ -274,7 +302,7 @@ def run_lock(run_dir: str | Path):
     command created it and left it empty (a refused command leaves no trace).
     """
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
     key = str(lock.resolve())
@@ -321,11 +349,11 @@ def run_lock(run_dir: str | Path):
         _HELD.discard(key)
         if _lock_owner(lock) == os.getpid():
             lock.unlink(missing_ok=True)
-        if created:
+        for p in created:  # folders this command created and left empty go again
             try:
-                run_dir.rmdir()  # only succeeds when empty
+                p.rmdir()
             except OSError:
-                pass
+                break
 
 
 def check_not_busy(run_dir: str | Path) -> None:

@@ -129,29 +129,13 @@ def _but_paths(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in _PATHS + ("input_files",)}
 
 
-def _swap_in(new: Path, out: Path) -> None:
-    """Replace the folder `out` by `new` (two renames; the old one is put back if the second fails)."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    try:
-        os.replace(new, out)
-    except OSError:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
     """Build `<data_dir>/processed/<name>/` from `cfg`; reuse it when the settings are unchanged."""
     if cfg.source not in ("synthetic", "amazon", "atomic"):
         raise ValueError(f"unknown data source {cfg.source!r}: use --source=synthetic, amazon or atomic")
     if cfg.split not in ("loo", "temporal"):
         raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
-    from minisapo.runs import check_name
+    from minisapo.runs import check_name, swap_dir
 
     name = check_name(dataset_name(cfg), "data.name")  # one folder name: nothing is written outside processed/
     out = Path(data_dir) / "processed" / name
@@ -198,7 +182,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
     try:
         info = write_processed(raw, tmp, name, kcore_k=cfg.kcore, start=cfg.start, end=cfg.end,
                                split=cfg.split, max_history=cfg.max_history, settings=settings)
-        _swap_in(tmp, out)
+        swap_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     s = info["splits"]
