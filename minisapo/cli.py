@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args, rest)
     except KeyboardInterrupt:
+        _close_bars()
         print(f"minisapo {args.command}: interrupted (checkpoints are written atomically: --resume continues)",
               file=sys.stderr)
         return 130
@@ -97,8 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         # bad input is reported in one line that says what to change; --debug / MINISAPO_DEBUG=1 show the traceback
         if debug:
             raise
+        _close_bars()
         print(f"minisapo {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
+
+
+def _close_bars() -> None:
+    """Finish any progress bar the failed stage left open, so the error starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
 
 
 def _dispatch(args, rest: list[str]) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -108,8 +109,13 @@ def did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
     return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    return typing.get_type_hints(cls)  # slow (it compiles every annotation): once per class
+
+
 def _fields(obj) -> dict[str, type]:
-    hints = typing.get_type_hints(type(obj))
+    hints = _type_hints(type(obj))
     return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
 
 
@@ -274,14 +280,7 @@ def _range_errors(cfg: Config):
     from minisapo.data import dataset_name
     from minisapo.data.synthetic import KNOBS, world_params
     from minisapo.evaluate import parse_ks
-    from minisapo.runs import check_name
-
-    def name_error(value, key):
-        try:
-            check_name(value, key)
-        except ValueError as e:
-            return str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
-        return None
+    from minisapo.runs import name_problem as name_error
 
     # --- top level: names, folders, seed, device
     why = name_error(cfg.name, "name")

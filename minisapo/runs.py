@@ -41,8 +41,8 @@ def warn(message: str) -> None:
 # names: one path component, so everything a command writes stays under runs_dir / data_dir
 
 
-def check_name(name: str, key: str = "name") -> str:
-    """`name` if it is a plain folder name (one path component), else a ValueError naming `key`.
+def name_problem(name: str, key: str = "name") -> str | None:
+    """Why `name` is not a plain folder name (one path component), with what to do; None when it is one.
 
     Refused: empty, `.`, `..`, anything with `/` or `\\`, absolute paths, control characters.
     """
@@ -57,9 +57,16 @@ def check_name(name: str, key: str = "name") -> str:
         why = "is an absolute path"
     elif any(ord(c) < 32 or ord(c) == 127 for c in name):
         why = "contains a control character"
+    if why is None:
+        return None
+    return f"{why}: a name is a single folder name such as --{key}=my_run (choose where it goes with --runs_dir / --data_dir)"
+
+
+def check_name(name: str, key: str = "name") -> str:
+    """`name` if it is a plain folder name (one path component), else a ValueError naming `key`."""
+    why = name_problem(name, key)
     if why:
-        raise ValueError(f"--{key}={name!r} {why}: a name is a single folder name such as --{key}=my_run "
-                         f"(choose where it goes with --runs_dir / --data_dir)")
+        raise ValueError(f"--{key}={name!r} {why}")
     return name
 
 
@@ -140,7 +147,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [re.sub(r"\x1b\[[0-9;]*m", "", x).strip() for x in str(e).splitlines()]
-        why = next((x for x in lines if "unsupported" in x.lower() or "GLOBAL" in x), "it needs code to load")
+        why = next((x for x in lines if "global" in x.lower()), None)  # a class or function it would call
+        if why is None:
+            why = next((x for x in reversed(lines) if x and "Weights only load failed" not in x), type(e).__name__)
+            raise ValueError(f"checkpoint {path} is unreadable (truncated, corrupt or not a minisapo checkpoint: "
+                             f"{why[:160]}); {fix}") from None
         raise ValueError(f"checkpoint {path} holds more than tensors and plain values, so it was not loaded "
                          f"(minisapo loads weights only, never code: {why[:160]}); {fix}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError,

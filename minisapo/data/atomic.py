@@ -100,7 +100,7 @@ class BadLines:
         self._count(why)
 
     def _count(self, why: str) -> None:
-        key = re.sub(r"\(.*", "", why).strip()  # group by the reason, without the details in brackets
+        key = re.sub(r"(?<![\w-])\d+", "#", why)[:120]  # group by the reason (line/column numbers left out)
         self.reasons[key] = self.reasons.get(key, 0) + 1
 
     def summary(self) -> str | None:
