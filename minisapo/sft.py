@@ -206,7 +206,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
                                  f"delete it to start SFT afresh") from None
             trim_metrics(metrics_path, "sft", step)
             print(f"sft: resumed from {ckpt_path} at step {step}/{n_total}")
-            if ckpt.get("done"):
+            if ckpt.get("done") and step >= n_total:  # finished (more --sft.max_steps on resume continue it)
                 return last_eval
     if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
         trim_metrics(metrics_path, "sft", None)
