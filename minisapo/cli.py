@@ -72,8 +72,9 @@ def error_line(e: BaseException) -> str:
                 errno.EEXIST: "already exists as a file where a folder is needed",
                 errno.EROFS: "is on a read-only file system"}.get(e.errno, e.strerror or str(e))
         return f"{e.filename} {what}"
-    if isinstance(e, MemoryError):
-        return "out of memory: use a smaller --preset, --sft.batch_size or --rl.batch_size"
+    if isinstance(e, MemoryError) or _out_of_memory(e):
+        return ("out of memory: use a smaller --preset, --sft.batch_size, --rl.batch_size, --rl.num_generations or "
+                "--eval.batch_size")
     msg = str(e) or type(e).__name__
     if isinstance(e, (EOFError, zlib.error, pickle.UnpicklingError, zipfile.BadZipFile)):
         msg = f"a file is truncated or corrupt ({type(e).__name__}: {msg})"
@@ -94,13 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minisapo {args.command}: interrupted (checkpoints are written atomically: --resume continues)",
               file=sys.stderr)
         return 130
-    except EXPECTED as e:
+    except Exception as e:
         # bad input is reported in one line that says what to change; --debug / MINISAPO_DEBUG=1 show the traceback
-        if debug:
+        if debug or not (isinstance(e, EXPECTED) or _out_of_memory(e)):
             raise
         _close_bars()
         print(f"minisapo {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError"  # torch's (a RuntimeError); torch is not imported here
 
 
 def _close_bars() -> None:

@@ -380,6 +380,10 @@ def check_not_busy(run_dir: str | Path) -> None:
 def load_weights(model: torch.nn.Module, state: dict, where: str | Path) -> None:
     """`model.load_state_dict(state)`, with an error that says what to do when the checkpoint was made
     for another vocabulary or model size (e.g. the dataset's SID/tokenizer cache was rebuilt since)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{where} holds NaN/inf weights ({bad[0]}{' and more' if len(bad) > 1 else ''}): that training "
+                         f"diverged; start a new run with a lower learning rate")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -315,6 +315,8 @@ CASES = [
     Case("no-model-rl-ckpt", EVAL, ("rl_checkpoint.pt", "'model'"), put("runs/toy/rl_checkpoint.pt", save({"step": 1}))),
     Case("model-not-tensors", EVAL, ("rl_checkpoint.pt", "state dict"), put("runs/toy/rl_checkpoint.pt", save({"model": {"a": 1}}))),
     Case("wrong-vocab-rl-ckpt", EVAL, ("rl_checkpoint.pt", "another vocabulary"), ckpt_edit("runs/toy/rl_checkpoint.pt", wrong_vocab)),
+    Case("nan-weights-rl-ckpt", EVAL, ("rl_checkpoint.pt", "nan/inf weights"),
+         ckpt_edit("runs/toy/rl_checkpoint.pt", lambda c: {**c, "model": {k: v * float("nan") for k, v in c["model"].items()}})),
     Case("empty-sft-pt-rl-from", RL, ("sft.pt", "unreadable"), put("runs/toy/sft.pt", b"")),
     Case("directory-sft-pt-rl-from", RL, ("sft.pt", "directory"), put("runs/toy/sft.pt", "DIR")),
     Case("missing-sft-pt-rl-from", RL, ("sft.pt", "minisapo sft"), put("runs/toy/sft.pt", None)),
@@ -740,6 +742,32 @@ def test_a_real_bug_keeps_its_traceback(ws, monkeypatch):
     monkeypatch.setattr(pipeline, "cmd_data", bug)
     with pytest.raises(KeyError):
         main(["data", "--data_dir=data"])
+
+
+def test_path_escapes_are_refused(ws, capsys):
+    """The issue's examples: `data --name=../../../victim` removed a folder outside data/, `--name=.` deleted
+    *.pt files directly under runs_dir. Both are refused before anything is touched, inside or outside."""
+    victim = ws.parent / "victim"
+    _write(victim / "someone_else.txt", "keep me")
+    _write(ws / "runs/precious.pt", b"keep me")
+    outside = snapshot(ws.parent)
+    assert main(["data", "--name=../../../victim", "--world=tiny", "--data_dir=data"]) == 2
+    assert main(["sft", *TINY, "--name=."]) == 2
+    assert main(["run", *TINY, f"--name={victim}"]) == 2
+    assert main(["data", f"--name={victim}", "--data_dir=data"]) == 2
+    assert snapshot(ws.parent) == outside
+    assert len(error_lines(capsys.readouterr().err)) == 4
+
+
+def test_out_of_memory_is_one_line(ws, monkeypatch, capsys):
+    import minisapo.pipeline as pipeline
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pipeline, "cmd_data", oom)
+    assert main(["data", "--data_dir=data"]) == 2
+    assert "out of memory: use a smaller" in error_lines(capsys.readouterr().err)[0]
 
 
 def test_device_cuda_without_cuda(ws, capsys):
