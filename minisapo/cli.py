@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    return type(e).__name__ == "OutOfMemoryError"  # torch's (a RuntimeError); torch is not imported here
+    return type(e).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (a RuntimeError), matched by name
 
 
 def _close_bars() -> None:
