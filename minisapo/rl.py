@@ -563,7 +563,8 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
                 for k, v in st.items():
                     stats_sum[k] = stats_sum.get(k, 0.0) + v
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-            check_finite("rl", step + 1, "lower --rl.learning_rate", loss=stats_sum.get("loss"), **{"gradient norm": grad_norm})
+            check_finite("rl", step + 1, "lower --rl.learning_rate", loss=stats_sum.get("loss"),
+                         **{"gradient norm": grad_norm})  # NaN/inf: stop before the update, keep the last checkpoint
             opt.step()
         n = cfg.num_iterations * len(chunks)
         metrics.update({k: v / n for k, v in stats_sum.items()})
