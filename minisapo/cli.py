@@ -10,23 +10,43 @@
     minisapo bench   [--device=auto] [--preset=small] [--threads=1]
 
 Every `--key=value` that is not one of the flags above is a config override (see
-`minisapo run --help-config` for every key and its default).
+`minisapo run --help-config` for every key and its default). Settings apply in one order everywhere:
+defaults, then `--preset`, then `--algo`, then your overrides.
+
+An expected failure (a bad setting or name, a missing, corrupt or unreadable file, a device that is not
+there, NaN in training, a busy run) is one line on stderr naming the file or key, exit code 2;
+`--debug` (or MINISAPO_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import gzip
 import os
+import pickle
 import sys
+import zipfile
+import zlib
 
 from minisapo.config import ConfigError, describe, make_config, parse_overrides
 
 COMMANDS = ("run", "data", "sid", "sft", "rl", "eval", "compare", "bench")
 
+# What a user can cause (bad settings, names, files, devices; NaN; a busy run): one line, exit code 2.
+# Anything else is a bug in minisapo and keeps its traceback.
+EXPECTED = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError, MemoryError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line (argparse prints the whole usage first)
+        print(f"minisapo: error: {message} (see `minisapo --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minisapo", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="minisapo", description=__doc__, allow_abbrev=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=COMMANDS)
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and exit")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -36,47 +56,97 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--algos", default="grpo,sapo", help="compare: comma-separated algorithm presets")
     p.add_argument("--seeds", type=int, default=3, help="compare: number of seeds")
     p.add_argument("--sweep", help="compare: KNOB:V1,V2,... e.g. items_per_leaf:4,16,64")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also MINISAPO_DEBUG=1)")
     return p
+
+
+def error_line(e: BaseException) -> str:
+    """One line naming the file or key and what to change."""
+    if isinstance(e, OSError) and not isinstance(e, (gzip.BadGzipFile, zipfile.BadZipFile)) and e.filename:
+        what = {errno.ENOENT: "does not exist: check the path",
+                errno.EISDIR: "is a directory, but a file is expected there",
+                errno.ENOTDIR: "has a file where a folder is expected in its path",
+                errno.EACCES: "cannot be accessed (permission denied)",
+                errno.EPERM: "cannot be accessed (operation not permitted)",
+                errno.ENOSPC: "cannot be written: the disk is full",
+                errno.EEXIST: "already exists as a file where a folder is needed",
+                errno.EROFS: "is on a read-only file system"}.get(e.errno, e.strerror or str(e))
+        return f"{e.filename} {what}"
+    if isinstance(e, MemoryError) or _out_of_memory(e):
+        return ("out of memory: use a smaller --preset, --sft.batch_size, --rl.batch_size, --rl.num_generations or "
+                "--eval.batch_size")
+    msg = str(e) or type(e).__name__
+    if isinstance(e, (EOFError, zlib.error, pickle.UnpicklingError, zipfile.BadZipFile)):
+        msg = f"a file is truncated or corrupt ({type(e).__name__}: {msg})"
+    return " ".join(msg.split())  # one line
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, rest = _parser().parse_known_args(argv)
+    try:
+        args, rest = _parser().parse_known_args(argv)
+    except SystemExit as e:  # --help, or a bad command line (already reported in one line)
+        return int(e.code or 0)
+    debug = args.debug or os.environ.get("MINISAPO_DEBUG", "") not in ("", "0")
+    try:
+        return _dispatch(args, rest)
+    except KeyboardInterrupt:
+        _close_bars()
+        print(f"minisapo {args.command}: interrupted (checkpoints are written atomically: --resume continues)",
+              file=sys.stderr)
+        return 130
+    except Exception as e:
+        # bad input is reported in one line that says what to change; --debug / MINISAPO_DEBUG=1 show the traceback
+        if debug or not (isinstance(e, EXPECTED) or _out_of_memory(e)):
+            raise
+        _close_bars()
+        print(f"minisapo {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (a RuntimeError), matched by name
+
+
+def _close_bars() -> None:
+    """Finish any progress bar the failed stage left open, so the error starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
+def _dispatch(args, rest: list[str]) -> int:
     from minisapo import pipeline  # imported here so `minisapo --help` is instant
 
-    try:
-        overrides = parse_overrides(rest)
-        if args.command in ("data", "sid") and "name" in overrides:  # there, --name is the dataset's name
-            overrides["data.name"] = overrides.pop("name")
-        if args.help_config:
-            print(describe(make_config(overrides)))
-            return 0
-        if args.command == "bench":
-            return pipeline.cmd_bench(overrides)
-        if args.command == "eval":
-            if not args.run:
-                raise ConfigError("minisapo eval needs --run=<run dir>, e.g. --run=runs/small")
-            return pipeline.cmd_eval(args.run, str(overrides.pop("split", "test")), overrides)
-        if args.command == "rl":
-            if not args.from_run:
-                raise ConfigError("minisapo rl needs --from=<sft run dir>, e.g. --from=runs/small")
-            return pipeline.cmd_rl(args.from_run, args.algo or "sapo", overrides, resume=args.resume)
-        if args.command == "compare":
-            return pipeline.cmd_compare(overrides, args.algos.split(","), args.seeds, args.sweep)
-        cfg = make_config(overrides)
-        if args.command == "data":
-            return pipeline.cmd_data(cfg)
-        if args.command == "sid":
-            return pipeline.cmd_sid(cfg)
-        if args.command == "sft":
-            return pipeline.cmd_sft(cfg, resume=args.resume)
-        return pipeline.cmd_run(cfg, algo=args.algo or "sapo", resume=args.resume)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # bad input is reported in one line that says what to change; MINISAPO_DEBUG=1 shows the traceback
-        if os.environ.get("MINISAPO_DEBUG"):
-            raise
-        print(f"minisapo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    overrides = parse_overrides(rest)
+    if args.command in ("data", "sid") and "name" in overrides:  # there, --name is the dataset's name
+        overrides["data.name"] = overrides.pop("name")
+    if args.algo is not None and args.command not in ("run", "rl"):
+        raise ConfigError(f"--algo is for run and rl (compare takes --algos=a,b; minisapo {args.command} has no RL stage)")
+    if args.help_config:
+        print(describe(make_config(overrides, algo=args.algo)))
+        return 0
+    if args.command == "bench":
+        return pipeline.cmd_bench(overrides)
+    if args.command == "eval":
+        if not args.run:
+            raise ConfigError("minisapo eval needs --run=<run dir>, e.g. --run=runs/small")
+        return pipeline.cmd_eval(args.run, str(overrides.pop("split", "test")), overrides)
+    if args.command == "rl":
+        if not args.from_run:
+            raise ConfigError("minisapo rl needs --from=<sft run dir>, e.g. --from=runs/small")
+        return pipeline.cmd_rl(args.from_run, args.algo or "sapo", overrides, resume=args.resume)
+    if args.command == "compare":
+        return pipeline.cmd_compare(overrides, args.algos.split(","), args.seeds, args.sweep)
+    if args.command == "run":  # the one precedence rule: defaults, preset, --algo, overrides
+        return pipeline.cmd_run(make_config(overrides, algo=args.algo or "sapo"), resume=args.resume)
+    cfg = make_config(overrides)
+    if args.command == "data":
+        return pipeline.cmd_data(cfg)
+    if args.command == "sid":
+        return pipeline.cmd_sid(cfg)
+    return pipeline.cmd_sft(cfg, resume=args.resume)
 
 
 if __name__ == "__main__":

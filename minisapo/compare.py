@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minisapo.config import Config, ConfigError, make_config, resolve_key
-from minisapo.runs import load_weights, read_json, read_metrics, write_json
+from minisapo.config import Config, ConfigError, config_changes, make_config, resolve_key
+from minisapo.runs import check_device, check_name, load_weights, read_json, read_metrics, run_lock, write_json
 
 METRICS = ("hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "valid_rate", "frac_reward_zero_std")
 
@@ -46,34 +46,75 @@ def _row(report: dict, records: list[dict]) -> dict:
     return row
 
 
+def algo_configs(overrides: dict, algos: list[str]) -> dict[str, Config]:
+    """{algo: its config} under the one precedence rule: defaults, preset, the algorithm's preset, then the
+    user's overrides (so `--rl.reward=prefix` applies to every algorithm). Every one validated up front."""
+    if not algos or len(set(algos)) != len(algos):
+        raise ConfigError(f"--algos={','.join(algos)}: name each algorithm once, e.g. --algos=grpo,sapo")
+    out = {a: make_config(overrides, algo=a) for a in algos}
+    mine = sorted({resolve_key(k) for k in overrides if k != "preset"} & {"rl.reward", "rl.advantage", "rl.step_token_mean"})
+    if mine:
+        print(f"note: {', '.join('--' + k for k in mine)} applies to every algorithm compared (user settings come "
+              f"after the --algo presets)")
+    return out
+
+
+def _check_piece(cfg: Config, run_dir: Path, root: Path) -> None:
+    """A piece made earlier is reused only if it was made with these settings (else it would be silently mixed in)."""
+    from minisapo.pipeline import load_run_config
+
+    if (run_dir / "config.json").exists():
+        changes = config_changes(load_run_config(run_dir), cfg)
+        if changes:
+            raise ConfigError(f"{run_dir} was made with other settings ({'; '.join(changes[:4])}"
+                              f"{'; ...' if len(changes) > 4 else ''}): give this comparison another --name, or "
+                              f"delete {root} to start it afresh")
+
+
 def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "") -> dict:
     """Run the comparison; returns {algo: [row per seed]} and writes compare.json / compare.md / plots."""
-    from minisapo.pipeline import _apply_algo, load_stack, save_config, stage_rl, stage_sft
+    base = make_config(overrides)
+    if seeds < 1:
+        raise ConfigError(f"--seeds={seeds}: must be >= 1")
+    per_algo = algo_configs(overrides, algos)
+    root = Path(base.runs_dir) / check_name(f"compare_{base.name}{tag}", "name")
+    check_device(base.device)
+    with run_lock(root):
+        for s in range(seeds):  # every input and every earlier piece is checked before anything is trained
+            _check_piece(_seeded(base, s), root / f"seed{s}" / "sft", root)
+            for algo in algos:
+                _check_piece(_seeded(per_algo[algo], s), root / f"seed{s}" / algo, root)
+        return _compare(base, per_algo, overrides, algos, seeds, tag, root)
+
+
+def _seeded(cfg: Config, s: int) -> Config:
+    out = copy.deepcopy(cfg)
+    out.seed = cfg.seed + s
+    return out
+
+
+def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], seeds: int, tag: str, root: Path) -> dict:
+    from minisapo.pipeline import load_stack, save_config, snapshot_sids, stage_rl, stage_sft
     from minisapo.plots import plot_rl_curves
     from minisapo.runs import load_checkpoint
 
-    base = make_config(overrides)
-    if seeds < 1:
-        raise ConfigError("--seeds must be >= 1")
-    root = Path(base.runs_dir) / f"compare_{base.name}{tag}"
     results: dict[str, list[dict]] = {"sft": [], **{a: [] for a in algos}}
     curves: dict[str, list[dict]] = {}
     for s in range(seeds):
-        cfg = copy.deepcopy(base)
-        cfg.seed = base.seed + s
+        cfg = _seeded(base, s)
         seed_dir = root / f"seed{s}"
         sft_dir = seed_dir / "sft"
         stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # every algorithm of this seed uses the SFT's SIDs
         save_config(cfg, sft_dir)
+        snapshot_sids(stack, sft_dir)
         fresh_sft = not (sft_dir / "eval_test.json").exists()
         sft_model = stage_sft(cfg, stack, sft_dir, resume=True)
         results["sft"].append(_row(_final_eval(cfg, stack, sft_model, sft_dir, fresh_sft), []))
         for algo in algos:
-            acfg = copy.deepcopy(cfg)
-            _apply_algo(acfg, algo)
+            acfg = _seeded(per_algo[algo], s)
             run_dir = seed_dir / algo
             save_config(acfg, run_dir)
-            ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt")
+            ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", need=("model", "step"))
             done = ckpt is not None and ckpt["step"] >= acfg.rl.max_steps
             model = copy.deepcopy(sft_model)
             if done:
@@ -118,23 +159,34 @@ def format_summary(summary: dict, title: str) -> str:
 
 def sweep_compare(overrides: dict, algos: list[str], seeds: int, sweep: str) -> list[dict]:
     """`--sweep=KNOB:V1,V2,...`: one comparison per value; table and plot of SAPO - GRPO against the knob."""
-    from minisapo.plots import plot_sweep
-
     if ":" not in sweep:
         raise ConfigError(f"--sweep={sweep}: expected KNOB:V1,V2,... e.g. items_per_leaf:4,16,64")
     knob, values = sweep.split(":", 1)
     key = resolve_key(knob)
     base = make_config(overrides)
+    values = values.split(",")
+    if any(not v.strip() for v in values) or len(set(values)) != len(values):
+        raise ConfigError(f"--sweep={sweep}: give each value once, e.g. {knob}:4,16,64")
+    for v in values:  # every value's config (and folder name) is checked before the first comparison runs
+        check_name(f"compare_{make_config({**overrides, key: v}).name}_{knob}{v}", "sweep")
+        algo_configs({**overrides, key: v}, algos)
+    root = Path(base.runs_dir) / check_name(f"sweep_{base.name}_{knob}", "sweep")
+    with run_lock(root):
+        return _sweep(overrides, algos, seeds, knob, key, values, root)
+
+
+def _sweep(overrides: dict, algos: list[str], seeds: int, knob: str, key: str, values: list[str], root: Path) -> list[dict]:
+    from minisapo.plots import plot_sweep
+
     a, b = ("sapo", "grpo") if {"sapo", "grpo"} <= set(algos) else (algos[-1], algos[0])
     rows = []
-    for v in values.split(","):
+    for v in values:
         ov = {**overrides, key: v}  # a synthetic knob value also names its own dataset folder
         summary = summarize(compare(ov, algos, seeds, tag=f"_{knob}{v}"))
         gain = summary[a]["hit@10"][0] - summary[b]["hit@10"][0]
         rows.append({"value": v, **{f"{al}_hit@10": summary[al]["hit@10"] for al in summary},
                      f"{a}-{b}_hit@10": gain,
                      **{f"{al}_frac_reward_zero_std": summary[al].get("frac_reward_zero_std") for al in algos}})
-    root = Path(base.runs_dir) / f"sweep_{base.name}_{knob}"
     write_json(root / "sweep.json", {"knob": key, "algos": algos, "seeds": seeds, "rows": rows})
     lines = [f"# sweep over {key}: {a} - {b} hit@10 ({seeds} seed(s))", "",
              f"| {knob} | " + " | ".join(f"{al} hit@10" for al in ["sft", *algos]) + f" | {a} - {b} |",

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from minisapo.data import DataConfig
 from minisapo.evaluate import EvalConfig
@@ -105,8 +109,13 @@ def did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
     return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    return typing.get_type_hints(cls)  # slow (it compiles every annotation): once per class
+
+
 def _fields(obj) -> dict[str, type]:
-    hints = typing.get_type_hints(type(obj))
+    hints = _type_hints(type(obj))
     return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
 
 
@@ -137,7 +146,7 @@ def resolve_key(key: str, cfg: Config | None = None) -> str:
 def _parse(value: str | object, typ, key: str):
     """Parse a command-line string into `typ` (int, float, bool, str, or Optional of those)."""
     if not isinstance(value, str):
-        return value
+        return _check_type(value, typ, key)
     args = typing.get_args(typ)
     if typing.get_origin(typ) in (typing.Union, types.UnionType):
         if value.lower() in ("none", "null", ""):
@@ -158,6 +167,21 @@ def _parse(value: str | object, typ, key: str):
         raise ConfigError(f"--{key}={value}: expected {getattr(typ, '__name__', typ)}") from None
 
 
+def _check_type(value, typ, key: str):
+    """A non-string value (from config.json or code) must already have the field's type (ints pass as floats)."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    ok = (isinstance(value, bool) if typ is bool else
+          isinstance(value, int) and not isinstance(value, bool) if typ is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if typ is float else
+          isinstance(value, typ) if isinstance(typ, type) else True)
+    if not ok:
+        raise ConfigError(f"--{key}={value!r}: expected {getattr(typ, '__name__', typ)}")
+    return float(value) if typ is float else value
+
+
 def set_value(cfg: Config, key: str, value) -> None:
     """Set one (possibly bare) key on `cfg`, parsing strings to the field's type."""
     full = resolve_key(key, cfg)
@@ -176,8 +200,10 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
-def make_config(overrides: dict[str, object] | None = None, preset: str | None = None) -> Config:
-    """Defaults, then the preset, then the overrides (all type-checked)."""
+def make_config(overrides: dict[str, object] | None = None, preset: str | None = None,
+                algo: str | None = None) -> Config:
+    """Defaults, then the preset, then the `--algo` preset (rl keys), then the overrides (all type-checked);
+    the whole config is validated before it is returned. This is the one precedence rule of every command."""
     overrides = dict(overrides or {})
     preset = preset or str(overrides.pop("preset", "small"))
     if preset not in PRESETS:
@@ -186,16 +212,43 @@ def make_config(overrides: dict[str, object] | None = None, preset: str | None =
     cfg = Config(preset=preset)
     for k, v in PRESETS[preset].items():
         set_value(cfg, k, v)
-    for k, v in overrides.items():
-        set_value(cfg, k, v)
+    apply_overrides(cfg, overrides, algo=algo, validate_now=False)
     if not cfg.name:
         cfg.name = preset
     validate(cfg)
     return cfg
 
 
+def apply_algo(cfg: Config, algo: str) -> None:
+    """Set the rl keys of an algorithm preset (`minisapo.rl.ALGOS`, e.g. `--algo=grpo`) on `cfg`."""
+    from minisapo.rl import ALGOS
+
+    if algo not in ALGOS:
+        raise ConfigError(f"unknown --algo={algo}{did_you_mean(algo, list(ALGOS))}; choose one of {', '.join(ALGOS)}")
+    for k, v in ALGOS[algo].items():
+        set_value(cfg, f"rl.{k}", v)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None = None,
+                    validate_now: bool = True) -> Config:
+    """`--algo` first (if given), then the user's overrides on an existing config (e.g. a run's config.json),
+    then `validate` (unless validate_now=False)."""
+    if algo is not None:
+        apply_algo(cfg, algo)
+    for k, v in overrides.items():
+        if k == "preset":
+            raise ConfigError("--preset only applies when a run starts; this command reads the run's config.json")
+        set_value(cfg, k, v)
+    if validate_now:
+        validate(cfg)
+    return cfg
+
+
 def validate(cfg: Config) -> None:
-    """Re-run each section's own checks (`__post_init__`) after overrides were set."""
+    """Every section's own checks (`__post_init__`, `rl.check_config`) and every range check below, so a bad
+    setting is refused when the config is made, before any stage runs. Messages name the key."""
+    from minisapo.rl import check_config as check_rl
+
     for s in SECTIONS:
         post = getattr(getattr(cfg, s), "__post_init__", None)
         if post is not None:
@@ -203,6 +256,200 @@ def validate(cfg: Config) -> None:
                 post()
             except ValueError as e:
                 raise ConfigError(f"{s}: {e}") from None
+    try:
+        check_rl(cfg.rl)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for key, why in _range_errors(cfg):
+        raise ConfigError(f"--{key}={_get(cfg, key)!r}: {why}")
+
+
+def _get(cfg: Config, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _range_errors(cfg: Config):
+    """(key, what to change) for every setting out of range. Checked in make_config / apply_overrides."""
+    from minisapo.data import dataset_name
+    from minisapo.data.synthetic import KNOBS, world_params
+    from minisapo.evaluate import parse_ks
+    from minisapo.runs import name_problem as name_error
+
+    # --- top level: names, folders, seed, device
+    why = name_error(cfg.name, "name")
+    if why:
+        yield "name", why
+    for key in ("data_dir", "runs_dir"):
+        p = Path(str(getattr(cfg, key)))
+        if not str(getattr(cfg, key)).strip():
+            yield key, "must name a folder"
+        elif p.exists() and not p.is_dir():
+            yield key, f"{p} is a file, not a folder: point --{key} at a folder (it is created if missing)"
+    if not 0 <= cfg.seed < 2 ** 32:
+        yield "seed", "must be in 0 .. 2**32 - 1"
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)):
+        yield "device", "use auto, cpu, cuda, cuda:N or mps"
+    # --- data
+    d = cfg.data
+    if d.source not in ("synthetic", "amazon", "atomic"):
+        yield "data.source", "use synthetic, amazon or atomic"
+    if d.name is not None:
+        why = name_error(d.name, "data.name")
+        if why:
+            yield "data.name", why
+    elif d.source in ("amazon", "atomic") and (d.reviews or d.path):
+        why = name_error(dataset_name(d), "data.name")
+        if why:
+            yield "data.name", f"the dataset name taken from the input file ({dataset_name(d)!r}) is not a " \
+                               f"folder name: pass --data.name=NAME"
+    if d.split not in ("loo", "temporal"):
+        yield "data.split", "use loo (leave-one-out) or temporal"
+    if d.max_history < 1:
+        yield "data.max_history", "must be >= 1"
+    if d.kcore < 0:
+        yield "data.kcore", "must be >= 0 (0 or 1 = no k-core filter)"
+    if d.world_seed < 0:
+        yield "data.world_seed", "must be >= 0"
+    if d.source == "synthetic":
+        try:
+            world_params(d.world, **{k: getattr(d, k) for k in KNOBS})
+        except (ValueError, TypeError) as e:
+            key = "data.world" if "unknown synthetic world" in str(e) else "data." + next(
+                (k for k in KNOBS if f"{k} must" in str(e) or f" {k}," in str(e) or f"need {k}" in str(e)), "world")
+            yield key, str(e).split(" (got")[0]
+        for k in ("zipf", "noise", "stay", "jump", "focus"):
+            if getattr(d, k) is not None and not _finite(getattr(d, k)):
+                yield f"data.{k}", "must be a finite number"
+    if d.source == "amazon" and not d.reviews:
+        yield "data.reviews", "--source=amazon needs --reviews=FILE (see data/README.md)"
+    if d.source == "atomic" and not d.path:
+        yield "data.path", "--source=atomic needs --path=DIR (a folder with <name>.inter)"
+    for key in ("start", "end"):
+        if getattr(d, key):
+            from minisapo.data.filters import parse_date
+            try:
+                parse_date(getattr(d, key))
+            except ValueError:
+                yield f"data.{key}", "use a date YYYY-MM-DD (UTC)"
+    # --- sid
+    sd = cfg.sid
+    if sd.codebook_size == 1:
+        yield "sid.codebook_size", "must be 0 (auto) or >= 2"
+    for key, v, lo in (("embed_dim", sd.embed_dim, 1), ("kmeans_iters", sd.kmeans_iters, 1),
+                       ("descriptor_words", sd.descriptor_words, 1), ("max_vocab", sd.max_vocab, 0),
+                       ("sid_seed", sd.sid_seed, 0)):
+        if v < lo:
+            yield f"sid.{key}", f"must be >= {lo}"
+    # --- model
+    m = cfg.model
+    for key, lo in (("vocab_size", 0), ("n_layer", 1), ("n_head", 1), ("n_embd", 1), ("mlp_ratio", 1),
+                    ("max_seq_len", 8)):
+        if getattr(m, key) < lo:
+            yield f"model.{key}", f"must be >= {lo}"
+    if m.n_head >= 1 and m.n_embd >= 1:
+        if m.n_embd % m.n_head:
+            yield "model.n_embd", f"must be divisible by model.n_head={m.n_head} (e.g. --n_embd={max(1, m.n_embd // m.n_head) * m.n_head})"
+        elif (m.n_embd // m.n_head) % 2:
+            yield "model.n_embd", f"n_embd / n_head = {m.n_embd // m.n_head} must be even (RoPE rotates pairs)"
+    if not (_finite(m.rope_base) and m.rope_base > 1):
+        yield "model.rope_base", "must be a finite number > 1"
+    if not (_finite(m.dropout) and 0 <= m.dropout < 1):
+        yield "model.dropout", "must be in [0, 1)"
+    if not (_finite(m.init_std) and m.init_std > 0):
+        yield "model.init_std", "must be a finite number > 0"
+    # --- reasoning
+    r = cfg.reasoning
+    for key in ("title_words", "recent", "descriptor_words"):
+        if getattr(r, key) < 1:
+            yield f"reasoning.{key}", "must be >= 1"
+    # --- sft
+    t = cfg.sft
+    for key, lo in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0), ("eval_every", 0),
+                    ("eval_samples", 1), ("log_every", 1)):
+        if getattr(t, key) < lo:
+            yield f"sft.{key}", f"must be >= {lo}"
+    if not (_finite(t.user_fraction) and 0 < t.user_fraction <= 1):
+        yield "sft.user_fraction", "must be in (0, 1] (1 = SFT on every training user)"
+    if not (_finite(t.epochs) and t.epochs >= 0):
+        yield "sft.epochs", "must be a finite number >= 0"
+    elif t.max_steps == 0 and t.epochs == 0:
+        yield "sft.max_steps", "set sft.max_steps > 0, or sft.max_steps=0 with sft.epochs > 0"
+    for key, lo, hi, text in (("learning_rate", 0, None, "a finite number > 0"),
+                              ("weight_decay", 0, None, "a finite number >= 0"),
+                              ("grad_clip", 0, None, "a finite number >= 0 (0 = no clipping)"),
+                              ("min_lr_ratio", 0, 1, "in [0, 1]"), ("beta1", 0, 1, "in [0, 1)"), ("beta2", 0, 1, "in [0, 1)")):
+        v = getattr(t, key)
+        bad = not _finite(v) or v < lo or (key == "learning_rate" and v == 0) or \
+            (hi is not None and (v > hi or (key != "min_lr_ratio" and v == hi)))
+        if bad:
+            yield f"sft.{key}", f"must be {text}"
+    # --- rl (enums, num_generations, batch_size, ... are rl.check_config's)
+    q = cfg.rl
+    for key, lo in (("max_steps", 0), ("eval_every", 0), ("save_every", 0)):
+        if getattr(q, key) < lo:
+            yield f"rl.{key}", f"must be >= {lo}"
+    for key, text in (("temperature", "a finite number > 0"), ("learning_rate", "a finite number > 0")):
+        if not (_finite(getattr(q, key)) and getattr(q, key) > 0):
+            yield f"rl.{key}", f"must be {text}"
+    for key in ("beta", "weight_decay", "max_grad_norm"):
+        if not (_finite(getattr(q, key)) and getattr(q, key) >= 0):
+            yield f"rl.{key}", "must be a finite number >= 0" + (" (0 = off)" if key != "weight_decay" else "")
+    if not (_finite(q.epsilon) and 0 <= q.epsilon < 1):
+        yield "rl.epsilon", "must be in [0, 1) (the ratio is clipped below at 1 - epsilon)"
+    if q.epsilon_high is not None and not (_finite(q.epsilon_high) and q.epsilon_high >= 0):
+        yield "rl.epsilon_high", "must be a finite number >= 0, or none (= epsilon)"
+    if q.max_completion_length is not None:
+        K = cfg.sid.levels
+        shortest = K + 1 if r.mode == "sid_only" else 4 * K + 1
+        if q.max_completion_length < shortest:
+            what = "" if r.mode == "sid_only" else f"{K} thinking blocks of >= 3 tokens, "
+            yield "rl.max_completion_length", (f"shorter than the shortest complete response ({shortest} tokens: {what}"
+                                               f"{K} SID tokens, <eos>), so every rollout would be cut and get reward 0; "
+                                               f"set it >= {shortest} or to none (the grammar's own cap)")
+    # --- eval
+    e = cfg.eval
+    try:
+        parse_ks(e.ks)
+    except ValueError:
+        yield "eval.ks", "expected comma-separated whole numbers >= 1, like 1,5,10"
+    for key in ("beam_width", "batch_size"):
+        if getattr(e, key) < 1:
+            yield f"eval.{key}", "must be >= 1"
+    if e.max_samples < 0:
+        yield "eval.max_samples", "must be >= 0 (0 = all)"
+
+
+# Settings that may change when a run is resumed (more steps, another device, other evaluation);
+# any other difference from the run's config.json is an error (see `config_changes`).
+SAFE_ON_RESUME = ("device", "data_dir", "runs_dir", "sft.max_steps", "rl.max_steps", "rl.eval_every",
+                  "rl.save_every", "eval.*")
+
+
+def _flat_dict(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """'key: old -> new' for every setting that differs and is not in SAFE_ON_RESUME."""
+    a, b = _flat_dict(to_dict(old)), _flat_dict(to_dict(new))
+
+    def safe(k: str) -> bool:
+        return any(k == s or (s.endswith(".*") and k.startswith(s[:-1])) for s in SAFE_ON_RESUME)
+
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in b if a.get(k) != b.get(k) and not safe(k)]
 
 
 def to_dict(cfg: Config) -> dict:
@@ -212,8 +459,12 @@ def to_dict(cfg: Config) -> dict:
 def from_dict(d: dict) -> Config:
     """Rebuild a Config from `config.json` (unknown keys are errors, so stale files are noticed)."""
     cfg = Config()
+    if not isinstance(d, dict):
+        raise ConfigError("a config must be a JSON object of sections and keys")
     for k, v in d.items():
         if k in SECTIONS:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config section {k!r} must be a JSON object")
             for kk, vv in v.items():
                 set_value(cfg, f"{k}.{kk}", vv)
         else:

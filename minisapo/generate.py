@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from minisapo.grammar import Grammar
 from minisapo.model import autocast
+from minisapo.runs import NonFiniteError
 
 
 @dataclass
@@ -153,6 +154,9 @@ def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_genera
                 logits = model(seq, attn_mask=seq_real)[:, -1]  # (B, V): the whole sequence again
         allowed = grammar.batch_mask(states)  # (B, V) CPU
         logp = _constrained_logp(logits, allowed.to(dev), temperature)  # (B, V)
+        if torch.isnan(logp).any():
+            raise NonFiniteError("the policy's next-token probabilities are NaN (its weights diverged): lower the "
+                                 "learning rate; the last good checkpoint is kept")
         if greedy:
             nxt = logp.argmax(-1)  # (B,)
         else:

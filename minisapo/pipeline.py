@@ -14,6 +14,7 @@ Each function reads top to bottom; the algorithms live in the stage modules.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,12 +24,14 @@ import torch
 
 from minisapo import data as data_lib
 from minisapo import sid as sid_lib
-from minisapo.config import Config, ConfigError, from_dict, make_config, set_value, to_dict
+from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_overrides, config_changes, from_dict,
+                             make_config, to_dict)
 from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import build_examples, build_prompt
-from minisapo.runs import load_weights, read_json, seed_everything, write_json
+from minisapo.runs import (check_device, check_not_busy, load_weights, read_json, run_lock, same_path, seed_everything,
+                           swap_dir, write_json)
 from minisapo.sft import load_sft_weights, train_sft
 
 
@@ -41,6 +44,7 @@ class Stack:
     tokenizer: sid_lib.Tokenizer
     grammar: Grammar
     sid_stats: dict
+    sid_dir: Path | None = None  # the folder the SIDs and tokenizer were loaded from (start_run snapshots it)
 
 
 def load_dataset(cfg: Config) -> data_lib.Dataset:
@@ -51,9 +55,10 @@ def load_dataset(cfg: Config) -> data_lib.Dataset:
 def load_stack(cfg: Config, run_dir: Path | None = None, reuse_run_sids: bool = False) -> Stack:
     """Data -> SIDs -> tokenizer -> grammar (each stage cached on disk).
 
-    With a run_dir, the SIDs and tokenizer the run trains with are snapshotted in `<run_dir>/sid/`;
-    `reuse_run_sids=True` (resume, eval, RL from an SFT run) loads that snapshot, so a checkpoint
-    always meets the vocabulary it was trained with, whatever happened to the dataset's cache since.
+    The SIDs and tokenizer a run trains with are snapshotted in `<run_dir>/sid/` (by `start_run` /
+    `snapshot_sids`, once every input has been read); `reuse_run_sids=True` (resume, eval, RL from an
+    SFT run) loads that snapshot, so a checkpoint always meets the vocabulary it was trained with,
+    whatever happened to the dataset's cache since. Nothing is written into run_dir here.
     """
     ds = load_dataset(cfg)
     snapshot = None if run_dir is None else Path(run_dir) / "sid"
@@ -61,14 +66,25 @@ def load_stack(cfg: Config, run_dir: Path | None = None, reuse_run_sids: bool = 
         table, tok = sid_lib.load(snapshot)
         stats = read_json(snapshot / "sid_stats.json") if (snapshot / "sid_stats.json").exists() else {}
         print(f"SIDs and tokenizer: the run's own, from {snapshot}")
+        sid_dir = snapshot
     else:
-        table, tok, stats = sid_lib.prepare(ds, cfg.sid, Path(ds.path) / "sid", device=pick_device(cfg.device))
-        if snapshot is not None:
-            shutil.copytree(Path(ds.path) / "sid", snapshot, dirs_exist_ok=True)
+        sid_dir = Path(ds.path) / "sid"
+        table, tok, stats = sid_lib.prepare(ds, cfg.sid, sid_dir, device=pick_device(cfg.device))
     trie = sid_lib.SIDTrie(table, tok)
     r = cfg.reasoning
     grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, r.mode)
-    return Stack(ds, table, tok, grammar, stats)
+    return Stack(ds, table, tok, grammar, stats, sid_dir)
+
+
+def snapshot_sids(stack: Stack, run_dir: Path) -> None:
+    """Copy the SIDs and tokenizer `stack` was loaded from into `<run_dir>/sid/` (complete, or not at all)."""
+    dst = Path(run_dir) / "sid"
+    if stack.sid_dir is None or same_path(stack.sid_dir, dst):
+        return
+    tmp = Path(run_dir) / f".sid.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(stack.sid_dir, tmp)
+    swap_dir(tmp, dst)
 
 
 def new_model(cfg: Config, stack: Stack) -> GPT:
@@ -99,6 +115,9 @@ def train_samples(cfg: Config, stack: Stack, stage: str) -> list:
 
 
 def _check_lengths(cfg: Config, stack: Stack, examples) -> None:
+    if not examples:
+        raise ConfigError(f"dataset {stack.dataset.name!r} has no training samples (its train split is empty): "
+                          f"use more data, or a lower --kcore")
     longest = max(len(p) + len(r) for p, r in examples)
     longest = max(longest, max(len(p) for p, _ in examples) + stack.grammar.max_length)
     if longest > cfg.model.max_seq_len:
@@ -118,9 +137,12 @@ def save_config(cfg: Config, run_dir: Path) -> None:
     write_json(run_dir / "config.json", to_dict(cfg))
 
 
-def start_run(cfg: Config, resume: bool) -> Path:
-    """The run directory, with config.json written. Without --resume, an earlier run's outputs are
-    removed first (so metrics.jsonl never mixes two runs); with it, they are kept and continued."""
+def start_run(cfg: Config, resume: bool, stack: Stack | None = None) -> Path:
+    """The run directory, with config.json written and the stack's SIDs snapshotted into it.
+
+    Call it only once every input has been read (dataset, SIDs, traces, the weights to start from), so
+    a command that fails on a bad input changes nothing. Without --resume, an earlier run's outputs are
+    removed here (so metrics.jsonl never mixes two runs); with it, they are kept and continued."""
     run_dir = run_dir_of(cfg)
     old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")]
     if old and not resume:
@@ -128,27 +150,53 @@ def start_run(cfg: Config, resume: bool) -> Path:
         for p in old:
             p.unlink()
     save_config(cfg, run_dir)
+    if stack is not None:
+        snapshot_sids(stack, run_dir)
     return run_dir
+
+
+def check_resume(cfg: Config, run_dir: Path) -> None:
+    """--resume continues the run with its own settings: any difference from its config.json, other than
+    the keys in config.SAFE_ON_RESUME (more steps, another device, evaluation), is an error listing them."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return  # nothing to resume yet: the run starts
+    changes = config_changes(load_run_config(run_dir), cfg)
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise ConfigError(f"--resume: these settings differ from {path}: {shown}. Resume with the run's own settings "
+                          f"(repeat the command that started it, e.g. its --preset), or start a new run with another "
+                          f"--name; only {', '.join(SAFE_ON_RESUME)} may change on resume")
 
 
 def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / "config.json"
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `minisapo sft` or `run`?")
-    return from_dict(read_json(path))
+    try:
+        return from_dict(read_json(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e} (was it made by another minisapo version? start a new run)") from None
 
 
 # ----------------------------------------------------------------------------------------------
 # stages
 
 
-def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) -> GPT:
-    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt)."""
+def sft_examples(cfg: Config, stack: Stack) -> tuple[list, list]:
+    """(train, valid) SFT examples: teacher blocks or the traces file (read here, `--strict` applies)."""
     ds = stack.dataset
-    train = build_examples(ds, stack.table, stack.tokenizer, train_samples(cfg, stack, "sft"), cfg.reasoning)
+    train = build_examples(ds, stack.table, stack.tokenizer, train_samples(cfg, stack, "sft"), cfg.reasoning,
+                           strict=cfg.data.strict)
     valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples],
-                           cfg.reasoning, verbose=False)
+                           cfg.reasoning, verbose=False, strict=cfg.data.strict)
     _check_lengths(cfg, stack, train + valid)
+    return train, valid
+
+
+def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, examples: tuple | None = None) -> GPT:
+    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt)."""
+    train, valid = examples if examples is not None else sft_examples(cfg, stack)
     from minisapo.plots import plot_response_steps  # one training example, each token coloured by its step
 
     plot_response_steps(list(train[0][0]) + list(train[0][1]), stack.tokenizer, stack.table.num_levels,
@@ -221,17 +269,24 @@ def cmd_data(cfg: Config) -> int:
 
 
 def cmd_sid(cfg: Config) -> int:
+    check_device(cfg.device)
     stack = load_stack(cfg)
     print(f"SIDs in {Path(stack.dataset.path) / 'sid'} (picture: sid_tree.png)")
     return 0
 
 
 def cmd_sft(cfg: Config, resume: bool = False) -> int:
-    run_dir = start_run(cfg, resume)
-    stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
-    model = stage_sft(cfg, stack, run_dir, resume=resume)
-    stage_eval(cfg, stack, model, run_dir)
-    _finish(cfg, run_dir)
+    run_dir = run_dir_of(cfg)
+    check_device(cfg.device)
+    with run_lock(run_dir):
+        if resume:
+            check_resume(cfg, run_dir)
+        stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
+        examples = sft_examples(cfg, stack)  # every input is read before start_run replaces anything
+        start_run(cfg, resume, stack)
+        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples)
+        stage_eval(cfg, stack, model, run_dir)
+        _finish(cfg, run_dir)
     return 0
 
 
@@ -240,7 +295,7 @@ def load_model(cfg: Config, stack: Stack, run_dir: Path) -> GPT:
     from minisapo.runs import load_checkpoint
 
     model = new_model(cfg, stack)
-    rl_ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", map_location=pick_device(cfg.device))
+    rl_ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", map_location=pick_device(cfg.device), need=("model",))
     if rl_ckpt is not None:
         load_weights(model, rl_ckpt["model"], run_dir / "rl_checkpoint.pt")
     else:
@@ -248,59 +303,72 @@ def load_model(cfg: Config, stack: Stack, run_dir: Path) -> GPT:
     return model
 
 
+EVAL_SPLITS = ("test", "valid", "train")
+
+
 def cmd_eval(run: str, split: str, overrides: dict) -> int:
     run_dir = Path(run)
     cfg = load_run_config(run_dir)
-    for k, v in overrides.items():
-        set_value(cfg, k, v)
-    stack = load_stack(cfg, run_dir, reuse_run_sids=True)
-    stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split)
+    apply_overrides(cfg, overrides)
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"--split={split}: choose one of {', '.join(EVAL_SPLITS)}")
+    check_device(cfg.device)
+    with run_lock(run_dir):  # writes only eval_<split>.json
+        stack = load_stack(cfg, run_dir, reuse_run_sids=True)
+        stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split)
     return 0
 
 
 def cmd_rl(from_run: str, algo: str, overrides: dict, resume: bool = False) -> int:
-    """RL from an SFT run into a new run directory (<sft name>_<algo> unless --name is given)."""
+    """RL from an SFT run into a new run directory (<sft name>_<algo> unless --name is given).
+
+    Settings: the SFT run's config.json, then the `--algo` preset, then this command's overrides."""
     src = Path(from_run)
     cfg = load_run_config(src)
-    _apply_algo(cfg, algo)
     cfg.name = f"{cfg.name}_{algo}"
-    for k, v in overrides.items():
-        set_value(cfg, k, v)
-    run_dir = start_run(cfg, resume)
-    stack = load_stack(cfg, src, reuse_run_sids=True)  # the SFT run's SIDs, snapshotted into this run too
-    shutil.copytree(src / "sid", run_dir / "sid", dirs_exist_ok=True)
-    model = new_model(cfg, stack)
-    load_sft_weights(model, src, device=pick_device(cfg.device))
-    stage_rl(cfg, stack, model, run_dir, resume=resume)
-    stage_eval(cfg, stack, model, run_dir)
-    _finish(cfg, run_dir)
+    apply_overrides(cfg, overrides, algo=algo)
+    run_dir = run_dir_of(cfg)
+    if same_path(run_dir, src):
+        raise ConfigError(f"--name={cfg.name} is the SFT run this command starts from ({src}); RL writes a run of its "
+                          f"own: pick another --name (the default is <sft name>_<algo>)")
+    check_device(cfg.device)
+    check_not_busy(src)
+    with run_lock(run_dir):
+        if resume:
+            check_resume(cfg, run_dir)
+        stack = load_stack(cfg, src, reuse_run_sids=True)  # the SFT run's SIDs, snapshotted into this run too
+        model = new_model(cfg, stack)
+        load_sft_weights(model, src, device=pick_device(cfg.device))
+        start_run(cfg, resume, stack)  # only now, with the SFT weights read, is anything replaced
+        stage_rl(cfg, stack, model, run_dir, resume=resume)
+        stage_eval(cfg, stack, model, run_dir)
+        _finish(cfg, run_dir)
     return 0
 
 
-def _apply_algo(cfg: Config, algo: str) -> None:
-    from minisapo.rl import ALGOS
+def cmd_run(cfg: Config, resume: bool = False) -> int:
+    """The main job: data -> SIDs -> SFT -> eval -> RL -> eval, plots and report.md.
 
-    if algo not in ALGOS:
-        raise ConfigError(f"unknown --algo={algo}; choose one of {', '.join(ALGOS)}")
-    for k, v in ALGOS[algo].items():
-        set_value(cfg, f"rl.{k}", v)
-
-
-def cmd_run(cfg: Config, algo: str = "sapo", resume: bool = False) -> int:
-    """The main job: data -> SIDs -> SFT -> eval -> RL -> eval, plots and report.md."""
+    `cfg` comes from make_config(overrides, algo=...): the `--algo` preset is already applied, under the
+    user's overrides (one precedence rule: defaults, preset, --algo, overrides)."""
     t0 = time.time()
-    _apply_algo(cfg, algo)
-    run_dir = start_run(cfg, resume)
-    stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
-    model = stage_sft(cfg, stack, run_dir, resume=resume)
-    stage_eval(cfg, stack, model, run_dir, tag="_sft")
-    test = stack.dataset.splits["test"]
-    token_credit_figure(model, stack, test, _prompts(cfg, stack, test[:32]), run_dir / "token_credit.png",
-                        num_generations=min(cfg.rl.num_generations, 8), seed=cfg.seed)
-    if cfg.rl.max_steps > 0:
-        stage_rl(cfg, stack, model, run_dir, resume=resume)
-    stage_eval(cfg, stack, model, run_dir)
-    _finish(cfg, run_dir, seconds=time.time() - t0)
+    run_dir = run_dir_of(cfg)
+    check_device(cfg.device)
+    with run_lock(run_dir):
+        if resume:
+            check_resume(cfg, run_dir)
+        stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
+        examples = sft_examples(cfg, stack)  # every input is read before start_run replaces anything
+        start_run(cfg, resume, stack)
+        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples)
+        stage_eval(cfg, stack, model, run_dir, tag="_sft")
+        test = stack.dataset.splits["test"]
+        token_credit_figure(model, stack, test, _prompts(cfg, stack, test[:32]), run_dir / "token_credit.png",
+                            num_generations=min(cfg.rl.num_generations, 8), seed=cfg.seed)
+        if cfg.rl.max_steps > 0:
+            stage_rl(cfg, stack, model, run_dir, resume=resume)
+        stage_eval(cfg, stack, model, run_dir)
+        _finish(cfg, run_dir, seconds=time.time() - t0)
     return 0
 
 
@@ -338,6 +406,7 @@ def cmd_bench(overrides: dict) -> int:
         raise ConfigError(f"--threads takes a whole number, got {overrides['threads']!r}") from None
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
+    check_device(str(overrides.get("device", "auto")))
     print(bench_table(run_benchmarks(device=str(overrides.get("device", "auto")), preset=preset,
                                      num_threads=threads)))
     return 0

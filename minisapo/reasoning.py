@@ -289,10 +289,13 @@ def load_traces(path: str | Path, tokenizer, num_steps: int, num_users: int | No
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"reasoning.traces={str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"reasoning.traces={str(path)!r} is a directory, not a JSONL file of traces")
     traces: dict = {}
     report = TraceReport(bad=[])
     allowed = _word_set(tokenizer)
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")  # bad bytes: that row is reported
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         report.rows += 1
@@ -302,6 +305,9 @@ def load_traces(path: str | Path, tokenizer, num_steps: int, num_users: int | No
                 raise ValueError(f"{path}:{line_no}: {reason}")
             report.bad.append((line_no, reason))
 
+        if any("\udc80" <= c <= "\udcff" for c in line):
+            bad("not valid UTF-8")
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
@@ -353,6 +359,10 @@ def load_traces(path: str | Path, tokenizer, num_steps: int, num_users: int | No
             continue
         traces[key] = blocks
         report.used += 1
+    if report.rows and not report.used:
+        first = report.bad[0] if report.bad else (0, "?")
+        raise ValueError(f"reasoning.traces={str(path)!r}: none of its {report.rows} rows is usable (line {first[0]}: "
+                         f"{first[1]}); fix the file (see minisapo.reasoning.load_traces for the format)")
     return traces, report
 
 
@@ -415,17 +425,19 @@ def build_response(target: int, blocks: Sequence[str] | None, table, tokenizer, 
 
 
 def build_examples(dataset, table, tokenizer, samples, cfg: ReasoningConfig | None = None,
-                   traces: dict | None = None, verbose: bool = True) -> list[tuple[list[int], list[int]]]:
+                   traces: dict | None = None, verbose: bool = True,
+                   strict: bool = False) -> list[tuple[list[int], list[int]]]:
     """SFT examples [(prompt_ids, response_ids)] for `samples`.
 
     mode="reasoning": thinking blocks from `traces` (or the JSONL at cfg.traces) when a sample has one,
     else the data-built teacher blocks. mode="sid_only": no thinking. The same code path for both.
+    strict: a bad trace row is an error (file:line) instead of reported and skipped (`--strict`, data.strict).
     """
     cfg = cfg or ReasoningConfig()
     check_config(cfg)
     if cfg.mode == "reasoning" and traces is None and cfg.traces:
         traces, report = load_traces(cfg.traces, tokenizer, table.num_levels, num_users=dataset.num_users,
-                                     num_items=table.num_items, max_think_tokens=cfg.max_think_tokens)
+                                     num_items=table.num_items, max_think_tokens=cfg.max_think_tokens, strict=strict)
         if verbose:
             print(report.summary())
     titles = dataset.item_titles if cfg.prompt_titles else None

@@ -79,7 +79,8 @@ from tqdm.auto import tqdm
 
 from minisapo.generate import response_logprobs, sample
 from minisapo.reasoning import step_index
-from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, save_checkpoint, trim_metrics, write_json
+from minisapo.runs import (MetricsLogger, check_finite, load_checkpoint, load_weights, nonfinite_context,
+                           save_checkpoint, trim_metrics, write_json)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,7 +493,7 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
     write_json(run_dir / "rl_config.json", asdict(cfg))
 
     start = 0
-    ckpt = load_checkpoint(ckpt_path, map_location=device) if resume else None
+    ckpt = load_checkpoint(ckpt_path, map_location=device, need=("model", "optimizer", "step")) if resume else None
     if ckpt is not None:
         load_weights(model, ckpt["model"], ckpt_path)
         opt.load_state_dict(ckpt["optimizer"])
@@ -519,7 +520,7 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         idx = batch_indices(len(samples), cfg.batch_size, step, seed)
         batch_prompts = [list(prompts[i]) for i in idx]
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
-        with torch.no_grad():
+        with torch.no_grad(), nonfinite_context("rl", step + 1):
             ro = sample(model, grammar, batch_prompts, num_generations=G, temperature=cfg.temperature,
                         generator=gen, max_new_tokens=cfg.max_completion_length)
         responses, mask = ro.responses, ro.mask  # (B, T), (B, T) bool
@@ -562,6 +563,8 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
                 for k, v in st.items():
                     stats_sum[k] = stats_sum.get(k, 0.0) + v
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            check_finite("rl", step + 1, "lower --rl.learning_rate", loss=stats_sum.get("loss"),
+                         **{"gradient norm": grad_norm})  # NaN/inf: stop before the update, keep the last checkpoint
             opt.step()
         n = cfg.num_iterations * len(chunks)
         metrics.update({k: v / n for k, v in stats_sum.items()})

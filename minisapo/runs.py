@@ -1,20 +1,78 @@
-"""Run directories: resolved config, metrics.jsonl, atomic checkpoints, seeding.
+"""Run directories: resolved config, metrics.jsonl, atomic checkpoints, seeding, and the safety rules.
 
 Every command writes into `runs/<name>/`. Checkpoints are written to a temporary file and
 moved into place with `os.replace`, so an interrupted run never leaves a half-written
 checkpoint behind and can always resume from the last complete one.
+
+The safety rules every command follows live here too, so SFT, RL and the CLI share them:
+    check_name       a run or dataset name is one path component (nothing escapes its folder)
+    load_checkpoint  torch.load(weights_only=True): a checkpoint holds tensors and plain values, never code
+    check_finite     a NaN/inf loss or gradient stops training with one line naming the stage and step
+    run_lock         runs/<name>/.lock: one command at a time per run directory
+    read_metrics     a partial last line (a kill mid-write) is dropped with a warning naming the file
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import random
+import re
+import shutil
+import sys
+import time
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (what a reader repaired or dropped, a lock taken over, ...)."""
+    print(f"minisapo: warning: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# names: one path component, so everything a command writes stays under runs_dir / data_dir
+
+
+def name_problem(name: str, key: str = "name") -> str | None:
+    """Why `name` is not a plain folder name (one path component), with what to do; None when it is one.
+
+    Refused: empty, `.`, `..`, anything with `/` or `\\`, absolute paths, control characters.
+    """
+    why = None
+    if not isinstance(name, str) or not name.strip():
+        why = "is empty"
+    elif name in (".", ".."):
+        why = "is not a folder name"
+    elif "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
+        why = "contains a path separator"
+    elif os.path.isabs(name) or name[1:2] == ":":
+        why = "is an absolute path"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "contains a control character"
+    if why is None:
+        return None
+    return f"{why}: a name is a single folder name such as --{key}=my_run (choose where it goes with --runs_dir / --data_dir)"
+
+
+def check_name(name: str, key: str = "name") -> str:
+    """`name` if it is a plain folder name (one path component), else a ValueError naming `key`."""
+    why = name_problem(name, key)
+    if why:
+        raise ValueError(f"--{key}={name!r} {why}")
+    return name
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """True when a and b name the same place (after resolving `..` and symlinks)."""
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def seed_everything(seed: int) -> None:
@@ -33,13 +91,37 @@ def atomic_write(path: str | Path, write) -> None:
     os.replace(tmp, path)
 
 
+def swap_dir(new: str | Path, out: str | Path) -> None:
+    """Replace the folder `out` by the complete folder `new` (two renames; the old one is put back if the
+    second fails), so a reader never sees a half-built folder and a failed build leaves `out` as it was."""
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as pretty JSON, atomically."""
     atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON in `path`; a file that is not valid JSON (or not text) is a ValueError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore or delete it") from None
 
 
 def save_checkpoint(path: str | Path, obj: dict) -> None:
@@ -47,17 +129,261 @@ def save_checkpoint(path: str | Path, obj: dict) -> None:
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
-    """Load a checkpoint written by `save_checkpoint`; None when there is none yet."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    need: tuple[str, ...] = ("model",)) -> dict | None:
+    """Load a checkpoint written by `save_checkpoint`; None when there is none yet.
+
+    Always `weights_only=True`: only tensors and plain Python values are unpickled, so a crafted
+    file cannot run code. An unreadable file (truncated, empty, a directory, not a checkpoint, or
+    missing one of the `need` keys) is a ValueError naming the file and what to do.
+    """
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
-    return torch.load(path, map_location=map_location, weights_only=False)
+    fix = "delete it to start that stage afresh (or start a new run with another --name)"
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory, not a file: {fix}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", x).strip() for x in str(e).splitlines()]
+        why = next((x for x in lines if "global" in x.lower()), None)  # a class or function it would call
+        if why is None:
+            why = next((x for x in reversed(lines) if x and "Weights only load failed" not in x), type(e).__name__)
+            raise ValueError(f"checkpoint {path} is unreadable (truncated, corrupt or not a minisapo checkpoint: "
+                             f"{why[:160]}); {fix}") from None
+        raise ValueError(f"checkpoint {path} holds more than tensors and plain values, so it was not loaded "
+                         f"(minisapo loads weights only, never code: {why[:160]}); {fix}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError,
+            IndexError, KeyError, UnicodeDecodeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise ValueError(f"checkpoint {path} is unreadable (truncated, corrupt or not a minisapo checkpoint: "
+                         f"{first[:160]}); {fix}") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path} is not a minisapo checkpoint (it holds a {type(ckpt).__name__}); {fix}")
+    missing = [k for k in need if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} has no {', '.join(repr(k) for k in missing)} entry: not a minisapo "
+                         f"checkpoint of this stage; {fix}")
+    if "model" in need and not (isinstance(ckpt["model"], dict)
+                                and all(torch.is_tensor(v) for v in ckpt["model"].values())):
+        raise ValueError(f"checkpoint {path}: its 'model' entry is not a state dict of tensors; {fix}")
+    if "step" in need and (not isinstance(ckpt["step"], int) or isinstance(ckpt["step"], bool) or ckpt["step"] < 0):
+        raise ValueError(f"checkpoint {path}: its 'step' entry is not a step number; {fix}")
+    return ckpt
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: Any, where: str | Path) -> None:
+    """`optimizer.load_state_dict(state)` with an error naming the checkpoint when it does not fit."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {where}: its optimizer state does not fit this model ({str(e)[:120]}); "
+                         f"delete it to start that stage afresh, or start a new run with another --name") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# NaN / inf: stop at once, keep the last good checkpoint
+
+
+class NonFiniteError(ValueError):
+    """Training produced NaN or inf; the message names the stage and the step."""
+
+
+def check_finite(stage: str, step: int, hint: str = "", **values) -> None:
+    """Raise NonFiniteError if any of `values` (loss, grad_norm, ... as floats or tensors) is NaN or inf.
+
+    Called before the optimiser step, so the weights and the last checkpoint stay as they were.
+    """
+    for name, v in values.items():
+        if v is None:
+            continue
+        x = float(v.detach().float().sum()) if torch.is_tensor(v) else float(v)
+        if not math.isfinite(x):
+            raise NonFiniteError(f"{stage}: the {name} is {x} at step {step}: training stopped before that update "
+                                 f"and the last good checkpoint is kept{'; ' + hint if hint else ''}")
+
+
+@contextmanager
+def nonfinite_context(stage: str, step: int):
+    """Name the stage and step in a NonFiniteError raised inside (e.g. by sampling from diverged weights)."""
+    try:
+        yield
+    except NonFiniteError as e:
+        raise NonFiniteError(f"{stage}: at step {step}, {e}") from None
+
+
+def check_finite_weights(model: torch.nn.Module, stage: str, step: int, hint: str = "") -> None:
+    """Raise NonFiniteError if a parameter holds NaN or inf (checked before a checkpoint is written)."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteError(f"{stage}: parameter {name} holds NaN/inf at step {step}: no checkpoint was written "
+                                 f"for it and the last good checkpoint is kept{'; ' + hint if hint else ''}")
+
+
+def rng_state() -> dict:
+    """The global torch / numpy (/ CUDA) RNG states as tensors and plain values (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device for `name` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps'), or a ValueError saying what
+    to pass instead when that device is not available on this machine."""
+    name = str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device={name} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device={name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                             f"use --device=cpu or --device=auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use --device=cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"--device={name}: MPS is not available on this machine; use --device=cpu or --device=auto")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device={name}: use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+# ----------------------------------------------------------------------------------------------
+# the run lock: one command at a time per run directory
+
+LOCK_FILE = ".lock"
+_HELD: set[str] = set()  # lock files this process holds
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The PID written in a lock file; None when it cannot be read (yet)."""
+    try:
+        return int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class RunBusyError(ValueError):
+    """Another command is using this run directory."""
+
+
+@contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold `<run_dir>/.lock` (created with O_EXCL, holding our PID) while the block runs.
+
+    A lock whose PID is no longer running (a killed command) is taken over with a warning; a live
+    one is a RunBusyError. The lock is removed at the end, and so is the run directory when this
+    command created it and left it empty (a refused command leaves no trace).
+    """
+    run_dir = Path(run_dir)
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_FILE
+    key = str(lock.resolve())
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            busy = key in _HELD or (owner is not None and owner != os.getpid() and _pid_alive(owner))
+            if owner is None:  # being written right now, or garbage: busy while fresh, else stale
+                try:
+                    busy = time.time() - lock.stat().st_mtime < 10
+                except FileNotFoundError:
+                    continue
+            if busy:
+                who = "this process" if key in _HELD else f"process {owner}"
+                raise RunBusyError(f"{run_dir} is in use by another minisapo command ({who}; lock file {lock}): "
+                                   f"wait for it to finish, or use another --name; if no such command is running, "
+                                   f"delete {lock}") from None
+            stale = lock.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+            try:  # take over: move the stale lock aside, and check it was the one we judged stale
+                os.replace(lock, stale)
+            except FileNotFoundError:
+                continue
+            if _lock_owner(stale) != owner:  # someone else took it over meanwhile: put theirs back
+                try:
+                    os.link(stale, lock)
+                except OSError:
+                    pass
+                stale.unlink(missing_ok=True)
+                continue
+            stale.unlink(missing_ok=True)
+            warn(f"{lock} was left by a command that is no longer running (pid {owner}); taking it over")
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise RunBusyError(f"{run_dir}: could not take the lock {lock}; try again")
+    _HELD.add(key)
+    try:
+        yield run_dir
+    finally:
+        _HELD.discard(key)
+        if _lock_owner(lock) == os.getpid():
+            lock.unlink(missing_ok=True)
+        for p in created:  # folders this command created and left empty go again
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def check_not_busy(run_dir: str | Path) -> None:
+    """A RunBusyError if another live command holds `<run_dir>/.lock` (for a run that is only read)."""
+    lock = Path(run_dir) / LOCK_FILE
+    owner = _lock_owner(lock) if lock.exists() else None
+    if lock.exists() and (str(lock.resolve()) in _HELD or (owner is not None and owner != os.getpid()
+                                                             and _pid_alive(owner))):
+        raise RunBusyError(f"{run_dir} is in use by another minisapo command (lock file {lock}): wait for it to "
+                           f"finish; if no such command is running, delete {lock}")
 
 
 def load_weights(model: torch.nn.Module, state: dict, where: str | Path) -> None:
     """`model.load_state_dict(state)`, with an error that says what to do when the checkpoint was made
     for another vocabulary or model size (e.g. the dataset's SID/tokenizer cache was rebuilt since)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{where} holds NaN/inf weights ({bad[0]}{' and more' if len(bad) > 1 else ''}): that training "
+                         f"diverged; start a new run with a lower learning rate")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -67,32 +393,93 @@ def load_weights(model: torch.nn.Module, state: dict, where: str | Path) -> None
                          f"rebuild with the settings in the run's config.json ({first})") from None
 
 
+def _json_value(v):
+    """A JSON-safe value: numpy/torch numbers -> float, NaN/inf -> None (JSON null), recursively."""
+    if isinstance(v, (np.floating, np.integer)) or torch.is_tensor(v):
+        v = float(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    return v
+
+
 class MetricsLogger:
-    """Appends one JSON object per line to `metrics.jsonl` (flushed at once, so a crash loses nothing)."""
+    """Appends one JSON object per line to `metrics.jsonl` (flushed at once, so a crash loses nothing).
+
+    The file is always valid JSON lines: a NaN or inf value is written as `null` (training itself
+    stops at a non-finite loss or gradient, see `check_finite`, so a null marks e.g. an undefined metric).
+    A partial last line left by a kill mid-write is dropped (with a warning) before new records are added.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_line(self.path)
 
     def log(self, record: dict) -> None:
-        clean = {k: (float(v) if isinstance(v, (np.floating, np.integer)) or torch.is_tensor(v) else v)
-                 for k, v in record.items()}
+        clean = {k: _json_value(v) for k, v in record.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
 
 
 def trim_metrics(path: str | Path, stage: str, keep_until: int | None) -> None:
     """Drop the `stage` records of metrics.jsonl logged after step `keep_until` (all of them when None),
     atomically; other stages' records stay. A resumed stage logs those steps again."""
-    records = read_metrics(path)
+    records, partial = _read_records(path)
     keep = [r for r in records if r.get("stage") != stage or (keep_until is not None and r.get("step", 0) <= keep_until)]
-    if len(keep) != len(records):
+    if len(keep) != len(records) or partial:
+        if partial:
+            warn(f"{path}: dropped a partial last line (a command was killed while writing it)")
         atomic_write(path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in keep)))
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """All records of a metrics.jsonl file (empty list if it does not exist)."""
+def _read_records(path: str | Path) -> tuple[list[dict], bool]:
+    """(records, whether a partial last line was skipped). A bad line elsewhere is a ValueError naming it."""
     path = Path(path)
     if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [], False
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file of JSON records; move it away to start the run's "
+                         f"metrics afresh") from None
+    records, partial = [], False
+    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            if not isinstance(r, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if n == last:  # a kill mid-write leaves at most the last line incomplete
+                partial = True
+                continue
+            raise ValueError(f"{path}:{n + 1} is not a JSON record ({e}); delete that line (or the file) "
+                             f"and resume") from None
+        records.append(r)
+    return records, partial
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Rewrite `path` without a partial last line (and with a final newline), warning when it did."""
+    if not path.exists():
+        return
+    records, partial = _read_records(path)
+    if partial:
+        warn(f"{path}: dropped a partial last line (a command was killed while writing it)")
+    if partial or (path.stat().st_size and not path.read_bytes().endswith(b"\n")):
+        atomic_write(path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a metrics.jsonl file (empty list if it does not exist). A partial last line
+    (from a kill mid-write) is skipped with a warning naming the file."""
+    records, partial = _read_records(path)
+    if partial:
+        warn(f"{path}: skipped a partial last line (a command was killed while writing it)")
+    return records

@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from minisapo.model import autocast
-from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, save_checkpoint, trim_metrics
+from minisapo.runs import (MetricsLogger, check_finite, check_finite_weights, load_checkpoint, load_optimizer,
+                           load_weights, rng_state, save_checkpoint, set_rng_state, trim_metrics)
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
 
@@ -158,17 +158,11 @@ def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bat
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return rng_state()  # tensors and plain values only, so the checkpoint loads with weights_only=True
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    set_rng_state(state)
 
 
 def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SFTConfig, run_dir: str | Path,
@@ -198,38 +192,48 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     ckpt_path = run_dir / CHECKPOINT
     metrics_path = run_dir / "metrics.jsonl"
     step, last_eval = 0, {}
+    running, running_n = 0.0, 0  # the training loss summed since the last log record (checkpointed too)
     if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        ckpt = load_checkpoint(ckpt_path, map_location=device, need=("model", "optimizer", "step", "rng"))
         if ckpt is not None:
             load_weights(model, ckpt["model"], ckpt_path)
-            optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer(optimizer, ckpt["optimizer"], ckpt_path)
             step, last_eval = ckpt["step"], ckpt.get("last_eval", {})
-            _set_rng_state(ckpt["rng"])
+            running, running_n = ckpt.get("running_loss", (0.0, 0))
+            try:
+                _set_rng_state(ckpt["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+                raise ValueError(f"checkpoint {ckpt_path}: its RNG state is unreadable (made by an older minisapo?); "
+                                 f"delete it to start SFT afresh") from None
             trim_metrics(metrics_path, "sft", step)
             print(f"sft: resumed from {ckpt_path} at step {step}/{n_total}")
-            if ckpt.get("done"):
+            if ckpt.get("done") and step >= n_total:  # finished (more --sft.max_steps on resume continue it)
                 return last_eval
     if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
         trim_metrics(metrics_path, "sft", None)
     logger = MetricsLogger(metrics_path)
     valid_examples = list(valid_examples or [])[:cfg.eval_samples]
 
+    hint = "lower --sft.learning_rate (or raise --sft.warmup_steps, keep --sft.grad_clip > 0)"
+
     def validate_and_checkpoint(done: bool) -> dict:
+        check_finite_weights(model, "sft", step, hint)
         record = {"stage": "sft", "step": step}
         if valid_examples:
             record["valid_loss"] = validation_loss(model, valid_examples, pad_id, device, cfg.batch_size)
+            check_finite("sft", step, hint, **{"validation loss": record["valid_loss"]})
         if valid_fn is not None:
             record.update(valid_fn(model))
             model.train()
         logger.log(record)
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "step": step, "rng": _rng_state(), "last_eval": record, "done": done,
-                                    "config": asdict(cfg), "seed": seed})
+                                    "config": asdict(cfg), "seed": seed, "running_loss": [running, running_n]})
         return record
 
     model.train()
     bar = tqdm(total=n_total, initial=step, desc="sft", disable=not progress)
-    running, running_n, t0, tokens_seen = 0.0, 0, time.time(), 0
+    t0, tokens_seen = time.time(), 0
     while step < n_total:
         if stop_after is not None and step >= stop_after:
             break
@@ -249,6 +253,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
             loss.backward()
             step_loss += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        check_finite("sft", step + 1, hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

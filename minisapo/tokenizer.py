@@ -161,7 +161,12 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"no tokenizer at {path}; build SIDs first (`minisapo sid`)")
-        return cls(HFTokenizer.from_file(str(path)))
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise ValueError(f"{path} is not a valid tokenizer file ({why}); delete it (or the sid/ folder holding "
+                             f"it) and run the command again to rebuild it") from None
 
     def __len__(self) -> int:
         return self.vocab_size

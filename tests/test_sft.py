@@ -138,3 +138,21 @@ def test_resume_gives_identical_weights(tmp_path):
     again = TinyLM(dropout=0.2)
     train_sft(again, ex, cfg, tmp_path / "run", progress=False, resume=True)
     assert all(torch.equal(v, _weights(again)[k]) for k, v in ref_w.items())
+
+
+def test_resume_logs_the_same_losses_when_eval_every_is_not_a_multiple_of_log_every(tmp_path):
+    """The running loss average since the last log record is checkpointed, so every logged loss matches."""
+    ex = make_examples(20, seed=0)
+    cfg = SFTConfig(max_steps=9, batch_size=4, warmup_steps=2, eval_every=3, log_every=2)
+    torch.manual_seed(0)
+    train_sft(TinyLM(dropout=0.2), ex, cfg, tmp_path / "ref", seed=1, progress=False)
+    torch.manual_seed(0)
+    train_sft(TinyLM(dropout=0.2), ex, cfg, tmp_path / "run", seed=1, progress=False, stop_after=5)
+    train_sft(TinyLM(dropout=0.2), ex, cfg, tmp_path / "run", seed=1, progress=False, resume=True)
+
+    def losses(d):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                if "loss" in r]
+
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref")
+    assert [s for s, _ in losses(tmp_path / "ref")] == [2, 4, 6, 8, 9]

@@ -12,6 +12,7 @@ Every source produces the same processed form (see dataset.py); the CLI is
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,7 +135,9 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         raise ValueError(f"unknown data source {cfg.source!r}: use --source=synthetic, amazon or atomic")
     if cfg.split not in ("loo", "temporal"):
         raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
-    name = dataset_name(cfg)
+    from minisapo.runs import check_name, swap_dir
+
+    name = check_name(dataset_name(cfg), "data.name")  # one folder name: nothing is written outside processed/
     out = Path(data_dir) / "processed" / name
     settings = {**_settings_of(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
     info_file = out / "dataset.json"
@@ -159,9 +162,11 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
                              f"repeat its data flags ({_flags_of(old)}), or pick another dataset name "
                              f"(or delete {out} to replace it)")
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        print(f"settings of {out} changed ({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); rebuilding")
-        shutil.rmtree(out)
+        print(f"settings of {out} changed ({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); "
+              f"rebuilding (the old copy stays until the new one is complete)")
 
+    # read everything first, build into a temporary folder, and only then swap it in: a failed read
+    # (a truncated .gz, a bad line in strict mode, an empty k-core) leaves the old dataset as it was
     if cfg.source == "synthetic":
         from minisapo.data.synthetic import KNOBS, generate
         raw = generate(cfg.world, cfg.world_seed, **{k: getattr(cfg, k) for k in KNOBS})
@@ -172,8 +177,14 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         from minisapo.data.atomic import read_source
         raw = read_source(cfg.path, strict=cfg.strict)
         raw.info["source"] = "atomic"
-    info = write_processed(raw, out, name, kcore_k=cfg.kcore, start=cfg.start, end=cfg.end,
-                           split=cfg.split, max_history=cfg.max_history, settings=settings)
+    tmp = out.parent / f".{name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        info = write_processed(raw, tmp, name, kcore_k=cfg.kcore, start=cfg.start, end=cfg.end,
+                               split=cfg.split, max_history=cfg.max_history, settings=settings)
+        swap_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     s = info["splits"]
     print(f"wrote {out}: {info['num_users']} users, {info['num_items']} items, {info['num_interactions']} interactions; "
           f"samples train {s['train']} / valid {s['valid']} / test {s['test']} ({cfg.split})")

@@ -18,12 +18,14 @@ import ast
 import gzip
 import html
 import json
+import math
 import re
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
 
-from minisapo.data.atomic import BadLines, RawData
+from minisapo.data.atomic import ENCODING, BadLines, RawData, repair_text, undecodable
 from minisapo.data.filters import Interaction
 
 EXPECTED = ("reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz (2014), <Cat>.json.gz or <Cat>_5.json.gz + "
@@ -35,7 +37,7 @@ def clean_text(text) -> str:
     """HTML entities decoded, tags dropped, whitespace collapsed: 'Tom &amp; <b>Jerry</b>' -> 'Tom & Jerry'."""
     if text is None:
         return ""
-    s = str(text)
+    s = repair_text(str(text))
     for _ in range(2):  # some titles are escaped twice: '&amp;amp;'
         s = html.unescape(s)
     return " ".join(_TAG.sub(" ", s).split())
@@ -45,8 +47,14 @@ def open_text(path: Path):
     """Open a text file, transparently gunzipping (by magic bytes, not just the name)."""
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8", errors="replace") if gz else \
-        open(path, encoding="utf-8", errors="replace")
+    return gzip.open(path, "rt", **ENCODING) if gz else open(path, **ENCODING)
+
+
+def _unreadable(path: Path, e: BaseException, lineno: int | None = None) -> ValueError:
+    """A truncated or corrupt (gzip) file -> a one-line error naming it."""
+    where = f" after line {lineno}" if lineno else ""
+    return ValueError(f"{path} is truncated or corrupt{where} ({type(e).__name__}: {str(e)[:100]}): "
+                      f"download or unpack it again")
 
 
 def category_of(reviews: str | Path) -> str:
@@ -70,10 +78,13 @@ def detect_release(path: Path, first_line: str) -> str:
 
 
 def _first_line(path: Path) -> str:
-    with open_text(path) as f:
-        for line in f:
-            if line.strip():
-                return line
+    try:
+        with open_text(path) as f:
+            for line in f:
+                if line.strip():
+                    return line
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise _unreadable(path, e) from None
     return ""
 
 
@@ -91,16 +102,24 @@ def _review(d: dict, release: str) -> Interaction:
         u, i, r, t = d["reviewerID"], d["asin"], d["overall"], float(d["unixReviewTime"])
     if not (isinstance(u, str) and u and isinstance(i, str) and i):
         raise ValueError("empty or non-string user/item id")
+    if undecodable(u) or undecodable(i):
+        raise ValueError("user/item id is not valid UTF-8")
+    if isinstance(r, bool) or not (math.isfinite(float(r)) and math.isfinite(t)):
+        raise ValueError("rating/timestamp is NaN, infinite or not a number")
     return (u, i, float(r), t)
 
 
 def numbered_lines(path: Path):
     """(line number, line) for every non-blank line of a (gzipped or plain) text file, with a tqdm bar."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(tqdm(f, desc=f"reading {path.name}", unit=" lines", leave=False,
-                                           mininterval=1.0), start=1):
-            if line.strip():
-                yield lineno, line
+    lineno = 0
+    try:
+        with open_text(path) as f:
+            for lineno, line in enumerate(tqdm(f, desc=f"reading {path.name}", unit=" lines", leave=False,
+                                               mininterval=1.0), start=1):
+                if line.strip():
+                    yield lineno, line
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise _unreadable(path, e, lineno) from None
 
 
 def read_reviews(path: Path, release: str, strict: bool) -> tuple[list[Interaction], BadLines]:
@@ -120,27 +139,51 @@ _KEY = {"2014": re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]"""),
         "2023": re.compile(r'"parent_asin"\s*:\s*"([^"]+)"')}
 
 
-def _flat(x) -> list[str]:
-    """Categories as an ordered, de-duplicated flat list (2014 has a list of lists)."""
+def _flat(x, wrong: list | None = None, name: str = "categories") -> list[str]:
+    """Categories as an ordered, de-duplicated flat list (2014 has a list of lists). A value that is not text
+    (a number, a dict, ...) is left out and its field named in `wrong`."""
     out: list[str] = []
     for c in x if isinstance(x, list) else [x] if x else []:
-        for s in (_flat(c) if isinstance(c, list) else [clean_text(c)]):
+        if not isinstance(c, (str, list)):
+            if wrong is not None and name not in wrong:
+                wrong.append(name)
+            continue
+        for s in (_flat(c, wrong, name) if isinstance(c, list) else [clean_text(c)]):
             if s and s not in out:
                 out.append(s)
     return out
 
 
-def _meta_fields(d: dict, release: str, with_description: bool) -> list[str]:
-    """-> [title, brand, categories(, description)] as cleaned strings."""
-    title = clean_text(d.get("title"))
-    brand = clean_text(d.get("store") if release == "2023" else d.get("brand"))
-    cats = ", ".join(_flat(d.get("categories") if release != "2018" else d.get("category")))
+def _text(v, name: str, wrong: list) -> str:
+    """A text field: a string (or a number) -> cleaned text; None -> ''; anything else -> '' and named in `wrong`."""
+    if v is None:
+        return ""
+    if isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+        return clean_text(v)
+    wrong.append(f"{name}: {type(v).__name__}")
+    return ""
+
+
+def _meta_fields(d: dict, release: str, with_description: bool, wrong: list | None = None) -> list[str]:
+    """-> [title, brand, categories(, description)] as cleaned strings. Fields of the wrong type (e.g. a list
+    where a title belongs) are left empty and named in `wrong`, never turned into text like "['a', 'b']"."""
+    wrong = [] if wrong is None else wrong
+    title = _text(d.get("title"), "title", wrong)
+    brand = _text(d.get("store") if release == "2023" else d.get("brand"), "store" if release == "2023" else "brand", wrong)
+    key = "categories" if release != "2018" else "category"
+    raw = d.get(key)
+    if raw is not None and not isinstance(raw, (list, str)):
+        wrong.append(f"{key}: {type(raw).__name__}")
+        raw = None
+    cats = ", ".join(_flat(raw, wrong, key))
     vals = [title, brand, cats]
     if with_description:
         parts = []
         for key in (("description",) if release == "2014" else ("description", "feature", "features")):
             v = d.get(key)
-            parts += [clean_text(s) for s in (v if isinstance(v, list) else [v]) if s]
+            for s in (v if isinstance(v, list) else [v]):
+                if s:
+                    parts.append(_text(s, key, wrong))
         vals.append(" ".join(p for p in parts if p))
     return vals
 
@@ -166,7 +209,12 @@ def read_meta(path: Path, release: str, wanted: set[str], strict: bool, with_des
             bad.add(lineno, f"malformed metadata ({type(e).__name__}: {e})")
             continue
         if d[key] in wanted and d[key] not in items:
-            items[d[key]] = _meta_fields(d, release, with_description)
+            wrong: list[str] = []
+            items[d[key]] = _meta_fields(d, release, with_description, wrong)
+            if wrong:
+                bad.repair(lineno, f"wrongly typed field(s) left empty ({', '.join(wrong)})")
+            elif undecodable(line):
+                bad.repair(lineno, "text that is not valid UTF-8 (replaced by U+FFFD)")
     return items, bad
 
 
@@ -176,11 +224,15 @@ def read_amazon(reviews: str | None, meta: str | None = None, strict: bool = Fal
     if not reviews:
         raise ValueError(f"--source=amazon needs --reviews=FILE; expected files: {EXPECTED}")
     rpath = Path(reviews)
+    if rpath.is_dir():
+        raise ValueError(f"--reviews={rpath} is a directory: pass the reviews file itself; expected one of: {EXPECTED}")
     if not rpath.is_file():
         raise FileNotFoundError(f"reviews file {rpath} not found; expected one of: {EXPECTED}")
     release = detect_release(rpath, _first_line(rpath))
     if meta:
         mpath = Path(meta)
+        if mpath.is_dir():
+            raise ValueError(f"--meta={mpath} is a directory: pass the metadata file itself")
         if not mpath.is_file():
             raise FileNotFoundError(f"metadata file {mpath} not found; expected meta_<Cat>"
                                     f"{'.jsonl[.gz]' if release == '2023' else '.json.gz'} ({release} release)")
@@ -203,6 +255,7 @@ def read_amazon(reviews: str | None, meta: str | None = None, strict: bool = Fal
         print(s)
     info = {"source": "amazon", "release": release, "reviews_file": str(rpath), "meta_file": str(mpath),
             "bad_review_lines": len(rbad.lines), "bad_meta_lines": len(mbad.lines),
+            "repaired_meta_lines": len(mbad.repaired), "bad_line_reasons": {**rbad.reasons, **mbad.reasons},
             "bad_review_line_numbers": rbad.lines[:20], "bad_meta_line_numbers": mbad.lines[:20], "notes": notes}
     if not inters:
         raise ValueError(f"no valid reviews in {rpath} ({len(rbad.lines)} malformed lines): is this an Amazon "

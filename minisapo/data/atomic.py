@@ -14,6 +14,7 @@ MovieLens-100k) back into minisapo.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,26 @@ class RawData:
 
 def clean_field(text: str) -> str:
     """One line, no tabs: atomic files are tab-separated and line-based."""
-    return re.sub(r"\s+", " ", str(text)).strip()
+    return re.sub(r"\s+", " ", repair_text(str(text))).strip()
+
+
+# Input files are decoded with errors="surrogateescape": a byte that is not UTF-8 becomes one lone
+# surrogate character that remembers the byte, so two ids that differ only in such bytes stay distinct
+# (errors="replace" would turn both into U+FFFD and merge them). An id holding one is dropped and
+# counted; in text it is replaced by U+FFFD (and counted) before anything is written.
+ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+
+
+def undecodable(text: str) -> bool:
+    """True when `text` holds bytes that were not valid UTF-8 (read with surrogateescape)."""
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def repair_text(text: str) -> str:
+    """Undecodable bytes -> U+FFFD (so the text can be written as UTF-8)."""
+    if not undecodable(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def fmt_float(x: float) -> str:
@@ -59,28 +79,50 @@ def write_atomic(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 
 class BadLines:
-    """Counts malformed input lines; in strict mode the first one is an error (file + line)."""
+    """Counts malformed input lines (dropped) and repaired ones (kept, with a field fixed or emptied);
+    in strict mode the first of either is an error (file + line)."""
 
     def __init__(self, path: Path | str, strict: bool):
-        self.path, self.strict, self.lines = str(path), strict, []
+        self.path, self.strict, self.lines, self.repaired = str(path), strict, [], []
+        self.reasons: dict[str, int] = {}  # why -> how many lines (dropped or repaired)
 
     def add(self, lineno: int, why: str) -> None:
         if self.strict:
             raise ValueError(f"{self.path}:{lineno}: {why} (strict mode; pass --strict=false to skip bad lines)")
         self.lines.append(lineno)
+        self._count(why)
+
+    def repair(self, lineno: int, why: str) -> None:
+        """A line that is kept with something fixed (e.g. undecodable bytes replaced, a wrongly typed field emptied)."""
+        if self.strict:
+            raise ValueError(f"{self.path}:{lineno}: {why} (strict mode; pass --strict=false to repair and count such lines)")
+        self.repaired.append(lineno)
+        self._count(why)
+
+    def _count(self, why: str) -> None:
+        key = re.sub(r"(?<![\w-])\d+", "#", why)[:120]  # group by the reason (line/column numbers left out)
+        self.reasons[key] = self.reasons.get(key, 0) + 1
 
     def summary(self) -> str | None:
         """e.g. 'skipped 3 malformed line(s) in X (lines 4, 9, 12)'; None when there were none."""
-        if not self.lines:
+        parts = []
+        for what, lines in (("skipped", self.lines), ("repaired", self.repaired)):
+            if lines:
+                first = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+                parts.append(f"{what} {len(lines)} {'malformed' if what == 'skipped' else ''} line(s) in {self.path} "
+                             f"(lines {first})".replace("  ", " "))
+        if not parts:
             return None
-        first = ", ".join(map(str, self.lines[:5])) + (", ..." if len(self.lines) > 5 else "")
-        return f"skipped {len(self.lines)} malformed line(s) in {self.path} (lines {first}); --strict=true makes this an error"
+        why = "; ".join(f"{n} x {k}" for k, n in sorted(self.reasons.items(), key=lambda kv: -kv[1])[:4])
+        return f"{', '.join(parts)} [{why}]; --strict=true makes this an error"
 
 
 def read_atomic(path: Path, strict: bool = False) -> tuple[list[tuple[str, str]], list[list[str]], list[int], BadLines]:
     """Read an atomic file -> ([(name, type), ...], rows of strings, their line numbers, bad-line counter)."""
     bad = BadLines(path, strict)
-    with open(path, encoding="utf-8", errors="replace") as f:
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a directory, but a RecBole atomic file is expected there")
+    with open(path, **ENCODING) as f:
         header = f.readline().rstrip("\r\n").split("\t")
         fields = []
         for h in header:
@@ -112,6 +154,8 @@ def read_source(path: str | None, strict: bool = False) -> RawData:
     if not path:
         raise ValueError("--source=atomic needs --path=DIR (a folder holding <name>.inter and optionally <name>.item)")
     p = Path(path)
+    if p.is_file() and p.suffix != ".inter":
+        raise ValueError(f"--path={path} is a file but not a .inter file: pass the folder holding <name>.inter")
     if p.is_file() and p.suffix == ".inter":
         inter = p
     elif p.is_dir():
@@ -141,14 +185,23 @@ def read_source(path: str | None, strict: bool = False) -> RawData:
         except ValueError:
             bad.add(lineno, "rating/timestamp is not a number")
             continue
+        if not (math.isfinite(r) and math.isfinite(t)):
+            bad.add(lineno, "rating/timestamp is NaN or infinite")
+            continue
+        if undecodable(row[cu]) or undecodable(row[ci]):
+            bad.add(lineno, "user/item id is not valid UTF-8")
+            continue
+        if not row[cu].strip() or not row[ci].strip():
+            bad.add(lineno, "empty user/item id")
+            continue
         inters.append((row[cu], row[ci], r, t))
-    info = {"inter_file": str(inter), "bad_lines": len(bad.lines)}
+    info = {"inter_file": str(inter), "bad_lines": len(bad.lines), "bad_line_reasons": bad.reasons}
     notes = [bad.summary()]
 
     item_file = inter.with_suffix(".item")
     item_fields, items = [("title", "token_seq")], {}
     if item_file.exists():
-        ifields, irows, _, ibad = read_atomic(item_file, strict)
+        ifields, irows, ilines, ibad = read_atomic(item_file, strict)
         inames = [n for n, _ in ifields]
         if "item_id" not in inames:
             raise ValueError(f"{item_file}: no 'item_id' column in header {inames}")
@@ -158,11 +211,24 @@ def read_source(path: str | None, strict: bool = False) -> RawData:
         title_col = seq_cols[0] if seq_cols else None
         cols = ([title_col] if title_col is not None else []) + [c for c in text_cols if c != title_col]
         item_fields = [("title", "token_seq")] + [(ifields[c][0], "token_seq") for c in cols if c != title_col]
-        for row in irows:
+        first_line: dict[str, int] = {}
+        for row, lineno in zip(irows, ilines):
+            iid = row[cid]
+            if undecodable(iid) or not iid.strip():
+                ibad.add(lineno, "item id is empty or not valid UTF-8")
+                continue
+            if iid in first_line:  # the first row of an id wins; later ones are dropped and counted
+                ibad.add(lineno, f"duplicate item id (first at line {first_line[iid]})")
+                continue
+            first_line[iid] = lineno
             vals = [row[c] for c in cols]
-            items[row[cid]] = vals if title_col is not None else [""] + vals
+            if any(undecodable(v) for v in vals):
+                ibad.repair(lineno, "text that is not valid UTF-8 (replaced by U+FFFD)")
+                vals = [repair_text(v) for v in vals]
+            items[iid] = vals if title_col is not None else [""] + vals
         info["item_file"] = str(item_file)
         info["bad_item_lines"] = len(ibad.lines)
+        info["repaired_item_lines"] = len(ibad.repaired)
         notes.append(ibad.summary())
     info["notes"] = [s for s in notes if s]
     for s in info["notes"]:

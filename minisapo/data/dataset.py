@@ -190,6 +190,17 @@ def load(data_dir: str | Path, name: str) -> Dataset:
             f"no processed dataset at {path}. Make it with e.g.\n"
             f"  minisapo data --source=synthetic --world=default --name={name} --data_dir={data_dir}\n"
             f"or --source=amazon --reviews=FILE / --source=atomic --path=DIR (see data/README.md)")
+    try:
+        info, item_ids, titles, text, cats, users, sequences, timestamps, splits = _read_processed(path, name)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ValueError(f"processed dataset {path} is damaged ({type(e).__name__}: {str(e)[:120]}); delete that "
+                         f"folder and run the command again to rebuild it") from None
+    return Dataset(name, item_ids, titles, text, cats, len(users), sequences, splits, info, path,
+                   list(users), timestamps)
+
+
+def _read_processed(path: Path, name: str):
+    """The files of a processed dataset, read back (every error here means the folder is damaged)."""
     info = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
     ifields, irows, _, _ = read_atomic(path / f"{name}.item", strict=True)
     names = [f for f, _ in ifields]
@@ -213,8 +224,7 @@ def load(data_dir: str | Path, name: str) -> Dataset:
         timestamps[users[u]].append(float(t))
     s = info["settings"]
     splits = make_splits(sequences, timestamps, s["split"], s["max_history"])
-    return Dataset(name, item_ids, titles, text, cats, len(users), sequences, splits, info, path,
-                   list(users), timestamps)
+    return info, item_ids, titles, text, cats, users, sequences, timestamps, splits
 
 
 def _one_line(text: str) -> str:

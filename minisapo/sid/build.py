@@ -166,9 +166,17 @@ def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: bool = Tru
     fp = _fingerprint(dataset, cfg)
     settings_path = out_dir / SETTINGS_FILE
     needed = [settings_path, out_dir / STATS_FILE, out_dir / TOKENIZER_FILE]
-    if all(p.exists() for p in needed) and json.loads(settings_path.read_text()).get("fingerprint") == fp:
-        table, tok = load(out_dir)
-        stats = json.loads((out_dir / STATS_FILE).read_text())
+    cached = None
+    if all(p.exists() for p in needed):
+        try:
+            if json.loads(settings_path.read_text()).get("fingerprint") == fp:
+                cached = (*load(out_dir), json.loads((out_dir / STATS_FILE).read_text()))
+        except (ValueError, OSError, AttributeError) as e:  # a damaged cache is rebuilt, never trusted
+            from minisapo.runs import warn
+
+            warn(f"the SID cache in {out_dir} is damaged ({str(e)[:100]}); rebuilding it")
+    if cached is not None:
+        table, tok, stats = cached
         if verbose:
             print(f"SIDs: cache hit in {out_dir}")
             print(format_stats(stats))

@@ -72,8 +72,16 @@ def load_vectors(path: str | Path, num_items: int) -> np.ndarray:
     """User-supplied vectors: a .npy of shape (N, d), row i = item index i (catalog order)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"vectors file {path} does not exist (SIDConfig.embedding / --sid.embedding)")
-    x = np.load(path, allow_pickle=False)
+        raise FileNotFoundError(f"vectors file {path} does not exist (--sid.vectors)")
+    if not path.is_file():
+        raise ValueError(f"--sid.vectors={path} is a directory: pass a .npy file of shape (N items, d)")
+    try:
+        x = np.load(path, allow_pickle=False)  # never unpickle: a .npy of numbers only
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"vectors file {path} is not a readable .npy array of numbers ({str(e)[:100]}); "
+                         f"save it with numpy.save(path, array)") from None
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"vectors file {path} holds several arrays (.npz?): save one (N, d) array with numpy.save")
     if x.ndim != 2:
         raise ValueError(f"vectors in {path} must be a 2-D array (N items, d), got shape {x.shape}")
     if x.shape[0] != num_items:
@@ -81,10 +89,22 @@ def load_vectors(path: str | Path, num_items: int) -> np.ndarray:
                          f"row i must be the vector of item index i (the dataset's item order)")
     if not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"vectors in {path} must be numeric, got dtype {x.dtype}")
+    if x.shape[1] == 0:
+        raise ValueError(f"vectors in {path} have shape {x.shape}: each item needs a vector of at least one number")
+    if np.iscomplexobj(x):
+        raise ValueError(f"vectors in {path} are complex numbers; save real-valued vectors")
     bad = ~np.isfinite(x).all(1)
     if bad.any():
         raise ValueError(f"vectors in {path} contain NaN/inf in {int(bad.sum())} rows "
                          f"(first: row {int(bad.argmax())}); fix or drop those items")
+    zero = ~x.any(axis=1)
+    if zero.all():
+        raise ValueError(f"vectors in {path} are all zero: they cannot tell items apart; check how the file was made")
+    if zero.any():
+        from minisapo.runs import warn
+
+        warn(f"{int(zero.sum())} of {len(x)} rows in {path} are all zero (first: row {int(zero.argmax())}); "
+             f"those items cannot be told apart and will share codes")
     return x.astype(np.float32)
 
 

@@ -198,6 +198,14 @@ class SIDTable:
         out_dir = Path(out_dir)
         if not (out_dir / TABLE_FILE).exists():
             raise FileNotFoundError(f"no {TABLE_FILE} in {out_dir}; build SIDs first (`minisapo sid`)")
+        try:
+            return cls._load(out_dir)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError) as e:
+            raise ValueError(f"the SID table in {out_dir} is damaged ({type(e).__name__}: {str(e)[:120]}); delete "
+                             f"that folder and run the command again to rebuild it") from None
+
+    @classmethod
+    def _load(cls, out_dir: Path) -> "SIDTable":
         meta = json.loads((out_dir / META_FILE).read_text())
         table = json.loads((out_dir / TABLE_FILE).read_text())  # key order = item order
         K = meta["num_levels"]
