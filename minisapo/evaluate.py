@@ -157,6 +157,7 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     out["valid_rate"] = float(np.mean([t is not None for t in top_items])) if top_items else 0.0
     out["per_level_acc"] = per_level_accuracy(top_items, targets, table.codes)
     out["mean_response_length"] = float(np.mean(lengths)) if lengths else 0.0
+    out["distinct_top1"] = len({t for t in top_items if t is not None})  # few = everyone gets the same item
     out["num_samples"] = len(samples)
     return out
 
@@ -312,7 +313,7 @@ def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: E
 
 def quick_hit_fn(grammar, dataset, table, tokenizer, samples, k: int = 10, beam_width: int | None = None,
                  reasoning=None, batch_size: int = 64):
-    """A `valid_fn` for `sft.train_sft` (and RL): model -> {"valid_hit@k": .., "valid_ndcg@k": ..} on `samples`.
+    """A `valid_fn` for `sft.train_sft` (and RL): model -> {"valid_hit@k", "valid_ndcg@k", "distinct_top1"} on `samples`.
 
     Uses the full paper protocol (greedy thinking + constrained beam search, beam_width defaults to k).
     Deterministic and does not touch the global RNG, so resumed runs stay identical.
@@ -322,6 +323,6 @@ def quick_hit_fn(grammar, dataset, table, tokenizer, samples, k: int = 10, beam_
     def valid_fn(model) -> dict:
         r = evaluate(model, grammar, dataset, table, tokenizer, samples, ks=(k,), beam_width=beam_width or k,
                      batch_size=batch_size, reasoning=reasoning, progress=False)
-        return {f"valid_hit@{k}": r[f"hit@{k}"], f"valid_ndcg@{k}": r[f"ndcg@{k}"]}
+        return {f"valid_hit@{k}": r[f"hit@{k}"], f"valid_ndcg@{k}": r[f"ndcg@{k}"], "distinct_top1": r["distinct_top1"]}
 
     return valid_fn

@@ -39,6 +39,8 @@ class Rollouts:
     mask: torch.Tensor  # (B, T) bool: real response tokens, <eos> included
     prompts: list[list[int]]  # (B,) the prompt of each row
     num_generations: int = 1  # G: responses per prompt
+    given: torch.Tensor | None = None  # (B, T) bool: tokens written greedily, not sampled (greedy thinking);
+    #                                    RL treats them like the prompt (no loss). None: every token was sampled
 
 
 @dataclass
@@ -115,12 +117,15 @@ def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, max_new_token
 @torch.no_grad()
 @_in_eval_mode
 def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_generations: int = 1,
-           temperature: float = 1.0, generator: torch.Generator | None = None, greedy: bool = False,
+           temperature: float = 1.0, generator: torch.Generator | Sequence[torch.Generator] | None = None,
+           greedy: bool = False,
            max_new_tokens: int | None = None, use_cache: bool = True, greedy_think: bool = False) -> Rollouts:
     """Sample `num_generations` grammar-valid responses per prompt.
 
     temperature: > 0; log-probs are those of the constrained distribution at this temperature.
-    generator:   torch.Generator for reproducible sampling (tokens are drawn on its device, CPU by default).
+    generator:   torch.Generator for reproducible sampling (tokens are drawn on its device, CPU by default),
+                 or one CPU generator per prompt: then a prompt's G responses depend only on its own generator,
+                 not on the other prompts of the batch (so a batch split over processes samples the same).
     greedy:      take the most likely allowed token instead of sampling (log-probs still reported).
     greedy_think: write the thinking greedily (as evaluation does) and sample only the SID tokens, so
                  the G rows of a prompt share one thinking and differ only in their SIDs.
@@ -147,7 +152,10 @@ def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_genera
     states = [grammar.start()] * B
     done = torch.zeros(B, dtype=torch.bool)  # row has produced <eos>
     out_tok, out_lp, out_forced, out_mask = [], [], [], []
-    gen_dev = generator.device if generator is not None else torch.device("cpu")
+    per_prompt = isinstance(generator, (list, tuple))
+    if per_prompt and len(generator) != P:
+        raise ValueError(f"{len(generator)} generators for {P} prompts: pass one per prompt (or a single one)")
+    gen_dev = generator.device if generator is not None and not per_prompt else torch.device("cpu")
     for t in range(T_max):
         if not use_cache:
             with autocast(dev):
@@ -160,7 +168,12 @@ def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_genera
         if greedy:
             nxt = logp.argmax(-1)  # (B,)
         else:
-            nxt = torch.multinomial(logp.exp().to(gen_dev), 1, generator=generator).squeeze(1).to(dev)  # (B,)
+            if per_prompt:  # inverse-CDF draw with one uniform per row from its prompt's own stream
+                u = torch.cat([torch.rand(G, generator=g, dtype=torch.float64) for g in generator])  # (B,)
+                cdf = logp.exp().double().cpu().cumsum(-1)  # (B, V)
+                nxt = (cdf < (u * cdf[:, -1]).clamp(min=1e-300)[:, None]).sum(-1).to(dev)  # (B,)
+            else:
+                nxt = torch.multinomial(logp.exp().to(gen_dev), 1, generator=generator).squeeze(1).to(dev)  # (B,)
             if greedy_think:  # rows inside a thinking block take the argmax instead
                 thinking = torch.tensor([s.phase in ("open", "think") for s in states], device=dev)
                 nxt = torch.where(thinking, logp.argmax(-1), nxt)
@@ -192,6 +205,51 @@ def sample(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_genera
         prompts=[list(prompts[p]) for p in rep.tolist()],
         num_generations=G,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# RL rollouts: the G responses of each prompt, three ways
+
+
+ROLLOUTS = ("sample", "greedy_think", "beam")
+
+
+def rollouts(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_generations: int, mode: str = "sample",
+             temperature: float = 1.0, generator=None, max_new_tokens: int | None = None) -> Rollouts:
+    """The group of G = num_generations responses of every prompt, as RL uses them.
+
+    sample        G samples at `temperature`, thinking included (the textbook GRPO group);
+    greedy_think  the thinking written greedily, as evaluation writes it, then G sampled SIDs;
+    beam          the thinking written greedily, then the top G distinct items of the constrained beam
+                  search: the group is the ranked list evaluation scores (MiniOneRec's beam rollouts).
+    In the last two, `given` marks the greedy thinking tokens (not sampled: RL gives them no loss).
+    `generator` as for `sample` (unused by beam search, which is deterministic).
+    """
+    if mode not in ROLLOUTS:
+        raise ValueError(f"rollout={mode!r}: choose one of {', '.join(ROLLOUTS)}")
+    tok = grammar.tok
+    if mode != "beam":
+        ro = sample(model, grammar, prompts, num_generations=num_generations, temperature=temperature,
+                    generator=generator, max_new_tokens=max_new_tokens, greedy_think=mode == "greedy_think")
+        thinking = torch.as_tensor(tok.token_level, device=ro.responses.device)[ro.responses] < 0
+        ro.given = ro.mask & thinking & (ro.responses != tok.eos_id) if mode == "greedy_think" else None
+        return ro
+    G, dev = num_generations, _device(model)
+    rows = []
+    for p, res in zip(prompts, beam_search(model, grammar, prompts, G)):
+        if len(res.responses) < G:
+            raise ValueError(f"rollout=beam needs num_generations <= the number of distinct SIDs the trie allows "
+                             f"after a prompt; got {len(res.responses)} beams for num_generations={G}")
+        rows += res.responses[:G]
+    T = max(len(r) for r in rows)
+    responses = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        responses[i, :len(r)] = torch.as_tensor(r)
+    mask = responses != tok.pad_id
+    given = mask & (torch.as_tensor(tok.token_level)[responses] < 0) & (responses != tok.eos_id)
+    zeros = torch.zeros(responses.shape)
+    return Rollouts(responses.to(dev), zeros.to(dev), zeros.bool().to(dev), mask.to(dev),
+                    [list(p) for p in prompts for _ in range(G)], G, given.to(dev))
 
 
 # ----------------------------------------------------------------------------------------------

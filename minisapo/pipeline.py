@@ -208,15 +208,26 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, ex
     return model
 
 
+def rl_eval_fn(cfg: Config, stack: Stack):
+    """What RL evaluates on validation users, every rl.eval_every steps: the beam metrics of `eval_fn`
+    (hit@10, ndcg@10, distinct top-1 items) and the held-out curve: the training rollouts on the first
+    rl.eval_prompts validation prompts, with fixed seeds (eval/sampled_reward, eval/sampled_hit_rate/step_k)."""
+    from minisapo.rl import heldout_rewards
+
+    held = stack.dataset.splits["valid"][: cfg.rl.eval_prompts]
+    prompts, targets = _prompts(cfg, stack, held), [stack.tokenizer.sid_ids(stack.table, s.target) for s in held]
+    beam = eval_fn(cfg, stack)
+    return lambda model: {**beam(model), **heldout_rewards(model, stack.grammar, prompts, targets, cfg.rl, cfg.seed)}
+
+
 def stage_rl(cfg: Config, stack: Stack, model: GPT, run_dir: Path, resume: bool = False) -> dict:
-    """RL from the current (SFT) weights of `model`; the frozen copy taken here is the KL reference."""
+    """RL from the current (SFT) weights of `model` (train_rl copies them as the frozen KL reference)."""
     from minisapo.rl import train_rl
 
     samples = train_samples(cfg, stack, "rl")
-    ref = copy.deepcopy(model) if cfg.rl.beta != 0.0 else None
-    fn = eval_fn(cfg, stack)
-    return train_rl(model, ref, stack.grammar, stack.tokenizer, stack.table, samples, _prompts(cfg, stack, samples),
-                    cfg.rl, run_dir, eval_fn=fn, resume=resume, device=pick_device(cfg.device), seed=cfg.seed)
+    return train_rl(model, None, stack.grammar, stack.tokenizer, stack.table, samples, _prompts(cfg, stack, samples),
+                    cfg.rl, run_dir, eval_fn=rl_eval_fn(cfg, stack), resume=resume, device=pick_device(cfg.device),
+                    seed=cfg.seed)
 
 
 def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str = "test",

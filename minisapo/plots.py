@@ -219,26 +219,36 @@ def plot_eval_comparison(reports: dict, path, metric: str = "hit") -> Path:
     return _save(fig, path)
 
 
-def plot_rl_curves(runs: dict[str, list[dict]], path,
-                   keys=("reward", "hit_rate", "frac_reward_zero_std", "eval/valid_hit@10")) -> Path:
-    """RL training curves, one panel per metric key, one line per run ({label: metrics.jsonl records}).
+RL_PANELS = ("eval/sampled_reward", "eval/valid_hit@10", "eval/distinct_top1", "hit_rate", "frac_reward_zero_std",
+             "groups/collapsed")
 
-    `reward` is each algorithm's own reward (exact match for GRPO, the mean per-step match for SAPO);
-    `hit_rate` (exact match of the sampled SID) is the same quantity for every algorithm.
 
-    SFT records ("stage": "sft") are skipped; `eval/...` keys are logged at evaluation steps.
+def plot_rl_curves(runs: dict[str, list[dict]], path, keys=RL_PANELS) -> Path:
+    """RL curves, one panel per metric key, one line per run ({label: metrics.jsonl records}).
+
+    The first panel is the held-out curve: the training rollouts on fixed validation prompts
+    (eval/sampled_reward: exact match; for beam rollouts, the target among the G beams). Then the beam
+    metrics on validation users, the training rollouts' exact match (`hit_rate`, the same quantity for
+    every algorithm, unlike each algorithm's own `reward`), GRPO-style silent groups, and collapsed groups
+    (every rollout the same wrong answer). `eval/...` keys are logged at evaluation steps; SFT records skipped.
     """
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
-    for ax, key in zip(np.atleast_1d(axes), keys):
+    n = len(keys)
+    cols = min(n, 3)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.4 * cols, 3.3 * ((n + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, keys):
         for label, records in runs.items():
-            pts = [(r["step"], r[key]) for r in records if key in r and r.get("stage") != "sft"]
+            pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and r.get("stage") != "sft"]
             if pts:
                 ax.plot(*zip(*pts), marker="o" if key.startswith("eval/") else None, ms=3, label=label)
         ax.set_xlabel("RL step")
-        ax.set_title(key + (" (own definition)" if key == "reward" else ""))
-        if key not in ("reward", "hit_rate"):
+        ax.set_title(key + (" (held-out)" if key == "eval/sampled_reward" else ""), fontsize=9)
+        if key in ("frac_reward_zero_std", "groups/collapsed"):
             ax.set_ylim(0, 1)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -33,6 +33,14 @@ def _dataset_name(data: dict) -> str:
         return str(data.get("name") or data.get("world"))
 
 
+def algo_label(rl: dict) -> str:
+    """The `ALGOS` preset a run's RL settings match (e.g. "sapo"), else "reward/advantage"."""
+    from minisapo.rl import ALGOS
+
+    name = next((a for a, kv in ALGOS.items() if all(rl.get(k) == v for k, v in kv.items())), None)
+    return name or f"{rl.get('reward')}/{rl.get('advantage')}"
+
+
 def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) -> Path:
     """Write the run's plots and report.md; returns the report's path."""
     from minisapo import plots
@@ -60,7 +68,7 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
                   "when no rollout hits the exact item; SAPO credits each step's thinking block and SID token by "
                   "whether that step was right.", "", "![token credit](token_credit.png)", ""]
     if any("reward" in r for r in records):
-        plots.plot_rl_curves({"rl": records}, run_dir / "rl_curves.png")
+        plots.plot_rl_curves({algo_label(config["rl"]): records}, run_dir / "rl_curves.png")
         rl = config["rl"]
         lines += ["## RL", "", f"reward `{rl['reward']}`, advantage `{rl['advantage']}`, "
                   f"{rl['max_steps']} steps x {rl['batch_size']} prompts x {rl['num_generations']} generations.", "",

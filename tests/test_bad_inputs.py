@@ -436,7 +436,7 @@ CASES = [
     Case("sft-diverges", ["sft", *TINY, "--name=nan", "--sft.max_steps=4", "--sft.learning_rate=1e30",
                           "--sft.warmup_steps=0"], ("sft:", "nan", "at step 2"), may_change=("runs/nan/",)),
     Case("rl-diverges", ["rl", "--from=runs/toy", "--name=nanrl", "--rl.learning_rate=1e30", "--rl.max_steps=3"],
-         ("rl:", "nan", "step 2"), may_change=("runs/nanrl/",)),
+         ("rl", "nan", "at step "), may_change=("runs/nanrl/",)),
     # --- 7. a busy or half-written run ---------------------------------------------------------------------
     Case("metrics-bad-middle-line", RESUME, ("metrics.jsonl:2",), metrics_middle, may_change=("runs/toy/",)),
     # --- 8. every expected failure is one line naming the file or key --------------------------------------

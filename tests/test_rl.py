@@ -173,13 +173,25 @@ def _loss_inputs():
 def test_loss_type_normalisers(loss_type, want):
     lp, adv, mask = _loss_inputs()
     loss, stats = rl.policy_loss(lp, lp.detach(), adv, mask, loss_type=loss_type,
-                                 max_completion_length=10, num_items_in_batch=20)
+                                 max_completion_length=10, num_tokens=20)
     assert loss.item() == pytest.approx(want)
-    # gradient accumulation divides everything but dapo (whose normaliser already covers all chunks)
-    loss2, _ = rl.policy_loss(lp, lp.detach(), adv, mask, loss_type=loss_type, max_completion_length=10,
-                              num_items_in_batch=20, gradient_accumulation_steps=2)
-    assert loss2.item() == pytest.approx(want if loss_type == "dapo" else want / 2)
     assert stats["clip_ratio/region_mean"] == 0 and stats["kl"] == 0
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_chunks_add_up_to_the_whole_batch(loss_type):
+    """Gradient accumulation (and several processes): each chunk normalised with the whole batch's counts,
+    the chunk losses add up to the whole batch's loss (bnpo: TRL's mean of the chunks' token means)."""
+    lp, adv, mask = _loss_inputs()
+    kw = dict(loss_type=loss_type, max_completion_length=10)
+    whole, _ = rl.policy_loss(lp, lp.detach(), adv, mask, **kw)
+    parts = [rl.policy_loss(lp[i:i + 1], lp[i:i + 1].detach(), adv[i:i + 1], mask[i:i + 1], num_rows=2,
+                            num_tokens=int(mask.sum()), num_chunks=2, **kw)[0] for i in range(2)]
+    if loss_type == "bnpo":  # per chunk: its own token mean; response 0 has 2 tokens, response 1 has 3
+        want = -((1 + 2) / 2 + (3 + 4 + 5) / 3) / 2
+    else:
+        want = whole.item()
+    assert sum(p.item() for p in parts) == pytest.approx(want)
 
 
 def test_clip_and_kl_by_hand():
@@ -272,7 +284,9 @@ def test_score_rollouts_credit_by_step_on_real_responses(world, layout):
     g = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, grpo, 3)
     assert g["rewards"].tolist() == [1, 0, 0, 0]
     assert (g["token_adv"][mask] != 0).all() and (g["token_adv"][~mask] == 0).all()
-    m = rl.rollout_metrics(s, mask, sapo)
+    from minisapo.rl_metrics import rollout_metrics
+
+    m = rollout_metrics(s, mask, 4)
     assert m["hit_rate"] == 0.25 and m["valid_rate"] == 1 and m["frac_reward_zero_std"] == 0
     assert m["hit_rate/step_0"] == 0.75 and m["reward/step_2"] == 0.25
 
@@ -380,6 +394,8 @@ def test_resume_continues_from_checkpoint(world, tmp_path):
 
 
 def test_batch_indices_cover_epochs():
-    seen = [i for s in range(5) for i in rl.batch_indices(10, 4, s, seed=3)]
+    from minisapo.trainer import batch_indices
+
+    seen = [i for s in range(5) for i in batch_indices(10, 4, s, seed=3)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
-    assert rl.batch_indices(10, 4, 2, seed=3) == rl.batch_indices(10, 4, 2, seed=3)
+    assert batch_indices(10, 4, 2, seed=3) == batch_indices(10, 4, 2, seed=3)

@@ -29,7 +29,8 @@ from minisapo.plots import plot_rl_curves, plot_token_credit
 from minisapo.reasoning import build_examples, build_prompt, step_index
 from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, reward_prefix,
                          sequence_advantages, step_advantages, step_matches, token_advantages, token_credit,
-                         train_rl, zero_std_groups)
+                         train_rl)
+from minisapo.rl_metrics import zero_std_groups
 from minisapo.runs import read_metrics
 from minisapo.sid import prefix_key
 from minisapo.sft import train_sft

@@ -1,0 +1,117 @@
+"""What the SFT and RL loops share: the data order, seeds, metrics.jsonl, checkpoints and resume,
+the evaluation schedule and the progress display. The loops themselves stay in sft.py and rl.py.
+
+    trainer = Trainer(run_dir, "rl", "rl_checkpoint.pt", max_steps, eval_every, save_every)
+    start = trainer.resume(model, optimizer) if resume else trainer.fresh()
+    for step in trainer.steps(start):            # a progress bar on a terminal, log lines otherwise
+        ...one optimiser step...
+        trainer.log({"step": step + 1, ...})     # one JSON line in metrics.jsonl, tagged with the stage
+        if trainer.eval_due(step + 1): ...
+        if trainer.save_due(step + 1): trainer.save(step + 1, model, optimizer)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from minisapo.runs import (MetricsLogger, check_finite_weights, load_checkpoint, load_optimizer, load_weights,
+                           save_checkpoint, trim_metrics)
+
+
+# Random streams of a run: mix_seed(seed, STREAM, ...) keeps them apart (same seed, unrelated numbers).
+STREAM_DATA, STREAM_ROLLOUTS, STREAM_HELDOUT = 0, 1, 2
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several non-negative integers (run seed, stream, step, prompt, ...), via numpy's
+    SeedSequence, which is built to turn related inputs into unrelated streams (no hand-picked multipliers)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def batch_indices(num_samples: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The sample indices of step `step`: consecutive slices of per-epoch shuffles, epoch e shuffled with
+    mix_seed(seed, STREAM_DATA, e). A pure function of its arguments: a resumed run sees the same data."""
+    out, start = [], step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_samples)
+        perm = torch.randperm(num_samples, generator=torch.Generator().manual_seed(mix_seed(seed, STREAM_DATA, epoch)))
+        out += perm[offset:offset + batch_size - len(out)].tolist()
+    return out
+
+
+def flat(prefix: str, d: dict) -> dict:
+    """{'hit@10': .3, 'per_level_acc': [.5, .2]} -> {'eval/hit@10': .3, 'eval/per_level_acc/0': .5, ...}: numbers only."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (list, tuple)):
+            out.update({f"{prefix}{k}/{i}": float(x) for i, x in enumerate(v)})
+        elif isinstance(v, (int, float)) or torch.is_tensor(v):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """True at every `every`-th step and at the last one (every = 0: only the last)."""
+    return step == last or (every > 0 and step % every == 0)
+
+
+class Trainer:
+    """metrics.jsonl, one checkpoint file, resume and the step loop's progress, for one stage of a run."""
+
+    def __init__(self, run_dir: str | Path, stage: str, checkpoint: str, max_steps: int, eval_every: int = 0,
+                 save_every: int = 0, progress: bool = True):
+        self.run_dir, self.stage, self.max_steps = Path(run_dir), stage, max_steps
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = self.run_dir / checkpoint
+        self.eval_every, self.save_every, self.progress = eval_every, save_every, progress
+        self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
+        self.bar = None
+
+    def fresh(self) -> int:
+        """A fresh start: drop this stage's records of an earlier attempt (other stages' records stay)."""
+        trim_metrics(self.logger.path, self.stage, None)
+        return 0
+
+    def resume(self, model, optimizer, device="cpu") -> tuple[int, dict]:
+        """Load the last checkpoint (weights, optimizer, step) -> (step, checkpoint); (0, {}) when none."""
+        ckpt = load_checkpoint(self.ckpt_path, map_location=device, need=("model", "optimizer", "step"))
+        if ckpt is None:
+            return self.fresh(), {}
+        load_weights(model, ckpt["model"], self.ckpt_path)
+        load_optimizer(optimizer, ckpt["optimizer"], self.ckpt_path)
+        trim_metrics(self.logger.path, self.stage, ckpt["step"])  # records after it are logged again
+        print(f"{self.stage}: resumed from {self.ckpt_path} at step {ckpt['step']}/{self.max_steps}")
+        return ckpt["step"], ckpt
+
+    def steps(self, start: int) -> Iterator[int]:
+        """range(start, max_steps), with a progress bar on a terminal (plain log lines otherwise)."""
+        self.bar = tqdm(range(start, self.max_steps), desc=self.stage, initial=start, total=self.max_steps,
+                        disable=not (self.progress and sys.stderr.isatty()))
+        return iter(self.bar)
+
+    def log(self, record: dict, show: tuple[str, ...] = ()) -> None:
+        """One JSON line in metrics.jsonl (tagged with the stage); `show` keys go to the bar or the log."""
+        self.logger.log({"stage": self.stage, **record})
+        shown = {k: f"{record[k]:.3f}" for k in show if isinstance(record.get(k), (int, float))}
+        if shown and self.bar is not None and not self.bar.disable:
+            self.bar.set_postfix(shown)
+        elif shown and self.progress:
+            print(f"{self.stage} step {record.get('step')}: " + " ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+
+    def eval_due(self, step: int) -> bool:
+        return due(step, self.eval_every, self.max_steps)
+
+    def save_due(self, step: int) -> bool:
+        return due(step, self.save_every, self.max_steps)
+
+    def save(self, step: int, model, optimizer, **extra) -> None:
+        """Write the checkpoint atomically (refused if a weight is NaN/inf: the last good one stays)."""
+        check_finite_weights(model, self.stage, step)
+        save_checkpoint(self.ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "step": step, **extra})
