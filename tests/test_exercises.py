@@ -302,6 +302,12 @@ def test_rule_follows_helpers_and_aliases(tmp_path):
                          "    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):", 1)
     (tmp_path / "noloop.py").write_text(noloop)  # a comprehension is a loop: allowed
     assert grade(tmp_path / "noloop.py", 0, [1])[0]
+    hidden = src.replace("    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):",
+                         "    try:\n        return getattr(torch, 'cum' + 'prod')(m, 1)\n    except Exception:\n"
+                         "        pass\n    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):", 1)
+    (tmp_path / "hidden.py").write_text(hidden)  # the source hides it; running it does not
+    msg = grade(tmp_path / "hidden.py", 0, [1])[1][1].parts[0].message
+    assert "`cumprod` was called while your answer ran" in msg, msg
 
 
 def test_checker_references_agree_with_the_library():

@@ -51,6 +51,7 @@ import secrets
 import signal
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -86,6 +87,10 @@ class Skip(Exception):
 
 
 class _Timeout(BaseException):  # BaseException: a student's `except Exception` cannot swallow it
+    pass
+
+
+class _RuleBroken(BaseException):  # a banned call while the answer ran (same reason)
     pass
 
 
@@ -306,7 +311,7 @@ def banned_at_runtime(rule: Rule):
 
     def raiser(name):
         def _banned(*args, **kwargs):
-            raise Fail(f"rule: `{name}` was called while your answer ran ({rule.why})")
+            raise _RuleBroken(f"rule broken: `{name}` was called while your answer ran ({rule.why})")
         return _banned
 
     for owner in (torch, torch.Tensor, torch.nn.functional):
@@ -373,6 +378,8 @@ class Ctx:
             raise Todo(str(e) or f"`{name}` is not written yet") from None
         except (Fail, Todo, _Timeout):
             raise
+        except _RuleBroken as e:
+            raise Fail(str(e)) from None
         except Exception as e:
             raise Fail(self.crash(name, e) + fmt_inputs(shown)) from None
         changed = []
@@ -1030,6 +1037,8 @@ def check_trie_impossible(ctx: Ctx) -> None:
                 raise Todo(str(e) or "`next_tokens` is not written yet") from None
             except ValueError:
                 continue
+            except _RuleBroken as e:
+                raise Fail(str(e)) from None
             except Exception as e:
                 raise Fail(f"next_tokens(trie, {p}) raised {type(e).__name__}: {e}; no SID starts with this prefix, "
                            f"so it must raise ValueError{fmt_inputs({'sids': sids})}") from None
@@ -1215,7 +1224,7 @@ def load_solutions(path: str | Path, name: str = "solutions"):
 
 @contextlib.contextmanager
 def time_limit(seconds: int):
-    if not hasattr(signal, "SIGALRM"):  # Windows: no limit
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():  # no limit
         yield
         return
 
