@@ -327,12 +327,13 @@ def test_checker_references_agree_with_the_library():
             assert ec.ref_interleaved_steps(resp, tok.token_level, tok.eos_id, K) == lib
     for case in ec.loss_cases(rng):
         m, steps, mask, logp, old, eps = case
-        adv = rl.step_advantages(m, len(m))
+        adv = rl.step_advantages(m, len(m), "group")
         torch.testing.assert_close(torch.tensor(ec.ref_step_advantages(m.double().tolist(), len(m))).float(), adv)
         tok_adv = rl.token_advantages(adv, steps, mask, step_token_mean=True)
         ref_tok = ec.ref_token_credit(adv.double().tolist(), steps.tolist(), mask.tolist(), True)
         torch.testing.assert_close(torch.tensor(ref_tok).float(), tok_adv, atol=1e-5, rtol=1e-5)
-        loss, _ = rl.policy_loss(logp, old, tok_adv, mask, loss_type="grpo", epsilon=eps)
+        loss, _ = rl.policy_loss(logp, old, tok_adv, mask, loss_type="grpo", epsilon=eps, epsilon_high=eps,
+                                 beta=0.0)
         ref = ec.ref_loss(tok_adv.double().tolist(), logp.double().tolist(), old.double().tolist(), mask.tolist(), eps)
         assert abs(float(loss) - ref) < 1e-5
 

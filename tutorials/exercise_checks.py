@@ -1260,8 +1260,9 @@ def grade(ex: Exercise, sol, sol_path: Path, seed: int, require_wiring: bool = F
             parts.append(PartResult(part.name, "FAIL", 0, worth, str(e)))
         except _Timeout:
             parts.append(PartResult(part.name, "FAIL", 0, worth, f"took more than {TIME_LIMIT_S} s (an endless loop?)"))
-        except Exception:  # the answer returned something the check could not even read
-            parts.append(PartResult(part.name, "FAIL", 0, worth, "the check crashed on your answer's output:\n"
+        except Exception:  # an output the check could not even read, or (wiring) the library raised
+            parts.append(PartResult(part.name, "FAIL", 0, worth, "the check could not grade this part (your "
+                                    "answer's output is unreadable, or the library raised):\n"
                                     + traceback.format_exc(limit=-3)))
     graded = [p for p in parts if p.status != "SKIP"]
     statuses = {p.status for p in graded}
