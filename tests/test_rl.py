@@ -399,3 +399,59 @@ def test_batch_indices_cover_epochs():
     seen = [i for s in range(5) for i in batch_indices(10, 4, s, seed=3)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
     assert batch_indices(10, 4, 2, seed=3) == batch_indices(10, 4, 2, seed=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# An RL algorithm's test shows that it learns (cleanrl's spirit)
+
+
+@pytest.fixture(scope="module")
+def tiny_sft(tmp_path_factory):
+    """The tiny world, a briefly SFT-ed tiny model, and four training prompts of four different users
+    whose target is the same item (so the model can serve all four at once; RL only has to find it)."""
+    from collections import Counter
+
+    from minisapo import pipeline as P
+    from minisapo.config import make_config
+    from minisapo.reasoning import build_examples
+    from minisapo.sft import train_sft
+
+    d = tmp_path_factory.mktemp("learn")
+    cfg = make_config({"preset": "tiny", "data_dir": str(d / "data"), "runs_dir": str(d / "runs"),
+                       "sft.max_steps": 100, "sft.eval_every": 0})
+    stack = P.load_stack(cfg)
+    train = stack.dataset.splits["train"]
+    model = P.new_model(cfg, stack)
+    train_sft(model, build_examples(stack.dataset, stack.table, stack.tokenizer, train, cfg.reasoning, verbose=False),
+              cfg.sft, d / "sft", progress=False, pad_id=stack.tokenizer.pad_id)
+    common = Counter(s.target for s in train).most_common(1)[0][0]
+    samples = list({s.user: s for s in train if s.target == common}.values())[:4]
+    assert len({s.user for s in samples}) == 4
+    return stack, model, samples, P._prompts(cfg, stack, samples), d
+
+
+@pytest.mark.parametrize("algo,floor", [("sapo", 0.8), ("grpo", 0.6)])
+def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
+    """From the SFT level (a few %), RL raises the sampled exact reward on its four prompts to >= 0.8 for
+    SAPO in 30 steps (measured: SAPO .02 -> .98, GRPO .02 -> .88-.99 over seeds and rollout modes)."""
+    import copy
+
+    from minisapo.runs import read_metrics
+
+    stack, sft_model, samples, prompts, d = tiny_sft
+    targets = [stack.tokenizer.sid_ids(stack.table, s.target) for s in samples]
+    probe = rl.rl_config(algo, num_generations=32)  # 32 fresh samples per prompt, fixed seeds
+
+    def sampled(m):
+        return rl.heldout_rewards(m, stack.grammar, prompts, targets, probe)["sampled_reward"]
+
+    model = copy.deepcopy(sft_model)
+    before = sampled(model)
+    cfg = rl.rl_config(algo, num_generations=8, batch_size=4, learning_rate=3e-3, beta=0.0, max_steps=30,
+                       eval_every=0, save_every=0)
+    rl.train_rl(model, None, stack.grammar, stack.tokenizer, stack.table, samples, prompts, cfg, d / algo,
+                progress=False)
+    after = sampled(model)
+    curve = [r["hit_rate"] for r in read_metrics(d / algo / "metrics.jsonl") if "hit_rate" in r]
+    assert before < 0.2 and after >= floor, (algo, before, after, curve)
+    assert sum(curve[-5:]) / 5 > sum(curve[:5]) / 5  # the training rollouts climbed too
