@@ -19,6 +19,7 @@ GRPO gain against the knob. Finished pieces are reused, so an interrupted compar
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,13 @@ def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "") -> dic
         for s in range(seeds):  # every input and every earlier piece is checked before anything is trained
             _check_piece(_seeded(base, s), root / f"seed{s}" / "sft", root)
             for algo in algos:
-                _check_piece(_seeded(per_algo[algo], s), root / f"seed{s}" / algo, root)
+                _check_piece(_seeded(per_algo[algo], s), root / f"seed{s}" / folder(algo), root)
         return _compare(base, per_algo, overrides, algos, seeds, tag, root)
+
+
+def folder(algo: str) -> str:
+    """The run folder of an algorithm spec: `sapo+advantage=my/algos.py:fn` -> `sapo+advantage=my_algos.py_fn`."""
+    return re.sub(r"[^A-Za-z0-9_.+=-]", "_", algo)
 
 
 def _seeded(cfg: Config, s: int) -> Config:
@@ -112,7 +118,7 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
         results["sft"].append(_row(_final_eval(cfg, stack, sft_model, sft_dir, fresh_sft), []))
         for algo in algos:
             acfg = _seeded(per_algo[algo], s)
-            run_dir = seed_dir / algo
+            run_dir = seed_dir / folder(algo)
             save_config(acfg, run_dir)
             ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", need=("model", "step"))
             done = ckpt is not None and ckpt["step"] >= acfg.rl.max_steps

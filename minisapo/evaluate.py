@@ -86,6 +86,17 @@ def ranking_metrics(rankings: Sequence[Sequence[int]], targets: Sequence[int], k
     return out
 
 
+def paired_sign_test(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Two systems on the same samples (0/1 hits, aligned): how many samples only b got right ("up"), only
+    a ("down"), and the exact two-sided sign test (McNemar's exact test) p-value for "b and a are equally
+    good", from the Binomial(up + down, 1/2) tails. Samples both got right or both missed carry no evidence."""
+    up = sum(1 for x, y in zip(a, b) if y > x)
+    down = sum(1 for x, y in zip(a, b) if x > y)
+    n, k = up + down, min(up, down)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"up": up, "down": down, "p": p}
+
+
 def per_level_accuracy(top_items: Sequence[int | None], targets: Sequence[int], codes: np.ndarray) -> list[float]:
     """Fraction of samples whose top item has the target's code at level l, for each semantic level l.
 
@@ -159,6 +170,7 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     out["mean_response_length"] = float(np.mean(lengths)) if lengths else 0.0
     out["distinct_top1"] = len({t for t in top_items if t is not None})  # few = everyone gets the same item
     out["num_samples"] = len(samples)
+    out["ranks"] = [rank_of(r, t) or 0 for r, t in zip(rankings, targets)]  # per sample, 0 = not ranked
     return out
 
 

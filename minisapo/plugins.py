@@ -7,6 +7,7 @@ so a mistake is one line that names the option, never a failure deep inside a tr
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from pathlib import Path
@@ -58,15 +59,13 @@ def checked(fn: Callable, key: str, spec: str) -> Callable:
     return call
 
 
-_M = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]] * 2, dtype=torch.float)  # 2 groups of 4, K = 3
-EXAMPLES = {  # how each option's function is tried when it is loaded (the built-ins' signatures)
-    "rl.reward": lambda fn: fn(_M, 4),  # matches (B, K), group size -> (B,) or (B, K)
-    "rl.advantage": lambda fn: (fn(_M[:, 0], 4, "group"), fn(_M, 4, "group")),  # rewards, G, scale_rewards
-}
+# Plug-ins are tried on these per-step matches when a config is checked (rl.check_config): three groups of
+# G = 4 rows, K = 3 steps; the last group is all equal (zero variance: a plug-in must not divide by a 0 std).
+EXAMPLE_MATCHES = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]] * 2 + [[1, 0, 0]] * 4, dtype=torch.float)
+EXAMPLE_GROUP = 4
 
 
+@functools.lru_cache(maxsize=None)
 def plugin(key: str, spec: str) -> Callable:
-    """Load `spec` for option `key`, try it on that option's example, and return the checked function."""
-    fn = checked(load_function(spec, key), key, spec)
-    EXAMPLES[key](fn)
-    return fn
+    """Load `spec` for option `key` (once per process, so its module state lives on); the checked function."""
+    return checked(load_function(spec, key), key, spec)

@@ -47,7 +47,7 @@ from typing import Callable, Sequence
 import torch
 
 from minisapo.generate import ROLLOUTS, response_logprobs, rollouts
-from minisapo.plugins import plugin
+from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES, plugin
 from minisapo.reasoning import step_index
 from minisapo.rl_metrics import rollout_metrics
 from minisapo.runs import check_finite, nonfinite_context, write_json
@@ -321,7 +321,8 @@ def check_config(cfg: RLConfig) -> None:
         if getattr(cfg, key) not in allowed and not (key in ("reward", "advantage") and ":" in getattr(cfg, key)):
             raise ValueError(f"rl.{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}"
                              + (" (or module:function)" if key in ("reward", "advantage") else ""))
-    reward_function(cfg.reward), advantage_function(cfg.advantage)  # a plug-in is loaded and tried now
+    rewards = compute_rewards(EXAMPLE_MATCHES, cfg.reward, cfg.advantage, EXAMPLE_GROUP)  # a plug-in is tried now
+    advantage_function(cfg.advantage)(rewards, EXAMPLE_GROUP, cfg.scale_rewards)
     if cfg.reward == "rank" and cfg.rollout != "beam":
         raise ValueError("rl.reward=rank ranks the group, so it needs --rl.rollout=beam")
     if cfg.num_generations < 2:
@@ -359,6 +360,8 @@ def score_rollouts(responses: torch.Tensor, mask: torch.Tensor, parsed: Sequence
     m = step_matches([p.sid_ids if p.valid else None for p in parsed], target_sids, num_steps)  # (B, K)
     rewards = compute_rewards(m, cfg.reward, cfg.advantage, G)  # (B,) or (B, K)
     adv = advantage_function(cfg.advantage)(rewards, G, cfg.scale_rewards)  # (B,) or (B, K)
+    if adv.dim() == 2 and adv.size(1) != num_steps:
+        raise ValueError(f"--rl.advantage={cfg.advantage} returned {adv.size(1)} steps, the SIDs have {num_steps}")
     responses, mask = responses.cpu(), mask.cpu().bool()
     loss_mask = mask if given is None else mask & ~given.cpu()  # greedy thinking is part of the prompt
     thinking = torch.as_tensor(tokenizer.token_level)[responses] < 0  # <think>, words, </think> (and <eos>)
