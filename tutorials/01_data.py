@@ -235,8 +235,11 @@ for release, rel_path in REVIEWS.items():
 
 # %% Takeaway
 sizes = {f"{u} users and {i} items" for u, i, _ in releases.values()}
-amazon = (f"The three Amazon releases, in three file formats, read to the same {sizes.pop()}" if len(sizes) == 1 else
-          "The three Amazon releases read to " + ", ".join(f"{r}: {u} users / {i} items" for r, (u, i, _) in releases.items()))
+if len(sizes) == 1:
+    amazon = f"The three Amazon releases, in three file formats, read to the same {sizes.pop()}"
+else:
+    amazon = "The three Amazon releases read to " + ", ".join(f"{r}: {u} users / {i} items"
+                                                               for r, (u, i, _) in releases.items())
 notes = ", ".join(str(n) for _, _, n in releases.values())
 C.takeaway(
     f"Even a perfect recommender misses: on the {ora['num_samples']} test samples the oracle's expected hit@10 is "

@@ -225,7 +225,8 @@ C.takeaway(
     f"{cos['other top category']:.2f} across top categories. RQ-KMeans turns that into codes, coarse first: "
     f"the residual (mean squared norm) shrinks {' -> '.join(f'{v:.2f}' for v in left)} level by level.",
     f"{collision_rate(codes):.1%} of items collide on all {cfg.levels} codes; a dedup token on those "
-    f"{int((dedup >= 0).sum())} items makes every SID unique. The last level is used unevenly (perplexity {stats_by_level[-1]['perplexity']:.1f} of "
+    f"{int((dedup >= 0).sum())} items makes every SID unique. The last level is used unevenly (perplexity "
+    f"{stats_by_level[-1]['perplexity']:.1f} of "
     f"{sizes[-1]} codes): little is left to split there.",
     f"Level-a purity {pur:.3f} looks near perfect, but {n_codes} codes for {n_nodes} top categories make purity easy: "
     f"the top categories are spread over {' and '.join(str(n) for n in spread.values())} codes. SIDs put similar "
