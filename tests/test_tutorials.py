@@ -135,22 +135,17 @@ def test_notebook_checks_catch_mistakes(tmp_path, monkeypatch):
         pytest.fail(f"the notebook-form check missed: {name}")
 
 
-def test_tutorial_runs_in_a_jupyter_kernel(data_dir, tmp_path):
+def test_tutorial_runs_in_a_jupyter_kernel(data_dir, tmp_path, monkeypatch):
     """Tutorial 4 opened as Jupytext opens it and run cell by cell in a real kernel (its working directory
     tutorials/, the kernel's own argv): every cell runs, the pictures show inline, the takeaway prints."""
     jupytext = pytest.importorskip("jupytext")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     nb = jupytext.read(TUTORIALS / "04_reasoning_and_sft.py")
-    env = {"MINISAPO_TUTORIAL_OUT": str(tmp_path / "out"), "MINISAPO_TUTORIAL_DATA": str(data_dir)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(TUTORIALS)}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    monkeypatch.setenv("MINISAPO_TUTORIAL_OUT", str(tmp_path / "out"))  # the kernel inherits the environment
+    monkeypatch.setenv("MINISAPO_TUTORIAL_DATA", str(data_dir))
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(TUTORIALS)}}).execute()
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert sum("image/png" in o.get("data", {}) for o in outputs) == len(EXPECTED["04_reasoning_and_sft.py"])
