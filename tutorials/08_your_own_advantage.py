@@ -285,8 +285,9 @@ C.saved(C.OUT / "08_rl_curves.png")
 # ----------------------------------------------------------------------------------------------
 # 5. The same from the command line
 #
-# `minisapo rl` starts from an SFT run and takes the same spec. A file path works from anywhere;
-# `module:function` needs the module importable (on PYTHONPATH, or in an installed package).
+# `minisapo rl` starts from an SFT run and takes the same spec: a file path (absolute, or relative
+# to where the command runs), or `module:function` for a module Python can import (on PYTHONPATH, or
+# in an installed package).
 # `minisapo compare` runs SFT, RL and the test evaluation for every seed and reports mean +- std:
 # what a claim needs. Its `--algos` takes preset names, and a `--rl.advantage=` given with it
 # applies to every algorithm compared (it says so), so compare the built-in and your idea as two
