@@ -1,15 +1,24 @@
-"""The tutorials run top to bottom and draw their pictures; the exercise checker accepts right answers.
+"""The tutorials run top to bottom, draw their pictures, print their takeaway, and open as notebooks.
 
 Every script runs as a subprocess in a temporary working directory, with its pictures going to
 $MINISAPO_TUTORIAL_OUT and its data to $MINISAPO_TUTORIAL_DATA (one shared temporary data folder, so
 later scripts reuse the processed dataset as they would on a student's machine).
+
+Notebook form: every tutorial is in the "percent" format (`# %%` starts a cell). Checked here without
+any notebook package: the file starts with a cell, every cell parses on its own, and nothing reads
+`sys.argv` or `__file__` (a notebook kernel has its own argv and no `__file__`; tutorials use
+`_common.args()`). When jupytext, nbclient and ipykernel happen to be installed, one tutorial is also
+run for real in a Jupyter kernel.
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import os
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -24,7 +33,12 @@ EXPECTED = {
     "03_model_and_decoding.py": ["03_grammar_mask.png"],
     "04_reasoning_and_sft.py": ["04_steps_blocks_first.png", "04_steps_interleaved.png", "04_sft_curves.png"],
     "05_grpo_vs_sapo.py": ["05_token_credit.png", "05_rl_curves.png"],
+    "08_your_own_advantage.py": ["08_advantages.png", "08_rl_curves.png"],
 }
+# Tutorials that do not have their notebook cells and takeaway yet: they come with the RL recipe
+# (issue 12). The tests of these expect failure, strictly: once one is done, take it out of here.
+PENDING = {"05_grpo_vs_sapo.py"}
+TAKEAWAY = "--- Takeaway "
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +69,87 @@ def test_tutorial_runs(script, data_dir, tmp_path):
         path = tmp_path / "out" / name
         assert path.exists() and path.stat().st_size > 1000, f"{script} did not write {name}"
     assert "done in" in proc.stdout
+    if script not in PENDING:
+        takeaway = proc.stdout[proc.stdout.find(TAKEAWAY):]
+        assert TAKEAWAY in proc.stdout and takeaway.count("\n* ") >= 1, f"{script} printed no takeaway"
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def cells(source: str) -> list[str]:
+    """The cells of a percent-format script: the text after each line that starts with `# %%`."""
+    out: list[list[str]] = []
+    for line in source.splitlines():
+        if line.startswith("# %%"):
+            out.append([])
+        elif out:
+            out[-1].append(line)
+    return ["\n".join(c) for c in out]
+
+
+def names_used(source: str) -> set[str]:
+    """Every NAME token of the code (comments and strings excluded)."""
+    return {t.string for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.NAME}
+
+
+def check_notebook_form(script: str) -> None:
+    source = (TUTORIALS / script).read_text()
+    assert source.startswith("# %%"), f"{script}: the first line should open a cell (# %%)"
+    parts = cells(source)
+    assert len(parts) >= 4, f"{script}: {len(parts)} cells; one per section is expected"
+    for i, cell in enumerate(parts):
+        try:
+            ast.parse(cell)
+        except SyntaxError as e:
+            raise AssertionError(f"{script}: cell {i} does not parse on its own (a statement split by # %%?): {e}")
+    tree = ast.parse(source)
+    argv = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "argv"]
+    assert not argv, f"{script} reads sys.argv: use _common.args() (a notebook kernel has its own argv)"
+    assert "__file__" not in names_used(source), f"{script} uses __file__, which a notebook does not have"
+    assert "Takeaway" in parts[-1] or "takeaway" in parts[-1], f"{script}: the last cell should be the takeaway"
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason="pending"))
+                                    if s in PENDING else s for s in sorted(EXPECTED)])
+def test_tutorial_is_a_notebook(script):
+    check_notebook_form(script)
+
+
+def test_notebook_checks_catch_mistakes(tmp_path, monkeypatch):
+    """The notebook-form check fails on each mistake it is meant to catch."""
+    good = ("# %% setup\nimport sys\nimport _common as C\nx = C.args()\n# %% 1\ny = 1\n# %% 2\nz = 2\n"
+            "# %% Takeaway\nC.takeaway('x')\n")
+    bad = {"no first cell": good.replace("# %% setup\n", "", 1),
+           "split statement": good.replace("y = 1\n", "y = (1,\n# %% x\n2)\n"),
+           "reads argv": good.replace("C.args()", "sys.argv[1:]"),
+           "uses __file__": good.replace("y = 1", "y = __file__"),
+           "no takeaway cell": good.replace("C.takeaway('x')", "print(1)").replace("# %% Takeaway", "# %% end")}
+    monkeypatch.setattr(sys.modules[__name__], "TUTORIALS", tmp_path)
+    (tmp_path / "ok.py").write_text(good)
+    check_notebook_form("ok.py")
+    for name, text in bad.items():
+        (tmp_path / "bad.py").write_text(text)
+        try:
+            check_notebook_form("bad.py")
+        except AssertionError:
+            continue
+        pytest.fail(f"the notebook-form check missed: {name}")
+
+
+def test_tutorial_runs_in_a_jupyter_kernel(data_dir, tmp_path, monkeypatch):
+    """Tutorial 4 opened as Jupytext opens it and run cell by cell in a real kernel (its working directory
+    tutorials/, the kernel's own argv): every cell runs, the pictures show inline, the takeaway prints."""
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = jupytext.read(TUTORIALS / "04_reasoning_and_sft.py")
+    monkeypatch.setenv("MINISAPO_TUTORIAL_OUT", str(tmp_path / "out"))  # the kernel inherits the environment
+    monkeypatch.setenv("MINISAPO_TUTORIAL_DATA", str(data_dir))
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(TUTORIALS)}}).execute()
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == len(EXPECTED["04_reasoning_and_sft.py"])
+    assert TAKEAWAY in text
 
 
 # The exercise checker (tutorials/exercise_checks.py): stubs, instructor key and planted bugs are in

@@ -1,3 +1,4 @@
+# %% setup: imports, data and settings
 """Tutorial 1: the data.
 
 Run:  python tutorials/01_data.py          (a few seconds on a laptop CPU)
@@ -22,6 +23,7 @@ from minisapo.evaluate import oracle_baseline, popularity_baseline
 
 C.start("Tutorial 1 - the data: a synthetic world with an exact oracle, splits, Amazon reviews")
 
+# %% 1. The synthetic world
 # ----------------------------------------------------------------------------------------------
 # 1. The synthetic world
 #
@@ -69,6 +71,7 @@ print(f"\nuser {user}'s sequence (oldest first):")
 for i in ds.sequences[user]:
     print(f"  item {i:>3}  {ds.item_categories[i]:<16} {ds.item_titles[i]}")
 
+# %% 2. The exact next-item distribution and the oracle ceiling
 # ----------------------------------------------------------------------------------------------
 # 2. The exact next-item distribution and the oracle ceiling
 #
@@ -140,6 +143,7 @@ fig.savefig(C.OUT / "01_oracle_distribution.png", dpi=110)
 plt.close(fig)
 C.saved(C.OUT / "01_oracle_distribution.png")
 
+# %% 3. Splits: leave-one-out vs temporal
 # ----------------------------------------------------------------------------------------------
 # 3. Splits: leave-one-out vs temporal
 #
@@ -156,13 +160,15 @@ C.section("3. leave-one-out vs temporal splits", "Same sequences, two ways to cu
 
 big = 10 ** 6  # an unbounded history, so len(history) is the target's position in its sequence
 splits = {name: make_splits(ds.sequences, ds.timestamps, name, max_history=big) for name in ("loo", "temporal")}
+users_test, later = {}, {}  # per split: users with a test sample; training targets later than the first test target
 for name, sp in splits.items():
     t_train = np.array([ds.timestamps[s.user][len(s.history)] for s in sp["train"]])
     t_test = np.array([ds.timestamps[s.user][len(s.history)] for s in sp["test"]])
-    users_test = len({s.user for s in sp["test"]})
+    users_test[name] = len({s.user for s in sp["test"]})
+    later[name] = float(np.mean(t_train > t_test.min()))
     print(f"{name:<9} train {len(sp['train']):>4}  valid {len(sp['valid']):>4}  test {len(sp['test']):>4}   "
-          f"users with a test sample: {users_test:>3}/{ds.num_users}   "
-          f"train targets later than the first test target: {np.mean(t_train > t_test.min()):.0%}")
+          f"users with a test sample: {users_test[name]:>3}/{ds.num_users}   "
+          f"train targets later than the first test target: {later[name]:.0%}")
 
 part_of = {name: {(s.user, len(s.history)): part for part, ss in sp.items() for s in ss} for name, sp in splits.items()}
 print(f"\nuser {user}: position -> split")
@@ -191,6 +197,7 @@ fig.savefig(C.OUT / "01_splits.png", dpi=110)
 plt.close(fig)
 C.saved(C.OUT / "01_splits.png")
 
+# %% 4. Amazon reviews, three releases
 # ----------------------------------------------------------------------------------------------
 # 4. Amazon reviews, three releases
 #
@@ -206,14 +213,18 @@ C.section("4. Amazon reviews 2014 / 2018 / 2023 (fixtures in data/samples/)",
           "Same prepare(), source='amazon'; the release is detected from the file name and first line.")
 
 REVIEWS = {"2014": "amazon2014/reviews_Toy_5.json", "2018": "amazon2018/Toy_5.json", "2023": "amazon2023/Toy.jsonl"}
+kcore5_error = None
 try:
     prepare(DataConfig(source="amazon", reviews=str(C.SAMPLES / REVIEWS["2014"]), name="toy2014_5core"), C.DATA)
 except ValueError as e:
+    kcore5_error = e
     print(f"with the default kcore=5 -> ValueError: {e}\n")
 
+releases = {}  # release -> (users, items, notes)
 for release, rel_path in REVIEWS.items():
     acfg = DataConfig(source="amazon", reviews=str(C.SAMPLES / rel_path), name=f"toy{release}", kcore=2)
     ads = load(C.DATA, prepare(acfg, C.DATA).name)
+    releases[release] = (ads.num_users, ads.num_items, len(ads.info.get("notes", [])))
     print(f"\n{release}: {ads.num_users} users, {ads.num_items} items, splits "
           f"{ {k: len(v) for k, v in ads.splits.items()} }, notes: {len(ads.info.get('notes', []))}")
     for iid, text in zip(ads.item_ids, ads.item_text):
@@ -221,5 +232,23 @@ for release, rel_path in REVIEWS.items():
     u = 0
     when = [datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d") for t in ads.timestamps[u]]
     print(f"    user {ads.user_ids[u]}: " + ", ".join(f"{ads.item_ids[i]} ({d})" for i, d in zip(ads.sequences[u], when)))
+
+# %% Takeaway
+sizes = {f"{u} users and {i} items" for u, i, _ in releases.values()}
+if len(sizes) == 1:
+    amazon = f"The three Amazon releases, in three file formats, read to the same {sizes.pop()}"
+else:
+    amazon = "The three Amazon releases read to " + ", ".join(f"{r}: {u} users / {i} items"
+                                                               for r, (u, i, _) in releases.items())
+notes = ", ".join(str(n) for _, _, n in releases.values())
+C.takeaway(
+    f"Even a perfect recommender misses: on the {ora['num_samples']} test samples the oracle's expected hit@10 is "
+    f"{ora['expected_hit@10']:.2f} (realised {ora['hit@10']:.2f}), far from 1, and popularity gets "
+    f"{pop['hit@10']:.2f}. A model lands between the two: judge it by its gap to the oracle, not to 1.",
+    f"Leave-one-out gives every user a test sample ({users_test['loo']}/{ds.num_users}) but "
+    f"{later['loo']:.0%} of its training targets are later than the first test target (it trains on the future); "
+    f"temporal has {later['temporal']:.0%} but only {users_test['temporal']}/{ds.num_users} users with a test sample.",
+    f"{amazon}; what was skipped or patched is reported, never silent ({notes} notes), and the default kcore=5 "
+    + ("refuses these tiny files with a message that says what to change." if kcore5_error else "keeps them."))
 
 C.done()

@@ -1,3 +1,4 @@
+# %% setup: imports, data and settings
 """Tutorial 3: the model and constrained decoding.
 
 Run:  python tutorials/03_model_and_decoding.py          (a few seconds)
@@ -28,6 +29,7 @@ from minisapo.sid import prepare as prepare_sids
 
 C.start("Tutorial 3 - the GPT, the response grammar, sampling with a KV cache, constrained beam search")
 
+# %% 1. The stack below the model
 # ----------------------------------------------------------------------------------------------
 # 1. The stack below the model
 #
@@ -44,6 +46,7 @@ rcfg = ReasoningConfig()  # mode="reasoning", layout="blocks_first", max_think_t
 grammar = Grammar(tok, trie, table.num_levels, rcfg.layout, rcfg.max_think_tokens, rcfg.mode)
 print(grammar, f"\nlongest possible response: {grammar.max_length} tokens")
 
+# %% 2. The GPT
 # ----------------------------------------------------------------------------------------------
 # 2. The GPT
 #
@@ -66,11 +69,13 @@ with torch.no_grad():
     alone = model(torch.tensor([p1]))[:, -1]  # (1, V) logits after the last prompt token
     ids, real = left_pad([p0, p1], tok.pad_id)  # (2, L) and (2, L) bool
     batch = model(ids, attn_mask=real)[:, -1]  # (2, V)
-print(f"left-padded batch:\n{ids}\nmax |logit difference| padded vs alone: {float((batch[1] - alone[0]).abs().max()):.2e}")
+pad_diff = float((batch[1] - alone[0]).abs().max())
+print(f"left-padded batch:\n{ids}\nmax |logit difference| padded vs alone: {pad_diff:.2e}")
 probs = batch[0].softmax(-1)
 print("an untrained model's next-token distribution after <sep> is nearly flat: top 5 =",
       ", ".join(f"{tok.id_to_token(int(i))} {float(probs[i]):.3f}" for i in probs.topk(5).indices))
 
+# %% 3. The response grammar
 # ----------------------------------------------------------------------------------------------
 # 3. The response grammar
 #
@@ -124,6 +129,7 @@ fig.savefig(C.OUT / "03_grammar_mask.png", dpi=110)
 plt.close(fig)
 C.saved(C.OUT / "03_grammar_mask.png")
 
+# %% 4. Sampling G responses with a KV cache
 # ----------------------------------------------------------------------------------------------
 # 4. Sampling G responses with a KV cache
 #
@@ -146,15 +152,19 @@ ro_nc = sample(model, grammar, [p0], num_generations=G, temperature=1.0, generat
 t_nocache = time.time() - t0
 print(f"responses tensor {tuple(ro.responses.shape)} (padded after <eos>); with the cache {t_cache * 1000:.0f} ms, "
       f"without {t_nocache * 1000:.0f} ms; same tokens: {torch.equal(ro.responses, ro_nc.responses)}")
+n_valid = 0
 for i in range(G):
     resp = ro.responses[i][ro.mask[i]].tolist()
     p = grammar.parse(resp)
+    n_valid += bool(p.valid)
     print(f"  rollout {i}: {len(resp):>2} tokens, valid={p.valid}, item {p.item:>2}, "
           f"{int(ro.forced[i].sum())} forced tokens (log-prob 0): ...{tok.decode(resp[-8:])}")
 with torch.no_grad():
     lp, _ = response_logprobs(model, grammar, ro.prompts, ro.responses)  # (G, T), one forward pass
-print(f"max |sampler log-prob - recomputed log-prob| = {float((lp - ro.logprobs).abs().max()):.2e}")
+lp_diff = float((lp - ro.logprobs).abs().max())
+print(f"max |sampler log-prob - recomputed log-prob| = {lp_diff:.2e}")
 
+# %% 5. Greedy decoding and constrained beam search
 # ----------------------------------------------------------------------------------------------
 # 5. Greedy decoding and constrained beam search
 #
@@ -175,5 +185,18 @@ for r, (item, score, sid) in enumerate(zip(res.items, res.scores, res.sids), 1):
     print(f"  {r:>2}. item {item:>2}  {tok.decode(sid):<24} score {score:7.3f}  {ds.item_titles[item]}")
 print(f"target item {s0.target} ({tok.decode(tok.sid_ids(table, s0.target))}): "
       f"{'in' if s0.target in res.items else 'not in'} the top 10 (the model is untrained: tutorial 4 trains it)")
+
+# %% Takeaway
+same_tokens = torch.equal(ro.responses, ro_nc.responses)
+C.takeaway(
+    f"Left padding changed the logits by at most {pad_diff:.0e} (float rounding): prompts of any length batch "
+    f"together.",
+    f"The grammar, not training, makes responses valid: this UNTRAINED model wrote {n_valid}/{G} valid sampled "
+    f"responses, and its beam search returned {len(set(res.items))} distinct catalog items.",
+    f"The KV cache gave {'the same' if same_tokens else 'DIFFERENT (a bug)'} tokens in {t_cache * 1000:.0f} ms "
+    f"instead of {t_nocache * 1000:.0f} ms; the sampler's log-probs and the recomputed ones agree to {lp_diff:.0e}, "
+    f"so with one update per batch the PPO ratio is 1 up to float rounding (tutorial 5).",
+    f"The untrained model's top 10 {'contains' if s0.target in res.items else 'misses'} the target, which is luck "
+    f"either way ({len(res.items)} of {table.num_items} items); tutorial 4 trains it.")
 
 C.done()

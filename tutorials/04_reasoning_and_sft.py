@@ -1,6 +1,7 @@
+# %% setup: imports, data and settings
 """Tutorial 4: reasoning traces, reasoning steps, and supervised fine-tuning.
 
-Run:  python tutorials/04_reasoning_and_sft.py          (about 10 s)
+Run:  python tutorials/04_reasoning_and_sft.py          (about 15 s)
 
 What you will see
   1. a prompt: the user's history written as SID tokens;
@@ -8,11 +9,12 @@ What you will see
      ("history", the default: what the history shows; "target": names the target, the paper-style rationale);
   3. the response in both layouts, and `step_index`: the reasoning step of every token
      (step k = thinking block k + SID token k; a dedup token belongs to the last step);
-  4. a short SFT on teacher traces, its curves, and a quick hit@10 against popularity and the oracle.
+  4. a short SFT on teacher traces: its validation records, its curves, and hit@K against popularity
+     and the oracle, with the standard error that says which differences are sampling noise.
 Pictures: 04_steps_blocks_first.png, 04_steps_interleaved.png, 04_sft_curves.png
 """
 
-import sys
+import math
 from dataclasses import replace
 
 import _common as C
@@ -31,13 +33,14 @@ C.start("Tutorial 4 - thinking blocks, reasoning steps (step_index), and a short
 
 # The "tiny" preset: the tiny synthetic world and a 2-layer, 32-wide GPT. `load_stack` builds (or
 # loads from the cache) the dataset, SIDs, tokenizer and the response grammar (tutorial 3).
-cfg = make_config({"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs"), **parse_overrides(sys.argv[1:])},
+cfg = make_config({"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs"), **parse_overrides(C.args())},
                   preset="tiny")
 stack = load_stack(cfg)
 ds, table, tok, grammar = stack.dataset, stack.table, stack.tokenizer, stack.grammar
 K = table.num_levels
 rcfg = cfg.reasoning
 
+# %% 1. The prompt
 # ----------------------------------------------------------------------------------------------
 # 1. The prompt
 #
@@ -54,6 +57,7 @@ print(f"  target       {s.target:>2}  {''.join(table.tokens(s.target)):<26} {ds.
 prompt = build_prompt(s.history, table, tok, rcfg)
 print(f"\nprompt ids ({len(prompt)}): {prompt}\nprompt text: {tok.decode(prompt)}")
 
+# %% 2. Teacher thinking blocks
 # ----------------------------------------------------------------------------------------------
 # 2. Teacher thinking blocks
 #
@@ -86,6 +90,7 @@ print(f"  same history, target {other} instead: history-style blocks identical? 
       f"{teacher_blocks(s.history, other, table, tok, bf) == teacher_blocks(s.history, s.target, table, tok, bf)}")
 blocks = styles[rcfg.teacher]  # the configured style (reasoning.teacher), used below
 
+# %% 3. Two layouts, one step index
 # ----------------------------------------------------------------------------------------------
 # 3. Two layouts, one step index
 #
@@ -121,6 +126,7 @@ for layout, r in responses.items():
     C.saved(plot_response_steps(prompt + r, tok, K, C.OUT / f"04_steps_{layout}.png",
                                 title=f"{layout}: every token coloured by its reasoning step"))
 
+# %% 4. Supervised fine-tuning
 # ----------------------------------------------------------------------------------------------
 # 4. Supervised fine-tuning
 #
@@ -141,10 +147,19 @@ print(f"{len(train)} training examples; a response is {min(lengths)}-{max(length
 model = new_model(cfg, stack)  # seeded by cfg.seed
 sft_cfg = SFTConfig(max_steps=150, batch_size=16, learning_rate=1e-2, warmup_steps=10, eval_every=50, eval_samples=32)
 run_dir = C.OUT / "runs" / "04_sft"
-# (train_sft prints one line per validation; every record also goes to <run_dir>/metrics.jsonl)
+# progress=False: no progress bar. Every record goes to <run_dir>/metrics.jsonl, one JSON object per
+# line: a training record every `log_every` steps, a validation record every `eval_every` steps.
 train_sft(model, train, sft_cfg, run_dir, valid_examples=valid, pad_id=tok.pad_id, seed=cfg.seed, progress=False,
           valid_fn=quick_hit_fn(grammar, ds, table, tok, valid_samples, k=10, reasoning=rcfg))
-C.saved(plot_sft_curves(read_metrics(run_dir / "metrics.jsonl"), C.OUT / "04_sft_curves.png"))
+records = read_metrics(run_dir / "metrics.jsonl")
+train_loss = {r["step"]: r["loss"] for r in records if "loss" in r}
+validations = [r for r in records if "valid_loss" in r]
+print(f"the validation records of {run_dir / 'metrics.jsonl'}:")
+print(f"{'step':>5} {'train loss':>10} {'valid loss':>10} {'valid_hit@10':>12}")
+for r in validations:
+    print(f"{r['step']:>5} {train_loss.get(r['step'], float('nan')):>10.3f} {r['valid_loss']:>10.3f} "
+          f"{r['valid_hit@10']:>12.3f}")
+C.saved(plot_sft_curves(records, C.OUT / "04_sft_curves.png"))
 
 # hit@K on test samples, with the two baselines: popularity (floor) and the exact oracle (ceiling)
 test = ds.splits["test"][:50]
@@ -152,6 +167,30 @@ report = eval_report(evaluate(model, grammar, ds, table, tok, test, ks=(1, 5, 10
                      popularity_baseline(ds, test, ks=(1, 5, 10), table=table),
                      oracle_baseline(ds, test, ks=(1, 5, 10), table=table))
 print(f"\nfirst {len(test)} test samples:\n{format_table(report)}")
+
+# Sampling noise. A hit rate p measured on n samples has standard error sqrt(p (1 - p) / n): with
+# n = 50 and p = 0.2 that is 0.057. Two rates closer than about two standard errors of their
+# difference, sqrt(se_a^2 + se_b^2), cannot be told apart on these samples. (Model and oracle are
+# scored on the same samples, so this is a rough yardstick, not a paired test.) The oracle's
+# `expected_hit@K` is its average CHANCE of a hit, so it does not depend on which item happened to
+# come next: that is the ceiling to compare a model with.
+n = len(test)
+
+
+def se(p: float) -> float:
+    return math.sqrt(p * (1 - p) / n)
+
+
+oracle, popular = report["baselines"]["oracle"], report["baselines"]["popularity"]
+verdicts = {}
+print(f"\nn = {n}: each rate +- its standard error; 'noise' = the difference is under 2 standard errors")
+print(f"{'metric':<7} {'model':>14} {'oracle':>14} {'difference':>10}  {'2 SE':>5}  verdict")
+for k in (1, 5, 10):
+    pm, po = report[f"hit@{k}"], oracle[f"hit@{k}"]
+    two_se = 2 * math.hypot(se(pm), se(po))
+    verdicts[k] = "noise" if abs(pm - po) < two_se else ("model above" if pm > po else "model below")
+    print(f"hit@{k:<3} {pm:>6.2f} +- {se(pm):.3f} {po:>6.2f} +- {se(po):.3f} {pm - po:>+10.2f}  {two_se:>5.2f}  "
+          f"{verdicts[k]}")
 
 # What the trained model writes for one test sample: its own (greedy) thinking, then its top 5.
 t = ds.splits["test"][0]
@@ -162,5 +201,35 @@ print(f"target           : item {t.target} {''.join(table.tokens(t.target))} {ds
 for r, item in enumerate(res.items[:5], 1):
     print(f"  {r}. item {item:>2} {''.join(table.tokens(item)):<26} {ds.item_titles[item]}"
           + ("   <- target" if item == t.target else ""))
+
+# %% Takeaway
+m10, p10, o10, e10 = report["hit@10"], popular["hit@10"], oracle["hit@10"], oracle["expected_hit@10"]
+se_pop = math.hypot(se(m10), se(p10))  # standard error of the model - popularity difference
+if m10 - p10 >= 2 * se_pop:
+    vs_pop = f"above popularity ({p10:.2f}) by {(m10 - p10) / se_pop:.1f} standard errors"
+else:
+    vs_pop = (f"not clearly above popularity ({p10:.2f}; the difference {m10 - p10:+.2f} is under 2 standard errors, "
+              f"{2 * se_pop:.2f})")
+at_or_above = [f"hit@{k}" for k in (1, 5, 10) if report[f"hit@{k}"] >= oracle[f"hit@{k}"]]
+beyond = [f"hit@{k}" for k in (1, 5, 10) if verdicts[k] == "model above"]
+if not at_or_above:
+    vs_oracle = "The model is below the realised oracle at every K (no model beats the oracle in expectation)."
+elif not beyond:
+    vs_oracle = (f"Where the table shows the model at or above the oracle ({', '.join(at_or_above)}) the difference "
+                 f"is under 2 standard errors: sampling noise on {n} samples, not a model that beats the ceiling.")
+else:
+    vs_oracle = (f"The model beats the realised oracle by more than 2 standard errors at {', '.join(beyond)}: no "
+                 f"model can in expectation, so these {n} samples are a lucky draw (it happens); evaluate on more.")
+v0, v1 = validations[0], validations[-1]
+dedup_note = ", the dedup token in the last step" if table.dedup[s.target] >= 0 else ""
+C.takeaway(
+    f"A step is a thinking block plus its SID token ({sizes} tokens per step in this response{dedup_note}): "
+    f"`step_index` is how RL (tutorial 5) gives each step its own credit.",
+    f"{v1['step']} SFT steps on teacher traces took the training loss from {train_loss[min(train_loss)]:.2f} to "
+    f"{train_loss[max(train_loss)]:.2f} and valid hit@10 from {v0['valid_hit@10']:.2f} (step {v0['step']}) to "
+    f"{v1['valid_hit@10']:.2f} (+- {math.sqrt(v1['valid_hit@10'] * (1 - v1['valid_hit@10']) / len(valid_samples)):.2f}"
+    f" on {len(valid_samples)} validation samples).",
+    f"On {n} test samples the model's hit@10 is {m10:.2f} +- {se(m10):.2f}: {vs_pop}, against the oracle's "
+    f"{o10:.2f} +- {se(o10):.2f} realised and {e10:.2f} expected. {vs_oracle}")
 
 C.done()

@@ -5,9 +5,12 @@
 * `DATA` the data directory (`<DATA>/processed/<name>/` is written there):
          $MINISAPO_TUTORIAL_DATA, default `data/` of the repository (the same cache `minisapo` uses).
 * `SAMPLES` the small Amazon fixtures committed in `data/samples/`.
+* `args()` the script's `--key=value` arguments (none in a notebook, whose kernel has its own).
 
 Relative defaults are resolved against the repository root, so a tutorial can be started from
-any directory: `python tutorials/01_data.py`.
+any directory: `python tutorials/01_data.py`. Every tutorial is also a notebook in the "percent"
+format (`# %%` starts a cell): VS Code, PyCharm and Jupytext open it as one, and there its pictures
+are shown under the cell that draws them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ DATA = Path(os.environ.get("MINISAPO_TUTORIAL_DATA") or REPO / "data")
 SAMPLES = REPO / "data" / "samples"
 
 _T0 = time.time()
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (a tutorial opened as a notebook), False for `python tutorials/...`."""
+    return "ipykernel" in sys.modules
+
+
+def args() -> list[str]:
+    """The `--key=value` arguments of `python tutorials/0X_....py --key=value`; none in a notebook
+    (sys.argv there is the kernel's own command line)."""
+    return [] if in_notebook() else sys.argv[1:]
 
 
 def start(title: str) -> None:
@@ -57,7 +71,19 @@ def section(title: str, text: str = "") -> None:
 
 
 def saved(path) -> None:
+    """Say where a picture went (and show it, in a notebook)."""
     print(f"  [picture] {path}")
+    if in_notebook():
+        from IPython.display import Image, display  # there whenever a kernel runs
+
+        display(Image(filename=str(path)))
+
+
+def takeaway(*points: str) -> None:
+    """The tutorial's conclusion, one paragraph per point (built from the numbers it printed)."""
+    print("\n--- Takeaway " + "-" * 87)
+    for point in points:
+        print(textwrap.fill(" ".join(point.split()), width=100, initial_indent="* ", subsequent_indent="  "))
 
 
 def done() -> None:
