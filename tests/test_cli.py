@@ -29,7 +29,7 @@ def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
     report = json.loads((run / "eval_test.json").read_text())
     for key in ["hit@1", "hit@5", "hit@10", "ndcg@10", "valid_rate", "per_level_acc"]:
         assert key in report
-    assert set(report["baselines"]) == {"popularity", "oracle"}
+    assert set(report["baselines"]) == {"popularity", "markov", "item_knn", "oracle"}
     assert 0.0 <= report["hit@1"] <= report["hit@5"] <= report["hit@10"] <= 1.0
     records = read_metrics(run / "metrics.jsonl")
     assert any(r.get("stage") == "sft" for r in records) and any("frac_reward_zero_std" in r for r in records)

@@ -25,12 +25,12 @@ def _check_real_data_run(run: Path, dataset: str, source: str) -> dict:
               "sft_curves.png", "rl_curves.png", "eval_hit.png"]:
         assert (run / f).exists(), f
     report = json.loads((run / "eval_test.json").read_text())
-    assert set(report["baselines"]) == {"popularity"}  # no oracle on real data
+    assert set(report["baselines"]) == {"popularity", "markov", "item_knn"}  # no oracle on real data
     assert 0.0 <= report["hit@1"] <= report["hit@5"] <= report["hit@10"] <= 1.0
     assert report["valid_rate"] == 1.0  # constrained decoding only emits real items
     text = (run / "report.md").read_text()
     assert f"dataset `{dataset}` ({source})" in text
-    assert "| metric | model | popularity |\n" in text  # the eval tables: model and popularity columns only
+    assert "| metric | model | popularity | markov | item_knn |\n" in text  # the eval tables: no oracle column
     return report
 
 
