@@ -48,7 +48,7 @@ class DataConfig:
     kcore: int = 5  # real data: keep users and items with >= kcore interactions (iterated); 0/1 = off
     start: str | None = None  # real data: keep interactions from this UTC date on (YYYY-MM-DD); None = no bound
     end: str | None = None  # real data: keep interactions up to this UTC date, inclusive; None = no bound
-    with_description: bool = False  # amazon: add description/features to the item text SIDs embed
+    with_description: bool = True  # amazon: add description/features to the item text SIDs embed (false: leave them out)
     strict: bool = False  # a malformed input line is an error (file:line) instead of skipped and counted
     # --- samples ---
     split: str = "loo"  # "loo" (leave-one-out, TIGER/SASRec) | "temporal" (global 8:1:1 by time, MiniOneRec)

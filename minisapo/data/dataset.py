@@ -44,6 +44,8 @@ class Dataset:
     path: Path  # the processed folder
     user_ids: list[str] = field(default_factory=list)  # external user id per user index
     timestamps: list[list[float]] = field(default_factory=list)  # per user, aligned with sequences
+    item_fields: dict[str, list[str]] = field(default_factory=dict)  # text field name -> value per item
+    #   (the fields item_text joins: title, genres, year, brand, categories, ...; SIDs embed each on its own)
 
     @property
     def num_items(self) -> int:
@@ -202,8 +204,9 @@ def load(data_dir: str | Path, name: str) -> Dataset:
         timestamps[users[u]].append(float(t))
     s = info["settings"]
     splits = make_splits(sequences, timestamps, s["split"], s["max_history"])
+    fields = {f: [r[c] for r in irows] for f, c in zip(info["text_fields"], text_cols)}
     return Dataset(name, item_ids, titles, text, cats, len(users), sequences, splits, info, path,
-                   list(users), timestamps)
+                   list(users), timestamps, fields)
 
 
 def _one_line(text: str) -> str:
