@@ -134,9 +134,8 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     With dedup="none" (items may share a SID) a hit on the target's SID counts as a hit.
     `reasoning` is the ReasoningConfig used to build prompts (prompt_titles); None = defaults.
     """
-    from tqdm.auto import tqdm
-
     from minisapo.generate import beam_search
+    from minisapo.progress import bar as progress_bar
     from minisapo.reasoning import ReasoningConfig, build_prompt
 
     ks = parse_ks(ks)
@@ -152,7 +151,7 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     was_training = model.training
     model.eval()
     rankings, top_items, lengths = [], [], []
-    bar = tqdm(range(0, len(samples), batch_size), desc="eval", disable=not progress, leave=False)
+    bar = progress_bar(range(0, len(samples), batch_size), desc="eval", enabled=progress, leave=False)
     for start in bar:
         batch = samples[start:start + batch_size]
         prompts = [build_prompt(s.history, table, tokenizer, reasoning, titles=dataset.item_titles) for s in batch]

@@ -9,7 +9,9 @@ The loop, top to bottom (nanoGPT style):
             loss = CE(logits, y) on response tokens only # prompt and padding are masked
             loss.backward()
         clip gradients; AdamW step
-        every eval_every steps: validation loss, valid_fn (e.g. quick hit@10), checkpoint
+        every eval_every steps: validation loss, valid_fn (e.g. quick hit@10), checkpoint;
+                                the best validation hit@10 so far is also kept (sft_best.pt)
+    with keep_best: the model leaves SFT with the best checkpoint's weights (eval and RL use those)
 
 Both modes go through this same code: `reasoning` (thinking + SID) and `sid_only` (SID only) differ
 only in the examples (see reasoning.build_examples).
@@ -36,6 +38,8 @@ from minisapo.model import autocast
 from minisapo.runs import MetricsLogger, load_checkpoint, load_weights, save_checkpoint, trim_metrics
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
+BEST = "sft_best.pt"  # in the run directory: the weights with the best validation SELECT_METRIC so far
+SELECT_METRIC = "valid_hit@10"  # what keep_best selects by (higher is better; the later step wins a tie)
 
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 
@@ -54,7 +58,8 @@ class SFTConfig:
     beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
     eval_every: int = 100  # validate and checkpoint every this many steps (and at the end; 0 = only at the end)
-    eval_samples: int = 64  # validation examples for the validation loss / quick hit@10
+    eval_samples: int = 64  # validation examples for the validation loss / quick hit@10 (0 = all)
+    keep_best: bool = True  # after training use the checkpoint with the best validation hit@10 (sft_best.pt), not the last
     log_every: int = 10  # write a training record to metrics.jsonl every this many steps
 
 
@@ -185,7 +190,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     seed: seeds the data order (the model was initialised by the caller).
     stop_after: stop after this many steps, as if interrupted (for tests; None = run to the end).
     """
-    from tqdm.auto import tqdm
+    from minisapo.progress import bar as progress_bar
 
     run_dir = Path(run_dir)
     device = torch.device(device)
@@ -196,38 +201,46 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     optimizer = _optimizer(model, cfg)
     ckpt_path = run_dir / CHECKPOINT
     metrics_path = run_dir / "metrics.jsonl"
-    step, last_eval = 0, {}
+    step, last_eval, best = 0, {}, {}  # best: {"step", SELECT_METRIC} of the best validation so far
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         if ckpt is not None:
             load_weights(model, ckpt["model"], ckpt_path)
             optimizer.load_state_dict(ckpt["optimizer"])
-            step, last_eval = ckpt["step"], ckpt.get("last_eval", {})
+            step, last_eval, best = ckpt["step"], ckpt.get("last_eval", {}), ckpt.get("best", {})
             _set_rng_state(ckpt["rng"])
             trim_metrics(metrics_path, "sft", step)
             print(f"sft: resumed from {ckpt_path} at step {step}/{n_total}")
             if ckpt.get("done"):
+                if cfg.keep_best:
+                    _use_best(model, run_dir, best, step, device)
                 return last_eval
     if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
         trim_metrics(metrics_path, "sft", None)
+        (run_dir / BEST).unlink(missing_ok=True)
     logger = MetricsLogger(metrics_path)
-    valid_examples = list(valid_examples or [])[:cfg.eval_samples]
+    valid_examples = list(valid_examples or [])
+    valid_examples = valid_examples[:cfg.eval_samples] if cfg.eval_samples > 0 else valid_examples
 
     def validate_and_checkpoint(done: bool) -> dict:
+        nonlocal best
         record = {"stage": "sft", "step": step}
         if valid_examples:
             record["valid_loss"] = validation_loss(model, valid_examples, pad_id, device, cfg.batch_size)
         if valid_fn is not None:
             record.update(valid_fn(model))
             model.train()
+        if SELECT_METRIC in record and record[SELECT_METRIC] >= best.get(SELECT_METRIC, -1.0):
+            best = {"step": step, SELECT_METRIC: record[SELECT_METRIC]}  # written before sft.pt refers to it
+            save_checkpoint(run_dir / BEST, {"model": model.state_dict(), **best})
         logger.log(record)
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "step": step, "rng": _rng_state(), "last_eval": record, "done": done,
-                                    "config": asdict(cfg), "seed": seed})
+                                    "best": best, "config": asdict(cfg), "seed": seed})
         return record
 
     model.train()
-    bar = tqdm(total=n_total, initial=step, desc="sft", disable=not progress)
+    bar = progress_bar(total=n_total, initial=step, desc="sft", enabled=progress)
     running, running_n, t0, tokens_seen = 0.0, 0, time.time(), 0
     while step < n_total:
         if stop_after is not None and step >= stop_after:
@@ -267,13 +280,36 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
             if progress and shown:
                 bar.write(f"sft step {step}: {shown}")
     bar.close()
+    if step == n_total and cfg.keep_best:
+        _use_best(model, run_dir, best, step, device, logger)
     return last_eval
 
 
+def _use_best(model: torch.nn.Module, run_dir: Path, best: dict, last_step: int, device,
+              logger: MetricsLogger | None = None) -> None:
+    """Load the best validation checkpoint's weights into `model` (nothing to do if the last step is the best,
+    or there was no validation hit@10); say which checkpoint the run continues with."""
+    if not best:
+        return
+    if logger is not None:  # one record that names the model the run continues with
+        logger.log({"stage": "sft", "step": last_step, "selected_step": best["step"],
+                    f"selected_{SELECT_METRIC}": best[SELECT_METRIC]})
+    if best["step"] != last_step:
+        load_weights(model, load_checkpoint(run_dir / BEST, map_location=device)["model"], run_dir / BEST)
+    print(f"sft: continuing with the best checkpoint by {SELECT_METRIC}: step {best['step']}/{last_step} "
+          f"({SELECT_METRIC} {best[SELECT_METRIC]:.4f}; {BEST})")
+
+
 def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> dict:
-    """Load the model weights of run_dir/sft.pt into `model`; returns the checkpoint (step, last_eval, ...)."""
+    """Load the SFT model of run_dir into `model`: the best checkpoint (sft_best.pt) when the run kept one
+    (sft.keep_best), else the last (sft.pt). Returns the last checkpoint (step, last_eval, best, ...)."""
     ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT, map_location=device)
     if ckpt is None:
         raise FileNotFoundError(f"no SFT checkpoint {Path(run_dir) / CHECKPOINT}; run `minisapo sft` first")
-    load_weights(model, ckpt["model"], Path(run_dir) / CHECKPOINT)
+    best = Path(run_dir) / BEST
+    use_best = ckpt.get("done") and ckpt.get("config", {}).get("keep_best") and ckpt.get("best") and best.exists()
+    if use_best and ckpt["best"]["step"] != ckpt["step"]:
+        load_weights(model, load_checkpoint(best, map_location=device)["model"], best)
+    else:
+        load_weights(model, ckpt["model"], Path(run_dir) / CHECKPOINT)
     return ckpt
