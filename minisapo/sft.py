@@ -5,8 +5,8 @@ The loop, top to bottom (nanoGPT style):
     for step in range(max_steps):
         lr = warmup then cosine
         for each of grad_accum micro-batches:
-            logits = model(x)                            # (B, T, V)
-            loss = CE(logits, y) on response tokens only # prompt and padding are masked
+            logits = model(x) at the response positions  # (n_response_tokens, V)
+            loss = CE(logits, y) on response tokens only  # prompt and padding are masked
             loss.backward()
         clip gradients; AdamW step
         every eval_every steps: validation loss, valid_fn (e.g. quick hit@10), checkpoint;
@@ -97,6 +97,23 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: to
     return ce.sum() / n
 
 
+def response_loss(model, x: torch.Tensor, y: torch.Tensor, loss_mask: torch.Tensor,
+                  normalizer: float | None = None) -> torch.Tensor:
+    """`masked_token_loss(model(x), y, loss_mask, normalizer)`, computing logits only where the loss looks.
+
+    The output projection (C -> V) of every prompt and padding position is wasted work: on real data the
+    prompt is most of the sequence and V is a few thousand words. A model with `hidden_states` / `logits`
+    (the GPT) gets the projection only at response positions; the value is the same.
+    """
+    if not (hasattr(model, "hidden_states") and hasattr(model, "logits")):
+        return masked_token_loss(model(x), y, loss_mask, normalizer)
+    h = model.hidden_states(x)  # (B, T, C)
+    logits = model.logits(h[loss_mask])  # (n, V): response positions only
+    ce = F.cross_entropy(logits.float(), y[loss_mask], reduction="sum")
+    n = normalizer if normalizer is not None else loss_mask.sum().clamp(min=1).float()
+    return ce / n
+
+
 def lr_at(step: int, cfg: SFTConfig, total_steps: int) -> float:
     """Linear warmup to cfg.learning_rate, then cosine decay to learning_rate * min_lr_ratio."""
     if step < cfg.warmup_steps:
@@ -148,8 +165,7 @@ def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bat
     for i in range(0, len(examples), batch_size):
         x, y, m = (t.to(device) for t in collate(examples[i:i + batch_size], pad_id))
         with autocast(device):
-            logits = model(x)
-        total += float(masked_token_loss(logits, y, m, normalizer=1.0))
+            total += float(response_loss(model, x, y, m, normalizer=1.0))
         count += int(m.sum())
     if was_training:
         model.train()
@@ -255,9 +271,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         for x, y, mask in micro_batches:
             x, y, mask = x.to(device), y.to(device), mask.to(device)
             with autocast(device):
-                logits = model(x)  # (B, T, V)
-            # token-mean over the *whole* accumulated batch, so grad_accum=2 x B equals one batch of 2B
-            loss = masked_token_loss(logits, y, mask, normalizer=max(n_tokens, 1))
+                # token-mean over the *whole* accumulated batch, so grad_accum=2 x B equals one batch of 2B
+                loss = response_loss(model, x, y, mask, normalizer=max(n_tokens, 1))
             loss.backward()
             step_loss += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))

@@ -188,3 +188,18 @@ def test_keep_best_uses_the_best_validation_checkpoint_and_resumes_exactly(tmp_p
     train_sft(last, ex, SFTConfig(**{**cfg.__dict__, "keep_best": False}), tmp_path / "c", valid_examples=valid,
               valid_fn=valid_fn, progress=False)
     assert all(torch.equal(v, snapshots[12][k]) for k, v in _weights(last).items())
+
+
+def test_response_loss_equals_the_full_masked_loss():
+    """The GPT path (logits only at response positions) gives the full-logits loss and gradient."""
+    from minisapo.model import ModelConfig, build_model
+    from minisapo.sft import response_loss
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), vocab_size=V)
+    x, y, m = collate(make_examples(6), pad_id=0)
+    full = masked_token_loss(model(x), y, m, normalizer=7.0)
+    (g_full,) = torch.autograd.grad(full, model.wte.weight)
+    fast = response_loss(model, x, y, m, normalizer=7.0)
+    (g_fast,) = torch.autograd.grad(fast, model.wte.weight)
+    assert torch.allclose(full, fast, atol=1e-6) and torch.allclose(g_full, g_fast, atol=1e-6)
