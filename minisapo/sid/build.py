@@ -27,7 +27,7 @@ import torch
 
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import l2_normalise, load_vectors, tfidf_svd
-from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans
+from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans, spread_last_level
 from minisapo.runs import write_json
 from minisapo.sid.table import LETTERS, SIDTable, dedup_codes
 from minisapo.tokenizer import Tokenizer
@@ -55,6 +55,8 @@ class SIDConfig:
     kmeans_iters: int = 30  # max Lloyd iterations per level (stops early when assignments settle)
     sid_seed: int = 0  # seed of SVD and k-means++ (SIDs are a data artifact: own seed, not the run seed)
     descriptor_words: int = 2  # words per descriptor (per code prefix)
+    unique_last: bool = False  # last level: items sharing the other codes get distinct codes where the codebook
+    #   allows (nearest free centroid), so few items collide and need a dedup token
     max_vocab: int = 8192  # tokenizer size cap: specials + SID tokens + words; 0 = keep every word
 
     def __post_init__(self):
@@ -149,7 +151,7 @@ def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device
     x = torch.from_numpy(item_vectors(texts, cfg)).to(device)  # (N, d)
     sizes = codebook_sizes(n, cfg)
     rq = rq_kmeans(x, sizes, iters=cfg.kmeans_iters, seed=cfg.sid_seed)
-    codes = rq.codes.cpu().numpy().astype(np.int64)  # (N, K)
+    codes = (spread_last_level(rq) if cfg.unique_last else rq.codes).cpu().numpy().astype(np.int64)  # (N, K)
     dedup = dedup_codes(codes) if cfg.dedup == "token" else np.full(n, -1, dtype=np.int64)
     descriptors = build_descriptors(codes, list(dataset.item_text), cfg.descriptor_words)
     table = SIDTable(codes, dedup, sizes, descriptors, [str(i) for i in (getattr(dataset, "item_ids", None) or range(n))])
