@@ -10,6 +10,13 @@ and is evaluated on the test split with the paper protocol.
     <runs_dir>/compare_<name>/compare.json|.md      mean +- std over seeds, per algorithm
     <runs_dir>/compare_<name>/compare_curves.png    reward, frac_reward_zero_std, eval hit@10 per RL step
 
+`--from=<run>` starts from an existing SFT run instead of training one per seed: every seed's RL runs
+start from that run's SFT model (its best checkpoint, its SIDs), the seeds differ only in RL, and the
+config is the run's own plus the command's overrides:
+
+    <runs_dir>/compare_<run name>/sft/              the SFT model's test evaluation
+    <runs_dir>/compare_<run name>/seed<s>/<algo>/   one RL run per seed and algorithm
+
 `--sweep=KNOB:V1,V2,..` repeats the comparison for each value of a data knob that controls how
 sparse exact-match feedback is (e.g. `items_per_leaf`: more items under each leaf of the synthetic
 taxonomy -> more items share the first SID levels -> exact match is rarer), and reports the SAPO -
@@ -46,28 +53,55 @@ def _row(report: dict, records: list[dict]) -> dict:
     return row
 
 
-def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "") -> dict:
-    """Run the comparison; returns {algo: [row per seed]} and writes compare.json / compare.md / plots."""
-    from minisapo.pipeline import _apply_algo, load_stack, save_config, stage_rl, stage_sft
+def _from_run(from_run: str | Path, overrides: dict) -> Config:
+    """The config of an existing SFT run, with the command's overrides on top."""
+    from minisapo.config import set_value
+    from minisapo.pipeline import load_run_config
+
+    cfg = load_run_config(from_run)
+    for k, v in overrides.items():
+        set_value(cfg, k, v)
+    return cfg
+
+
+def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "", from_run: str | Path | None = None) -> dict:
+    """Run the comparison; returns {algo: [row per seed]} and writes compare.json / compare.md / plots.
+    With `from_run`, every seed starts from that SFT run's model instead of training its own."""
+    from minisapo.pipeline import _apply_algo, load_stack, make_run_config, new_model, save_config, stage_rl, stage_sft
     from minisapo.plots import plot_rl_curves
     from minisapo.runs import load_checkpoint
+    from minisapo.sft import load_sft_weights
 
-    base = make_config(overrides)
+    base = _from_run(from_run, overrides) if from_run else make_run_config(overrides)
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
     root = Path(base.runs_dir) / f"compare_{base.name}{tag}"
     results: dict[str, list[dict]] = {"sft": [], **{a: [] for a in algos}}
     curves: dict[str, list[dict]] = {}
+    shared = None  # with from_run: (stack, model, SFT row), the same for every seed
+    if from_run:
+        stack = load_stack(base, Path(from_run), reuse_run_sids=True)  # the run's own SIDs and tokenizer
+        sft_model = new_model(base, stack)
+        load_sft_weights(sft_model, from_run)
+        print(f"compare: every seed starts from the SFT model of {from_run}")
+        sft_dir = root / "sft"
+        save_config(base, sft_dir)
+        shared = (stack, sft_model, _row(_final_eval(base, stack, sft_model, sft_dir,
+                                                     fresh=not (sft_dir / "eval_test.json").exists()), []))
     for s in range(seeds):
         cfg = copy.deepcopy(base)
         cfg.seed = base.seed + s
         seed_dir = root / f"seed{s}"
-        sft_dir = seed_dir / "sft"
-        stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # every algorithm of this seed uses the SFT's SIDs
-        save_config(cfg, sft_dir)
-        fresh_sft = not (sft_dir / "eval_test.json").exists()
-        sft_model = stage_sft(cfg, stack, sft_dir, resume=True)
-        results["sft"].append(_row(_final_eval(cfg, stack, sft_model, sft_dir, fresh_sft), []))
+        if shared:
+            stack, sft_model, sft_row = shared
+            results["sft"].append(sft_row)
+        else:
+            sft_dir = seed_dir / "sft"
+            stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # every algorithm of this seed uses the SFT's SIDs
+            save_config(cfg, sft_dir)
+            fresh_sft = not (sft_dir / "eval_test.json").exists()
+            sft_model = stage_sft(cfg, stack, sft_dir, resume=True)
+            results["sft"].append(_row(_final_eval(cfg, stack, sft_model, sft_dir, fresh_sft), []))
         for algo in algos:
             acfg = copy.deepcopy(cfg)
             _apply_algo(acfg, algo)
@@ -86,6 +120,7 @@ def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "") -> dic
                 curves[algo] = records
     summary = summarize(results)
     write_json(root / "compare.json", {"config": overrides, "algos": algos, "seeds": seeds,
+                                       "from": str(from_run) if from_run else None,
                                        "per_seed": results, "summary": summary})
     (root / "compare.md").write_text(format_summary(summary, title=f"compare {base.name}{tag}: {seeds} seed(s), "
                                                     f"{base.rl.max_steps} RL steps x {base.rl.batch_size} prompts x "

@@ -23,7 +23,7 @@ import torch
 
 from minisapo import data as data_lib
 from minisapo import sid as sid_lib
-from minisapo.config import Config, ConfigError, from_dict, make_config, set_value, to_dict
+from minisapo.config import Config, ConfigError, from_dict, make_config, resolve_key, set_value, to_dict
 from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
@@ -41,6 +41,16 @@ class Stack:
     tokenizer: sid_lib.Tokenizer
     grammar: Grammar
     sid_stats: dict
+
+
+def make_run_config(overrides: dict) -> Config:
+    """`make_config(overrides)`, then a dataset named with --data.name (--name in `data`/`sid`) that is
+    already processed is found as it was built: its source, files and settings need not be repeated
+    (data.named; a data flag given here still wins)."""
+    cfg = make_config(overrides)
+    given = {resolve_key(k, cfg) for k in overrides}
+    cfg.data = data_lib.named(cfg.data, cfg.data_dir, {k.split(".", 1)[1] for k in given if k.startswith("data.")})
+    return cfg
 
 
 def load_dataset(cfg: Config) -> data_lib.Dataset:
@@ -166,9 +176,23 @@ def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str 
     """Paper-protocol evaluation + baselines; writes eval_<split><tag>.json and prints the table."""
     report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, cfg.eval,
                             reasoning=cfg.reasoning, run_dir=None)
-    write_json(run_dir / f"eval_{split}{tag}.json", report)
+    report["settings"] = {"eval": to_dict(cfg)["eval"], "reasoning": to_dict(cfg)["reasoning"]}
+    path = run_dir / f"eval_{split}{tag}.json"
+    write_json(path, report)
     print(format_table(report))
+    print(f"wrote {path}")
     return report
+
+
+EVAL_SECTIONS = ("eval", "reasoning", "data")  # settings that change what an evaluation measures
+
+
+def eval_tag(run_cfg: Config, cfg: Config) -> str:
+    """'' when `cfg` evaluates as the run did; else `_<field><value>` for each eval/reasoning/data setting that
+    differs (`--eval.beam_width=20` -> `_beam_width20`), so `minisapo eval` writes a file of its own."""
+    old, new = to_dict(run_cfg), to_dict(cfg)
+    parts = [f"{k}{v}" for sec in EVAL_SECTIONS for k, v in new[sec].items() if old[sec].get(k) != v]
+    return "".join("_" + "".join(c if c.isalnum() or c in "-._" else "-" for c in p) for p in parts)
 
 
 def token_credit_figure(model: GPT, stack: Stack, samples, prompts, path: Path, num_generations: int = 8,
@@ -239,12 +263,15 @@ def load_model(cfg: Config, stack: Stack, run_dir: Path) -> GPT:
 
 
 def cmd_eval(run: str, split: str, overrides: dict) -> int:
+    """Evaluate a run's latest model; under settings other than the run's own (`--eval.beam_width=20`,
+    `--reasoning.max_think_tokens=8`, ...) into a file named for them, so the run's results are never
+    overwritten (eval_test_beam_width20.json)."""
     run_dir = Path(run)
     cfg = load_run_config(run_dir)
     for k, v in overrides.items():
         set_value(cfg, k, v)
     stack = load_stack(cfg, run_dir, reuse_run_sids=True)
-    stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split)
+    stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split, tag=eval_tag(load_run_config(run_dir), cfg))
     return 0
 
 
@@ -301,13 +328,15 @@ def _finish(cfg: Config, run_dir: Path, seconds: float | None = None) -> None:
     print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(run_dir.glob('*.png')))}")
 
 
-def cmd_compare(overrides: dict, algos: list[str], seeds: int, sweep: str | None) -> int:
+def cmd_compare(overrides: dict, algos: list[str], seeds: int, sweep: str | None, from_run: str | None = None) -> int:
     from minisapo.compare import compare, sweep_compare
 
+    if sweep and from_run:
+        raise ConfigError("--sweep changes the data, so it trains its own SFT models: drop --from (or --sweep)")
     if sweep:
         sweep_compare(overrides, algos, seeds, sweep)
     else:
-        compare(overrides, algos, seeds)
+        compare(overrides, algos, seeds, from_run=from_run)
     return 0
 
 
