@@ -232,3 +232,38 @@ def test_plot_response_steps(world, tmp_path):
     table, tok = world
     seq = build_prompt([0], table, tok) + build_response(2, ["red", "wool", "warm"], table, tok, "interleaved")
     assert plot_response_steps(seq, tok, 3, tmp_path / "steps.png").stat().st_size > 0
+
+
+def test_no_empty_thinking_block_on_real_item_text(tmp_path):
+    """Teacher blocks on the Amazon fixture always name a descriptor word (not just the connectors), and
+    greedy thinking of an untrained model never writes an empty block (the grammar needs >= 1 word)."""
+    from pathlib import Path
+
+    from minisapo.data import DataConfig, load, prepare
+    from minisapo.generate import beam_search
+    from minisapo.grammar import Grammar
+    from minisapo.model import ModelConfig, build_model
+    from minisapo.sid import SIDConfig, SIDTrie
+    from minisapo.sid import prepare as sid_prepare
+    from minisapo.sid.embed import STOPWORDS
+
+    reviews = Path(__file__).parent.parent / "data" / "samples" / "amazon2014" / "reviews_Toy_5.json"
+    ds = load(tmp_path, prepare(DataConfig(source="amazon", reviews=str(reviews), kcore=2), tmp_path).name)
+    table, tok, _ = sid_prepare(ds, SIDConfig(levels=2), tmp_path / "sid", plot=False, verbose=False)
+    cfg = ReasoningConfig()
+    connectors = {"recent", "often", "next"}
+    samples = ds.splits["train"] + ds.splits["test"]
+    for prompt, response in build_examples(ds, table, tok, samples, cfg, verbose=False):
+        text = tok.decode(response)
+        blocks = [b.split("</think>")[0].split() for b in text.split("<think>")[1:]]
+        assert len(blocks) == 2
+        for words in blocks:
+            assert set(words) - connectors, text  # a descriptor word, not only "recent often"
+            assert not set(words) & STOPWORDS, text
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), tok.vocab_size)
+    grammar = Grammar(tok, SIDTrie(table, tok), table.num_levels, cfg.layout, cfg.max_think_tokens, cfg.mode)
+    prompts = [build_prompt(s.history, table, tok, cfg) for s in samples]
+    for res in beam_search(model, grammar, prompts, beam_width=2):
+        parsed = grammar.parse(res.responses[0])
+        assert parsed.valid and all(len(b) >= 1 for b in parsed.blocks)
