@@ -27,7 +27,7 @@ from minisapo.config import Config, ConfigError, from_dict, make_config, resolve
 from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
-from minisapo.reasoning import build_examples, build_prompt
+from minisapo.reasoning import build_examples, build_prompt, build_sequence_examples
 from minisapo.runs import load_weights, read_json, seed_everything, write_json
 from minisapo.sft import load_sft_weights, train_sft
 
@@ -155,6 +155,13 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) ->
                         run_dir / "response_steps.png", title="an SFT example: thinking block k + SID token k = step k")
     model = new_model(cfg, stack)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
+    if cfg.sft.pretrain_epochs > 0:  # next-item pretraining on the training sequences, then SFT from there
+        seqs = build_sequence_examples(ds, stack.table, stack.tokenizer, ds.splits["train"], cfg.data.max_history + 1)
+        pre = copy.deepcopy(cfg.sft)
+        pre.max_steps, pre.epochs, pre.eval_every, pre.keep_best = 0, cfg.sft.pretrain_epochs, 0, False
+        print(f"pretrain: {cfg.sft.pretrain_epochs:g} epochs over {len(seqs)} windows of training item sequences")
+        train_sft(model, seqs, pre, run_dir, resume=resume, device=pick_device(cfg.device),
+                  pad_id=stack.tokenizer.pad_id, seed=cfg.seed, stage="pretrain")
     train_sft(model, train, cfg.sft, run_dir, valid_examples=valid, valid_fn=eval_fn(cfg, stack), resume=resume,
               device=pick_device(cfg.device), pad_id=stack.tokenizer.pad_id, seed=cfg.seed)
     return model

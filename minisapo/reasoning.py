@@ -446,6 +446,30 @@ def build_examples(dataset, table, tokenizer, samples, cfg: ReasoningConfig | No
     return examples
 
 
+def build_sequence_examples(dataset, table, tokenizer, samples, window: int) -> list[tuple[list[int], list[int]]]:
+    """Item-sequence pretraining examples: each user's training interactions in order, cut into windows of
+    `window` items, as `([<bos>], SID tokens of every item of the window)`.
+
+    The loss covers every SID token, so every item of a window is a next-item target for the items before
+    it, written as a prompt writes a history: one forward pass teaches what `window` SFT examples teach
+    about which item follows which, at about 1/window of their tokens (SFT then teaches the response
+    format on top). `samples` are the training samples: a user's training interactions are the first
+    (number of their training samples + 1) items of their sequence (both splits cut a user's sequence
+    into a training prefix), so valid and test targets are never seen.
+    """
+    if window < 2:
+        raise ValueError(f"window must be >= 2 items, got {window}")
+    counts = Counter(s.user for s in samples)
+    examples = []
+    for user in sorted(counts):
+        items = dataset.sequences[user][:counts[user] + 1]
+        for start in range(0, len(items) - 1, window):
+            chunk = items[start:start + window]
+            if len(chunk) >= 2:
+                examples.append(([tokenizer.bos_id], [t for item in chunk for t in tokenizer.sid_ids(table, item)]))
+    return examples
+
+
 # ----------------------------------------------------------------------------------------------
 # Step segmentation: token -> reasoning step
 # ----------------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 class SFTConfig:
     max_steps: int = 600  # optimizer steps; 0 = use `epochs` instead
     epochs: float = 0.0  # passes over the training examples (used only when max_steps = 0)
+    pretrain_epochs: float = 0.0  # passes of item-sequence pretraining before SFT (every training item a
+    #   next-item target, SID tokens only; reasoning.build_sequence_examples); 0 = none
     batch_size: int = 32  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
     learning_rate: float = 1e-3  # peak AdamW learning rate
@@ -194,11 +196,13 @@ def _set_rng_state(state: dict) -> None:
 def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SFTConfig, run_dir: str | Path,
               valid_examples: Sequence[Example] | None = None, valid_fn: Callable[[torch.nn.Module], dict] | None = None,
               resume: bool = False, device: str | torch.device = "cpu", pad_id: int = 0, seed: int = 0,
-              progress: bool = True, stop_after: int | None = None) -> dict:
+              progress: bool = True, stop_after: int | None = None, stage: str = "sft") -> dict:
     """Fine-tune `model` on (prompt_ids, response_ids) examples; returns the last validation record.
 
     run_dir: gets `sft.pt` (checkpoint after every validation, written atomically) and appends to
         `metrics.jsonl` (records with "stage": "sft").
+    stage: names the checkpoint (`<stage>.pt`, `<stage>_best.pt`) and the metrics records; the same loop
+        also runs the item-sequence pretraining before SFT (stage "pretrain", see pipeline.stage_sft).
     valid_examples: validation examples; the first cfg.eval_samples give `valid_loss`.
     valid_fn: called as valid_fn(model) at every validation; its dict (e.g. {"valid_hit@10": 0.3}) is
         logged too. It must not use the global RNG (beam search does not).
@@ -215,7 +219,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         raise ValueError("no SFT training examples: is the train split empty?")
     n_total = total_steps(cfg, len(train_examples))
     optimizer = _optimizer(model, cfg)
-    ckpt_path = run_dir / CHECKPOINT
+    ckpt_path = run_dir / (CHECKPOINT if stage == "sft" else f"{stage}.pt")
+    best_path = run_dir / (BEST if stage == "sft" else f"{stage}_best.pt")
     metrics_path = run_dir / "metrics.jsonl"
     step, last_eval, best = 0, {}, {}  # best: {"step", SELECT_METRIC} of the best validation so far
     if resume:
@@ -225,22 +230,22 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
             optimizer.load_state_dict(ckpt["optimizer"])
             step, last_eval, best = ckpt["step"], ckpt.get("last_eval", {}), ckpt.get("best", {})
             _set_rng_state(ckpt["rng"])
-            trim_metrics(metrics_path, "sft", step)
-            print(f"sft: resumed from {ckpt_path} at step {step}/{n_total}")
+            trim_metrics(metrics_path, stage, step)
+            print(f"{stage}: resumed from {ckpt_path} at step {step}/{n_total}")
             if ckpt.get("done"):
                 if cfg.keep_best:
-                    _use_best(model, run_dir, best, step, device)
+                    _use_best(model, best_path, best, step, device)
                 return last_eval
     if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
-        trim_metrics(metrics_path, "sft", None)
-        (run_dir / BEST).unlink(missing_ok=True)
+        trim_metrics(metrics_path, stage, None)
+        best_path.unlink(missing_ok=True)
     logger = MetricsLogger(metrics_path)
     valid_examples = list(valid_examples or [])
     valid_examples = valid_examples[:cfg.eval_samples] if cfg.eval_samples > 0 else valid_examples
 
     def validate_and_checkpoint(done: bool) -> dict:
         nonlocal best
-        record = {"stage": "sft", "step": step}
+        record = {"stage": stage, "step": step}
         if valid_examples:
             record["valid_loss"] = validation_loss(model, valid_examples, pad_id, device, cfg.batch_size)
         if valid_fn is not None:
@@ -248,7 +253,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
             model.train()
         if SELECT_METRIC in record and record[SELECT_METRIC] >= best.get(SELECT_METRIC, -1.0):
             best = {"step": step, SELECT_METRIC: record[SELECT_METRIC]}  # written before sft.pt refers to it
-            save_checkpoint(run_dir / BEST, {"model": model.state_dict(), **best})
+            save_checkpoint(best_path, {"model": model.state_dict(), **best})
         logger.log(record)
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "step": step, "rng": _rng_state(), "last_eval": record, "done": done,
@@ -256,7 +261,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         return record
 
     model.train()
-    bar = progress_bar(total=n_total, initial=step, desc="sft", enabled=progress)
+    bar = progress_bar(total=n_total, initial=step, desc=stage, enabled=progress)
     running, running_n, t0, tokens_seen = 0.0, 0, time.time(), 0
     while step < n_total:
         if stop_after is not None and step >= stop_after:
@@ -286,33 +291,33 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.1e}")
         if step % cfg.log_every == 0 or step == n_total:
             dt = max(time.time() - t0, 1e-9)
-            logger.log({"stage": "sft", "step": step, "loss": running / running_n, "lr": lr,
+            logger.log({"stage": stage, "step": step, "loss": running / running_n, "lr": lr,
                         "grad_norm": float(grad_norm), "tokens_per_s": tokens_seen / dt})
             running, running_n, tokens_seen, t0 = 0.0, 0, 0, time.time()
         if step == n_total or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
             last_eval = validate_and_checkpoint(done=step == n_total)
             shown = {k: round(v, 4) for k, v in last_eval.items() if isinstance(v, float)}
             if progress and shown:
-                bar.write(f"sft step {step}: {shown}")
+                bar.write(f"{stage} step {step}: {shown}")
     bar.close()
     if step == n_total and cfg.keep_best:
-        _use_best(model, run_dir, best, step, device, logger)
+        _use_best(model, best_path, best, step, device, logger, stage)
     return last_eval
 
 
-def _use_best(model: torch.nn.Module, run_dir: Path, best: dict, last_step: int, device,
-              logger: MetricsLogger | None = None) -> None:
+def _use_best(model: torch.nn.Module, best_path: Path, best: dict, last_step: int, device,
+              logger: MetricsLogger | None = None, stage: str = "sft") -> None:
     """Load the best validation checkpoint's weights into `model` (nothing to do if the last step is the best,
     or there was no validation hit@10); say which checkpoint the run continues with."""
     if not best:
         return
     if logger is not None:  # one record that names the model the run continues with
-        logger.log({"stage": "sft", "step": last_step, "selected_step": best["step"],
+        logger.log({"stage": stage, "step": last_step, "selected_step": best["step"],
                     f"selected_{SELECT_METRIC}": best[SELECT_METRIC]})
     if best["step"] != last_step:
-        load_weights(model, load_checkpoint(run_dir / BEST, map_location=device)["model"], run_dir / BEST)
-    print(f"sft: continuing with the best checkpoint by {SELECT_METRIC}: step {best['step']}/{last_step} "
-          f"({SELECT_METRIC} {best[SELECT_METRIC]:.4f}; {BEST})")
+        load_weights(model, load_checkpoint(best_path, map_location=device)["model"], best_path)
+    print(f"{stage}: continuing with the best checkpoint by {SELECT_METRIC}: step {best['step']}/{last_step} "
+          f"({SELECT_METRIC} {best[SELECT_METRIC]:.4f}; {best_path.name})")
 
 
 def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> dict:

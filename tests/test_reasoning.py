@@ -267,3 +267,24 @@ def test_no_empty_thinking_block_on_real_item_text(tmp_path):
     for res in beam_search(model, grammar, prompts, beam_width=2):
         parsed = grammar.parse(res.responses[0])
         assert parsed.valid and all(len(b) >= 1 for b in parsed.blocks)
+
+
+def test_sequence_examples_cover_the_training_prefix_only(world):
+    """Pretraining windows: each user's training items in order, cut into windows, valid/test targets left out."""
+    from types import SimpleNamespace
+
+    from minisapo.data import make_splits
+    from minisapo.reasoning import build_sequence_examples
+
+    table, tok = world
+    seqs = [[0, 1, 2, 3, 4, 0, 1], [4, 3, 2, 1]]
+    splits = make_splits(seqs, [list(map(float, range(len(s)))) for s in seqs], "loo", 3)
+    ds = SimpleNamespace(sequences=seqs)
+    ex = build_sequence_examples(ds, table, tok, splits["train"], window=3)
+    sid = lambda *items: [t for i in items for t in tok.sid_ids(table, i)]  # noqa: E731
+    # user 0 trains on items 0..4 (positions 5, 6 are valid/test): windows [0 1 2] [3 4]; user 1 on [4 3]
+    assert ex == [([tok.bos_id], sid(0, 1, 2)), ([tok.bos_id], sid(3, 4)), ([tok.bos_id], sid(4, 3))]
+    # temporal: targets by time 1 1 2 2 3 4 5 6 9 -> train = user 0's positions 1..5, user 1's 1..2
+    temporal = make_splits(seqs, [[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 9]], "temporal", 3)
+    assert build_sequence_examples(ds, table, tok, temporal["train"], window=10) == [
+        ([tok.bos_id], sid(0, 1, 2, 3, 4, 0)), ([tok.bos_id], sid(4, 3, 2))]
