@@ -3,7 +3,8 @@
 A bar redraws itself with carriage returns, which floods a redirected log (`minisapo run > log 2>&1`)
 with thousands of half lines. `bar(...)` returns a tqdm bar only when stderr is a terminal; otherwise
 a `LineProgress` with the same methods (update, set_postfix, write, close, iteration) that prints one
-plain line every `every` fraction of the work (10 % by default) with elapsed and remaining time.
+plain line every `every` fraction of the work (10 % by default; at most one per `min_interval` seconds,
+so a loop of a few seconds stays silent) with elapsed and remaining time.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ class LineProgress:
     """tqdm's interface, printing `desc: n/total (p%) elapsed, ~left, postfix` lines to stdout."""
 
     def __init__(self, iterable=None, total: int | None = None, desc: str = "", initial: int = 0,
-                 every: float = 0.1, disable: bool = False):
+                 every: float = 0.1, disable: bool = False, min_interval: float = 10.0):
         self.iterable = iterable
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.desc, self.n, self.disable = desc, initial, disable
         self.start_n, self.t0, self.postfix = initial, time.time(), ""
+        self.min_interval, self.last_print = min_interval, self.t0
         self.step = max(1, int((self.total or 0) * every)) if self.total else None
         self.next_print = (initial // self.step + 1) * self.step if self.step else None
 
@@ -42,7 +44,8 @@ class LineProgress:
         if not self.disable and self.next_print is not None and (self.n >= self.next_print or self.n == self.total):
             while self.next_print <= self.n:
                 self.next_print += self.step
-            self._print()
+            if time.time() - self.last_print >= self.min_interval:
+                self._print()
 
     def _print(self) -> None:
         dt = time.time() - self.t0
@@ -51,6 +54,7 @@ class LineProgress:
         line = f"{self.desc}: {self.n}/{self.total} ({100 * self.n / self.total:.0f}%) {_clock(dt)} elapsed"
         line += f", ~{_clock(left)} left" if left is not None else ""
         print(line + (f", {self.postfix}" if self.postfix else ""), flush=True)
+        self.last_print = time.time()
 
     @staticmethod
     def write(s: str) -> None:
