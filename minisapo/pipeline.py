@@ -156,10 +156,17 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) ->
     model = new_model(cfg, stack)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
     if cfg.sft.pretrain_epochs > 0:  # next-item pretraining on the training sequences, then SFT from there
-        seqs = build_sequence_examples(ds, stack.table, stack.tokenizer, ds.splits["train"], cfg.data.max_history + 1)
+        window = cfg.sft.pretrain_window or cfg.data.max_history + 1
+        seqs = build_sequence_examples(ds, stack.table, stack.tokenizer, ds.splits["train"], window,
+                                       stride=cfg.sft.pretrain_stride or None)
+        longest = max((len(p) + len(r) for p, r in seqs), default=0)
+        if longest > cfg.model.max_seq_len:
+            raise ConfigError(f"a pretraining window of {window} items is {longest} tokens but model.max_seq_len="
+                              f"{cfg.model.max_seq_len}: lower --sft.pretrain_window or raise --max_seq_len")
         pre = copy.deepcopy(cfg.sft)
         pre.max_steps, pre.epochs, pre.eval_every, pre.keep_best = 0, cfg.sft.pretrain_epochs, 0, False
-        print(f"pretrain: {cfg.sft.pretrain_epochs:g} epochs over {len(seqs)} windows of training item sequences")
+        print(f"pretrain: {cfg.sft.pretrain_epochs:g} epochs over {len(seqs)} windows of up to {window} training items "
+              f"(a new one every {cfg.sft.pretrain_stride or window})")
         train_sft(model, seqs, pre, run_dir, resume=resume, device=pick_device(cfg.device),
                   pad_id=stack.tokenizer.pad_id, seed=cfg.seed, stage="pretrain")
     train_sft(model, train, cfg.sft, run_dir, valid_examples=valid, valid_fn=eval_fn(cfg, stack), resume=resume,

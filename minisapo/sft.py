@@ -50,6 +50,9 @@ class SFTConfig:
     epochs: float = 0.0  # passes over the training examples (used only when max_steps = 0)
     pretrain_epochs: float = 0.0  # passes of item-sequence pretraining before SFT (every training item a
     #   next-item target, SID tokens only; reasoning.build_sequence_examples); 0 = none
+    pretrain_window: int = 0  # items per pretraining window (0 = data.max_history + 1, a prompt's history and its target)
+    pretrain_stride: int = 0  # items between the starts of two windows of a user (0 = the window: side by side;
+    #   smaller: overlapping windows, every item a target under several contexts)
     batch_size: int = 32  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
     learning_rate: float = 1e-3  # peak AdamW learning rate

@@ -281,9 +281,15 @@ def test_sequence_examples_cover_the_training_prefix_only(world):
     splits = make_splits(seqs, [list(map(float, range(len(s)))) for s in seqs], "loo", 3)
     ds = SimpleNamespace(sequences=seqs)
     ex = build_sequence_examples(ds, table, tok, splits["train"], window=3)
-    sid = lambda *items: [t for i in items for t in tok.sid_ids(table, i)]  # noqa: E731
+    def sid(*items):  # the window's items as a history, the last one as a sid_only response
+        return ([t for i in items[:-1] for t in tok.sid_ids(table, i)] + [tok.sep_id]
+                + tok.sid_ids(table, items[-1]) + [tok.eos_id])
+
     # user 0 trains on items 0..4 (positions 5, 6 are valid/test): windows [0 1 2] [3 4]; user 1 on [4 3]
     assert ex == [([tok.bos_id], sid(0, 1, 2)), ([tok.bos_id], sid(3, 4)), ([tok.bos_id], sid(4, 3))]
+    # overlapping windows (a new one every 2 items): item 2 is a target of one window, a context of the next
+    assert build_sequence_examples(ds, table, tok, splits["train"], window=3, stride=2) == [
+        ([tok.bos_id], sid(0, 1, 2)), ([tok.bos_id], sid(2, 3, 4)), ([tok.bos_id], sid(4, 3))]
     # temporal: targets by time 1 1 2 2 3 4 5 6 9 -> train = user 0's positions 1..5, user 1's 1..2
     temporal = make_splits(seqs, [[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 9]], "temporal", 3)
     assert build_sequence_examples(ds, table, tok, temporal["train"], window=10) == [
