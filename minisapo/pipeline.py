@@ -158,7 +158,7 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) ->
     if cfg.sft.pretrain_epochs > 0:  # next-item pretraining on the training sequences, then SFT from there
         window = cfg.sft.pretrain_window or cfg.data.max_history + 1
         seqs = build_sequence_examples(ds, stack.table, stack.tokenizer, ds.splits["train"], window,
-                                       stride=cfg.sft.pretrain_stride or None)
+                                       stride=cfg.sft.pretrain_stride or None, cfg=cfg.reasoning)
         longest = max((len(p) + len(r) for p, r in seqs), default=0)
         if longest > cfg.model.max_seq_len:
             raise ConfigError(f"a pretraining window of {window} items is {longest} tokens but model.max_seq_len="
