@@ -5,13 +5,16 @@
     minisapo sid     [--name=<dataset>] [--levels=3] [--codebook_size=0] ...
     minisapo sft     [--preset=..] [--name=RUN] [--resume] ...             data -> SIDs -> SFT -> eval
     minisapo rl      --from=<sft run dir> [--algo=sapo|grpo|...] [--name=RUN] [--resume] ...
-    minisapo eval    --run=<run dir> [--split=test|valid]   (--split here picks the split to evaluate)
+    minisapo eval    --run=<run dir> [--split=test|valid]   (--split here picks the split to evaluate;
+                     other settings, e.g. --eval.beam_width=20, write a file of their own: eval_test_beam_width20.json)
     minisapo compare [--algos=grpo,sapo] [--seeds=3] [--preset=..] [--sweep=items_per_leaf:4,16,64]
+                     [--from=<sft run dir>]   (--from: every seed starts from that run's SFT model)
     minisapo bench   [--device=auto] [--preset=small] [--threads=1]
 
 Every `--key=value` that is not one of the flags above is a config override (see
 `minisapo run --help-config` for every key and its default). Settings apply in one order everywhere:
-defaults, then `--preset`, then `--algo`, then your overrides.
+defaults, then `--preset`, then `--algo`, then your overrides. A dataset made once with
+`minisapo data --source=... --name=X` is found by name later: `--data.name=X` (`--name=X` in sid).
 
 An expected failure (a bad setting or name, a missing, corrupt or unreadable file, a device that is not
 there, NaN in training, a busy run) is one line on stderr naming the file or key, exit code 2;
@@ -50,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=COMMANDS)
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and exit")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--from", dest="from_run", help="rl: the SFT run directory to start from")
+    p.add_argument("--from", dest="from_run", help="rl, compare: the SFT run directory to start from")
     p.add_argument("--algo", help="rl: algorithm preset (see minisapo.rl.ALGOS)")
     p.add_argument("--run", help="eval: the run directory to evaluate")
     p.add_argument("--algos", default="grpo,sapo", help="compare: comma-separated algorithm presets")
@@ -138,10 +141,12 @@ def _dispatch(args, rest: list[str]) -> int:
             raise ConfigError("minisapo rl needs --from=<sft run dir>, e.g. --from=runs/small")
         return pipeline.cmd_rl(args.from_run, args.algo or "sapo", overrides, resume=args.resume)
     if args.command == "compare":
-        return pipeline.cmd_compare(overrides, args.algos.split(","), args.seeds, args.sweep)
+        from minisapo.compare import cmd_compare
+
+        return cmd_compare(overrides, args.algos.split(","), args.seeds, args.sweep, args.from_run)
     if args.command == "run":  # the one precedence rule: defaults, preset, --algo, overrides
-        return pipeline.cmd_run(make_config(overrides, algo=args.algo or "sapo"), resume=args.resume)
-    cfg = make_config(overrides)
+        return pipeline.cmd_run(pipeline.make_run_config(overrides, algo=args.algo or "sapo"), resume=args.resume)
+    cfg = pipeline.make_run_config(overrides)
     if args.command == "data":
         return pipeline.cmd_data(cfg)
     if args.command == "sid":

@@ -10,6 +10,13 @@ and is evaluated on the test split with the paper protocol.
     <runs_dir>/compare_<name>/compare.json|.md      mean +- std over seeds, per algorithm
     <runs_dir>/compare_<name>/compare_curves.png    reward, frac_reward_zero_std, eval hit@10 per RL step
 
+`--from=<run>` starts from an existing SFT run instead of training one per seed: every seed's RL runs
+start from that run's SFT model (its best checkpoint, its SIDs), the seeds differ only in RL, and the
+config is the run's own plus the command's overrides:
+
+    <runs_dir>/compare_<run name>/sft/              the SFT model's test evaluation
+    <runs_dir>/compare_<run name>/seed<s>/<algo>/   one RL run per seed and algorithm
+
 `--sweep=KNOB:V1,V2,..` repeats the comparison for each value of a data knob that controls how
 sparse exact-match feedback is (e.g. `items_per_leaf`: more items under each leaf of the synthetic
 taxonomy -> more items share the first SID levels -> exact match is rarer), and reports the SAPO -
@@ -24,35 +31,74 @@ from pathlib import Path
 
 import numpy as np
 
-from minisapo.config import Config, ConfigError, config_changes, make_config, resolve_key
-from minisapo.runs import check_device, check_name, load_weights, read_json, read_metrics, run_lock, write_json
+from minisapo.config import Config, ConfigError, apply_overrides, config_changes, make_config, resolve_key
+from minisapo.evaluate import paired_sign_test
+from minisapo.pipeline import (load_run_config, load_stack, make_run_config, new_model, pick_device, save_config,
+                               snapshot_sids, stage_eval, stage_rl, stage_sft, train_samples)
+from minisapo.reasoning import build_examples
+from minisapo.runs import (check_device, check_name, load_checkpoint, load_weights, read_json, read_metrics, run_lock,
+                           write_json)
+from minisapo.sft import load_sft_weights, train_sft
+
+CONTROL = "sft_continued"  # the control arm: more SFT for the RL stage's budget, so a gain is not just more training
 
 METRICS = ("hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "valid_rate", "frac_reward_zero_std")
 
 
 def _final_eval(cfg: Config, stack, model, run_dir: Path, fresh: bool) -> dict:
-    from minisapo.pipeline import stage_eval
-
     path = run_dir / "eval_test.json"
     if path.exists() and not fresh:
         return read_json(path)
     return stage_eval(cfg, stack, model, run_dir)
 
 
+def sft_continued(cfg: Config, stack, model, run_dir: Path) -> bool:
+    """The control arm, "SFT continued for the same budget": the SFT loss on the RL stage's prompts (the
+    samples RL draws from) with their true targets, for rl.max_steps steps of rl.batch_size prompts at RL's
+    constant learning rate (no warmup, no decay, no checkpoint selection): the same prompts and updates as RL,
+    one teacher response per prompt instead of G scored rollouts. Trains `model` in place (resuming a finished
+    run loads its weights); returns True if it trained."""
+    s = copy.deepcopy(cfg.sft)
+    s.max_steps, s.epochs, s.batch_size, s.grad_accum = cfg.rl.max_steps, 0.0, cfg.rl.batch_size, 1
+    s.learning_rate, s.min_lr_ratio, s.warmup_steps = cfg.rl.learning_rate, 1.0, 0
+    s.eval_every, s.keep_best, s.pretrain_epochs = 0, False, 0.0
+    ckpt = load_checkpoint(run_dir / "sft.pt", need=("step",))
+    fresh = ckpt is None or not ckpt.get("done")
+    examples = build_examples(stack.dataset, stack.table, stack.tokenizer, train_samples(cfg, stack, "rl"),
+                              cfg.reasoning, verbose=False)
+    print(f"{CONTROL}: {s.max_steps} SFT steps x {s.batch_size} prompts at lr {s.learning_rate:g} on the RL prompts")
+    train_sft(model, examples, s, run_dir, resume=True, device=pick_device(cfg.device), pad_id=stack.tokenizer.pad_id,
+              seed=cfg.seed)
+    return fresh
+
+
+def paired_tests(hits: dict[str, list[int]]) -> dict[str, dict]:
+    """Sign tests on hit@10 over the same test samples (seeds pooled): every arm against `sft` and, when the
+    comparison has one, against the control arm. {"grpo vs sft": {"up", "down", "p"}, ...}"""
+    out = {}
+    for ref in ("sft", CONTROL):
+        for algo in hits:
+            if ref in hits and algo not in ("sft", ref) and len(hits[algo]) == len(hits[ref]):
+                out[f"{algo} vs {ref}"] = paired_sign_test(hits[ref], hits[algo])
+    return out
+
+
 def _row(report: dict, records: list[dict]) -> dict:
     row = {k: report[k] for k in METRICS if k in report}
+    row["hits@10"] = [int(0 < r <= 10) for r in report.get("ranks", [])]
     zs = [r["frac_reward_zero_std"] for r in records if "frac_reward_zero_std" in r]
     if zs:
         row["frac_reward_zero_std"] = float(np.mean(zs))
     return row
 
 
-def algo_configs(overrides: dict, algos: list[str]) -> dict[str, Config]:
-    """{algo: its config} under the one precedence rule: defaults, preset, the algorithm's preset, then the
-    user's overrides (so `--rl.reward=prefix` applies to every algorithm). Every one validated up front."""
+def algo_configs(overrides: dict, algos: list[str], from_run: str | Path | None = None) -> dict[str, Config]:
+    """{algo: its config} under the one precedence rule: defaults (or the `from_run` run's config), preset, the
+    algorithm's preset, then the user's overrides (so `--rl.reward=prefix` applies to every algorithm). Every
+    one validated up front. `sft_continued` (the control arm) has the base config."""
     if not algos or len(set(algos)) != len(algos):
         raise ConfigError(f"--algos={','.join(algos)}: name each algorithm once, e.g. --algos=grpo,sapo")
-    out = {a: make_config(overrides, algo=a) for a in algos}
+    out = {a: start_config(overrides, None if a == CONTROL else a, from_run) for a in algos}
     mine = sorted({resolve_key(k) for k in overrides if k != "preset"} & {"rl.reward", "rl.advantage", "rl.step_token_mean"})
     if mine:
         print(f"note: {', '.join('--' + k for k in mine)} applies to every algorithm compared (user settings come "
@@ -72,20 +118,30 @@ def _check_piece(cfg: Config, run_dir: Path, root: Path) -> None:
                               f"delete {root} to start it afresh")
 
 
-def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "") -> dict:
-    """Run the comparison; returns {algo: [row per seed]} and writes compare.json / compare.md / plots."""
-    base = make_config(overrides)
+def start_config(overrides: dict, algo: str | None, from_run: str | Path | None) -> Config:
+    """A new run's config (defaults, preset, --algo, overrides; a processed dataset found by name), or with
+    `from_run` that SFT run's config.json with --algo and the overrides on top."""
+    if from_run is None:
+        return make_run_config(overrides, algo=algo)
+    return apply_overrides(load_run_config(from_run), overrides, algo=algo)
+
+
+def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "", from_run: str | Path | None = None) -> dict:
+    """Run the comparison; returns {algo: [row per seed]} and writes compare.json / compare.md / plots.
+    With `from_run`, every seed starts from that SFT run's model instead of training its own."""
+    base = start_config(overrides, None, from_run)
     if seeds < 1:
         raise ConfigError(f"--seeds={seeds}: must be >= 1")
-    per_algo = algo_configs(overrides, algos)
+    per_algo = algo_configs(overrides, algos, from_run)
     root = Path(base.runs_dir) / check_name(f"compare_{base.name}{tag}", "name")
     check_device(base.device)
     with run_lock(root):
         for s in range(seeds):  # every input and every earlier piece is checked before anything is trained
-            _check_piece(_seeded(base, s), root / f"seed{s}" / "sft", root)
+            if from_run is None:
+                _check_piece(_seeded(base, s), root / f"seed{s}" / "sft", root)
             for algo in algos:
                 _check_piece(_seeded(per_algo[algo], s), root / f"seed{s}" / folder(algo), root)
-        return _compare(base, per_algo, overrides, algos, seeds, tag, root)
+        return _compare(base, per_algo, overrides, algos, seeds, tag, root, from_run)
 
 
 def folder(algo: str) -> str:
@@ -99,44 +155,68 @@ def _seeded(cfg: Config, s: int) -> Config:
     return out
 
 
-def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], seeds: int, tag: str, root: Path) -> dict:
-    from minisapo.pipeline import load_stack, save_config, snapshot_sids, stage_rl, stage_sft
+def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], seeds: int, tag: str, root: Path,
+             from_run: str | Path | None) -> dict:
     from minisapo.plots import plot_rl_curves
-    from minisapo.runs import load_checkpoint
 
     results: dict[str, list[dict]] = {"sft": [], **{a: [] for a in algos}}
+    hits: dict[str, list[int]] = {a: [] for a in results}  # per test sample, seeds pooled: 1 if in the top 10
     curves: dict[str, list[dict]] = {}
+    shared = None  # with from_run: (stack, model, SFT row), the same for every seed
+    if from_run:
+        stack = load_stack(base, Path(from_run), reuse_run_sids=True)  # the run's own SIDs and tokenizer
+        sft_model = new_model(base, stack)
+        load_sft_weights(sft_model, from_run)
+        print(f"compare: every seed starts from the SFT model of {from_run}")
+        sft_dir = root / "sft"
+        save_config(base, sft_dir)
+        shared = (stack, sft_model, _row(_final_eval(base, stack, sft_model, sft_dir,
+                                                     fresh=not (sft_dir / "eval_test.json").exists()), []))
     for s in range(seeds):
         cfg = _seeded(base, s)
         seed_dir = root / f"seed{s}"
-        sft_dir = seed_dir / "sft"
-        stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # every algorithm of this seed uses the SFT's SIDs
-        save_config(cfg, sft_dir)
-        snapshot_sids(stack, sft_dir)
-        fresh_sft = not (sft_dir / "eval_test.json").exists()
-        sft_model = stage_sft(cfg, stack, sft_dir, resume=True)
-        results["sft"].append(_row(_final_eval(cfg, stack, sft_model, sft_dir, fresh_sft), []))
+        if shared:
+            stack, sft_model, sft_row = shared
+            results["sft"].append(sft_row)
+        else:
+            sft_dir = seed_dir / "sft"
+            stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # every algorithm of this seed uses the SFT's SIDs
+            save_config(cfg, sft_dir)
+            snapshot_sids(stack, sft_dir)
+            fresh_sft = not (sft_dir / "eval_test.json").exists()
+            sft_model = stage_sft(cfg, stack, sft_dir, resume=True)
+            results["sft"].append(_row(_final_eval(cfg, stack, sft_model, sft_dir, fresh_sft), []))
+        hits["sft"] += results["sft"][-1]["hits@10"]
         for algo in algos:
             acfg = _seeded(per_algo[algo], s)
             run_dir = seed_dir / folder(algo)
             save_config(acfg, run_dir)
-            ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", need=("model", "step"))
-            done = ckpt is not None and ckpt["step"] >= acfg.rl.max_steps
             model = copy.deepcopy(sft_model)
-            if done:
-                load_weights(model, ckpt["model"], run_dir / "rl_checkpoint.pt")
+            if algo == CONTROL:
+                fresh = sft_continued(acfg, stack, model, run_dir)
             else:
-                stage_rl(acfg, stack, model, run_dir, resume=True)
+                ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", need=("model", "step"))
+                fresh = ckpt is None or ckpt["step"] < acfg.rl.max_steps
+                if fresh:
+                    stage_rl(acfg, stack, model, run_dir, resume=True)
+                else:
+                    load_weights(model, ckpt["model"], run_dir / "rl_checkpoint.pt")
             records = read_metrics(run_dir / "metrics.jsonl")
-            results[algo].append(_row(_final_eval(acfg, stack, model, run_dir, fresh=not done), records))
-            if s == 0:
+            results[algo].append(_row(_final_eval(acfg, stack, model, run_dir, fresh=fresh), records))
+            hits[algo] += results[algo][-1]["hits@10"]
+            if s == 0 and algo != CONTROL:
                 curves[algo] = records
+    tests = paired_tests(hits)
+    for rows in results.values():
+        for r in rows:
+            r.pop("hits@10", None)
     summary = summarize(results)
     write_json(root / "compare.json", {"config": overrides, "algos": algos, "seeds": seeds,
-                                       "per_seed": results, "summary": summary})
+                                       "from": str(from_run) if from_run else None,
+                                       "per_seed": results, "summary": summary, "paired_tests": tests})
     (root / "compare.md").write_text(format_summary(summary, title=f"compare {base.name}{tag}: {seeds} seed(s), "
                                                     f"{base.rl.max_steps} RL steps x {base.rl.batch_size} prompts x "
-                                                    f"{base.rl.num_generations} generations per algorithm"))
+                                                    f"{base.rl.num_generations} generations per algorithm", tests=tests))
     plot_rl_curves(curves, root / "compare_curves.png")
     print((root / "compare.md").read_text())
     print(f"wrote {root / 'compare.json'}, {root / 'compare.md'}, {root / 'compare_curves.png'}")
@@ -152,7 +232,7 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, list[float]
     return out
 
 
-def format_summary(summary: dict, title: str) -> str:
+def format_summary(summary: dict, title: str, tests: dict | None = None) -> str:
     keys = [k for k in METRICS if any(k in v for v in summary.values())]
     lines = [f"# {title}", "", "| algo | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for algo, m in summary.items():
@@ -160,6 +240,10 @@ def format_summary(summary: dict, title: str) -> str:
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines += ["", "mean ± std over seeds; `sft` is the shared starting point (no RL); "
               "frac_reward_zero_std is averaged over RL steps."]
+    if tests:
+        lines += ["", "Paired sign test on hit@10 over the same test samples (seeds pooled): `up` = samples only the "
+                  "first arm hits, `down` = only the second.", "", "| arms | up | down | p |", "|---|---|---|---|"]
+        lines += [f"| {name} | {t['up']} | {t['down']} | {t['p']:.2g} |" for name, t in tests.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -206,3 +290,14 @@ def _sweep(overrides: dict, algos: list[str], seeds: int, knob: str, key: str, v
     print(f"wrote {root / 'sweep.json'}, {root / 'sweep.md'}, {root / 'sweep.png'}")
     return rows
 
+
+
+def cmd_compare(overrides: dict, algos: list[str], seeds: int, sweep: str | None, from_run: str | None = None) -> int:
+    """`minisapo compare`: one comparison, or one per value of `--sweep`."""
+    if sweep and from_run:
+        raise ConfigError("--sweep changes the data, so it trains its own SFT models: drop --from (or --sweep)")
+    if sweep:
+        sweep_compare(overrides, algos, seeds, sweep)
+    else:
+        compare(overrides, algos, seeds, from_run=from_run)
+    return 0

@@ -1,4 +1,4 @@
-"""Evaluation: hit@K, ndcg@K, valid-SID rate, per-level accuracy, and two baselines.
+"""Evaluation: hit@K, ndcg@K, valid-SID rate, per-level accuracy, and the baselines.
 
 The paper's protocol: the model writes its thinking greedily, then a constrained beam search over
 valid SIDs (prefix trie) ranks items. Each sample has exactly one target item, so
@@ -9,8 +9,14 @@ valid SIDs (prefix trie) ranks items. Each sample has exactly one target item, s
 
 `recall@K` with one target is *identical* to hit@K, so it is not reported separately.
 
-Baselines on the same samples, with the same keys:
+Baselines on the same samples, with the same keys (what a few lines of counting achieve; every count
+comes from the training split only, never from a valid/test target):
   - popularity: rank items by how often they occur in the training data (the same ranking for everyone);
+  - markov: first-order transitions: rank items by how often they followed the sample's last history
+    item in the training samples (ties and unseen items: popularity);
+  - item_knn: item co-occurrence kNN: sim(i, j) = cosine of the items' training-user columns
+    (users who have both / sqrt(users of i * users of j), sim(i, i) = 0), score(j) = sum over the history
+    items h of sim(h, j), the t-th most recent weighted by knn_recency^t (ties: popularity);
   - oracle (synthetic data only): rank items by the generator's *exact* next-item distribution, the
     ranking that maximises expected hit@K: no model can do better on average. We report its realised
     hit@K/ndcg@K (same protocol as the model) and, as `expected_hit@K`, the noise-free ceiling
@@ -31,10 +37,15 @@ import torch
 @dataclass
 class EvalConfig:
     ks: str = "1,5,10"  # cut-offs K for hit@K / ndcg@K, comma-separated (recall@K == hit@K with one target)
-    beam_width: int = 20  # constrained beam width; must be >= max K (raised to max K if smaller)
+    beam_width: int = 10  # constrained beam width (the paper's 10); must be >= max K (raised to max K if smaller)
     max_samples: int = 0  # evaluate on the first N samples of the split (0 = all)
     batch_size: int = 64  # prompts per beam-search call
-    baselines: bool = True  # also compute the popularity (and, on synthetic data, oracle) baselines
+    baselines: bool = True  # also compute the popularity, markov, item_knn (and, on synthetic data, oracle) baselines
+    knn_recency: float = 0.5  # item_knn weighs the t-th most recent history item by this^t (1 = plain sum)
+
+    def __post_init__(self):
+        if not 0.0 < self.knn_recency <= 1.0:
+            raise ValueError(f"knn_recency must be in (0, 1], got {self.knn_recency}")
 
 
 def parse_ks(ks: str | Sequence[int]) -> list[int]:
@@ -122,7 +133,7 @@ def _subset(samples, max_samples: int):
 
 @torch.no_grad()
 def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Sequence[int] = (1, 5, 10),
-             beam_width: int = 20, batch_size: int = 64, max_samples: int = 0, reasoning=None,
+             beam_width: int = 10, batch_size: int = 64, max_samples: int = 0, reasoning=None,
              progress: bool = True) -> dict:
     """Paper protocol on `samples`: greedy thinking, then constrained beam search over valid SIDs.
 
@@ -134,9 +145,8 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     With dedup="none" (items may share a SID) a hit on the target's SID counts as a hit.
     `reasoning` is the ReasoningConfig used to build prompts (prompt_titles); None = defaults.
     """
-    from tqdm.auto import tqdm
-
     from minisapo.generate import beam_search
+    from minisapo.progress import bar as progress_bar
     from minisapo.reasoning import ReasoningConfig, build_prompt
 
     ks = parse_ks(ks)
@@ -152,7 +162,7 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     was_training = model.training
     model.eval()
     rankings, top_items, lengths = [], [], []
-    bar = tqdm(range(0, len(samples), batch_size), desc="eval", disable=not progress, leave=False)
+    bar = progress_bar(range(0, len(samples), batch_size), desc="eval", enabled=progress, leave=False)
     for start in bar:
         batch = samples[start:start + batch_size]
         prompts = [build_prompt(s.history, table, tokenizer, reasoning, titles=dataset.item_titles) for s in batch]
@@ -205,6 +215,24 @@ def _ranked_by_scores(scores: np.ndarray, k: int) -> list[int]:
     return order[:k].tolist()
 
 
+def _ranked_by(scores: np.ndarray, tiebreak: np.ndarray, k: int) -> list[int]:
+    """Indices of the k highest scores; ties by the higher `tiebreak` (popularity), then the lower index."""
+    order = np.lexsort((np.arange(len(scores)), -np.asarray(tiebreak, dtype=np.float64),
+                        -np.asarray(scores, dtype=np.float64)))
+    return order[:k].tolist()
+
+
+def _baseline_report(rankings: list[list[int]], samples, ks: list[int], table) -> dict:
+    """The keys every report has, for a baseline's rankings (no generated response)."""
+    targets = _targets(samples, table)
+    out = ranking_metrics(rankings, targets, ks)
+    out["valid_rate"] = 1.0
+    out["per_level_acc"] = per_level_accuracy([r[0] for r in rankings], targets, table.codes) if table else None
+    out["mean_response_length"] = None  # no generated response
+    out["num_samples"] = len(samples)
+    return out
+
+
 def popularity_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
                         max_samples: int = 0) -> dict:
     """Rank every item by training popularity (`dataset.item_popularity()`), same list for every sample.
@@ -212,13 +240,102 @@ def popularity_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), 
     ks = parse_ks(ks)
     samples = _subset(samples, max_samples)
     ranked = _ranked_by_scores(_per_sid(dataset.item_popularity().astype(np.float64), table), max(ks))
-    targets = _targets(samples, table)
-    out = ranking_metrics([ranked] * len(samples), targets, ks)
-    out["valid_rate"] = 1.0
-    out["per_level_acc"] = per_level_accuracy([ranked[0]] * len(samples), targets, table.codes) if table else None
-    out["mean_response_length"] = None  # no generated response
-    out["num_samples"] = len(samples)
-    return out
+    return _baseline_report([ranked] * len(samples), samples, ks, table)
+
+
+def transition_counts(dataset) -> dict[int, dict[int, int]]:
+    """{a: {b: n}}: how often item b was the target of a training sample whose last history item is a
+    (the first-order transitions of the training data; valid/test targets are never counted)."""
+    counts: dict[int, dict[int, int]] = {}
+    for s in dataset.splits["train"]:
+        row = counts.setdefault(s.history[-1], {})
+        row[s.target] = row.get(s.target, 0) + 1
+    return counts
+
+
+def markov_rankings(dataset, samples, k: int, table=None) -> list[list[int]]:
+    """Top-k per sample by the training count of (last history item -> item); ties, and items never seen
+    after it, by popularity (so an unseen last item gives the popularity ranking)."""
+    pop = _per_sid(dataset.item_popularity().astype(np.float64), table)
+    counts = transition_counts(dataset)
+    rankings = []
+    for s in samples:
+        scores = np.zeros(dataset.num_items)
+        for item, n in counts.get(s.history[-1], {}).items():
+            scores[item] = n
+        rankings.append(_ranked_by(_per_sid(scores, table), pop, k))
+    return rankings
+
+
+def markov_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
+                    max_samples: int = 0) -> dict:
+    """First-order Markov baseline (see `markov_rankings`)."""
+    ks = parse_ks(ks)
+    samples = _subset(samples, max_samples)
+    return _baseline_report(markov_rankings(dataset, samples, max(ks), table), samples, ks, table)
+
+
+def train_user_items(dataset) -> list[set[int]]:
+    """Per user, the items of their training interactions (train targets and the histories before them)."""
+    users: list[set[int]] = [set() for _ in range(dataset.num_users)]
+    for s in dataset.splits["train"]:
+        users[s.user].update(s.history)
+        users[s.user].add(s.target)
+    return users
+
+
+def _user_item_matrix(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (users, items) 0/1 training matrix X (sparse) and 1/sqrt(|U_i|) per item (0 for items no one has)."""
+    users = train_user_items(dataset)
+    rows = [u for u, items in enumerate(users) for _ in items]
+    cols = [i for items in users for i in sorted(items)]
+    x = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
+                                torch.ones(len(rows), dtype=torch.float64), (len(users), dataset.num_items),
+                                check_invariants=False)
+    x = x.coalesce()
+    n_users = torch.zeros(dataset.num_items, dtype=torch.float64).index_add_(0, x.indices()[1], x.values())
+    return x, torch.where(n_users > 0, n_users.clamp(min=1).rsqrt(), torch.zeros_like(n_users))
+
+
+def item_knn_scores(dataset, histories: Sequence[Sequence[int]], recency: float = 0.5,
+                    matrix: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+    """(B, N) item-kNN scores: score[b, j] = sum_t recency^t * sim(h_t, j) over history b (h_0 = most recent),
+    sim(i, j) = |U_i & U_j| / sqrt(|U_i| |U_j|) with U_i the training users of item i, and sim(i, i) = 0.
+
+    Computed as W D X^T X D, with X the (users, items) 0/1 training matrix (sparse), D = diag(1/sqrt(|U_i|))
+    and W the (B, items) recency weights, so no (items x items) matrix is ever built.
+    `matrix`: `_user_item_matrix(dataset)`, computed once by the caller for many batches.
+    """
+    x, inv = matrix if matrix is not None else _user_item_matrix(dataset)
+    w = torch.zeros(len(histories), dataset.num_items, dtype=torch.float64)  # (B, N) recency weights
+    for b, h in enumerate(histories):
+        for t, item in enumerate(reversed(list(h))):
+            w[b, item] += recency ** t
+    per_user = torch.sparse.mm(x, (w * inv).t())  # (U, B) = X D W^T
+    scores = torch.sparse.mm(x.t().coalesce(), per_user).t() * inv  # (B, N) = W D X^T X D
+    scores -= w * (inv > 0)  # drop sim(h, h) = 1 (for items some training user has)
+    return scores.numpy()
+
+
+def item_knn_rankings(dataset, samples, k: int, table=None, recency: float = 0.5,
+                      batch_size: int = 256) -> list[list[int]]:
+    """Top-k per sample by `item_knn_scores`; ties, and items similar to nothing, by popularity."""
+    pop = _per_sid(dataset.item_popularity().astype(np.float64), table)
+    matrix = _user_item_matrix(dataset)
+    rankings = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        scores = item_knn_scores(dataset, [s.history for s in batch], recency, matrix)
+        rankings += [_ranked_by(_per_sid(sc, table), pop, k) for sc in scores]
+    return rankings
+
+
+def item_knn_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
+                      max_samples: int = 0, recency: float = 0.5) -> dict:
+    """Item co-occurrence kNN baseline (see `item_knn_scores`)."""
+    ks = parse_ks(ks)
+    samples = _subset(samples, max_samples)
+    return _baseline_report(item_knn_rankings(dataset, samples, max(ks), table, recency), samples, ks, table)
 
 
 def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
@@ -259,15 +376,13 @@ def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), tabl
 # ----------------------------------------------------------------------------------------------
 
 
-def eval_report(model_metrics: dict, popularity: dict | None = None, oracle: dict | None = None) -> dict:
-    """`{..model metrics.., "baselines": {"popularity": {...}, "oracle": {...}}}` (what eval_<split>.json holds)."""
+def eval_report(model_metrics: dict, popularity: dict | None = None, oracle: dict | None = None,
+                markov: dict | None = None, item_knn: dict | None = None) -> dict:
+    """`{..model metrics.., "baselines": {"popularity": {...}, "markov": {...}, "item_knn": {...}, "oracle": {...}}}`
+    (what eval_<split>.json holds; a baseline that was not computed is left out)."""
     out = dict(model_metrics)
-    baselines = {}
-    if popularity is not None:
-        baselines["popularity"] = popularity
-    if oracle is not None:
-        baselines["oracle"] = oracle
-    out["baselines"] = baselines
+    named = {"popularity": popularity, "markov": markov, "item_knn": item_knn, "oracle": oracle}
+    out["baselines"] = {k: v for k, v in named.items() if v is not None}
     return out
 
 
@@ -282,7 +397,8 @@ def _fmt(v) -> str:
 
 
 def format_table(report: dict) -> str:
-    """Model / popularity / oracle side by side, one metric per row (plain text, also valid Markdown)."""
+    """Model and its baselines (popularity, markov, item_knn, oracle) side by side, one metric per row
+    (plain text, also valid Markdown)."""
     cols = {"model": report}
     cols.update(report.get("baselines", {}))
     keys = [k for k in report if k.startswith(("hit@", "ndcg@"))]
@@ -310,11 +426,13 @@ def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: E
     kw = dict(ks=cfg.ks, max_samples=cfg.max_samples)
     metrics = evaluate(model, grammar, dataset, table, tokenizer, samples, beam_width=cfg.beam_width,
                        batch_size=cfg.batch_size, reasoning=reasoning, progress=progress, **kw)
-    pop = orc = None
+    baselines = {}
     if cfg.baselines:
-        pop = popularity_baseline(dataset, samples, table=table, **kw)
-        orc = oracle_baseline(dataset, samples, table=table, **kw)
-    report = eval_report(metrics, pop, orc)
+        baselines = dict(popularity=popularity_baseline(dataset, samples, table=table, **kw),
+                         markov=markov_baseline(dataset, samples, table=table, **kw),
+                         item_knn=item_knn_baseline(dataset, samples, table=table, recency=cfg.knn_recency, **kw),
+                         oracle=oracle_baseline(dataset, samples, table=table, **kw))
+    report = eval_report(metrics, **baselines)
     report["split"] = split
     if run_dir is not None:
         from minisapo.runs import write_json

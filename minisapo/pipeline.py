@@ -25,11 +25,11 @@ import torch
 from minisapo import data as data_lib
 from minisapo import sid as sid_lib
 from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_overrides, config_changes, from_dict,
-                             make_config, to_dict)
+                             make_config, resolve_key, to_dict)
 from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
-from minisapo.reasoning import build_examples, build_prompt
+from minisapo.reasoning import build_examples, build_prompt, build_sequence_examples
 from minisapo.runs import (check_device, check_not_busy, load_weights, read_json, run_lock, same_path, seed_everything,
                            swap_dir, write_json)
 from minisapo.sft import load_sft_weights, train_sft
@@ -45,6 +45,16 @@ class Stack:
     grammar: Grammar
     sid_stats: dict
     sid_dir: Path | None = None  # the folder the SIDs and tokenizer were loaded from (start_run snapshots it)
+
+
+def make_run_config(overrides: dict, algo: str | None = None) -> Config:
+    """`make_config(overrides, algo=algo)`, then a dataset named with --data.name (--name in `data`/`sid`) that is
+    already processed is found as it was built: its source, files and settings need not be repeated
+    (data.named; a data flag given here still wins)."""
+    cfg = make_config(overrides, algo=algo)
+    given = {resolve_key(k, cfg) for k in overrides}
+    cfg.data = data_lib.named(cfg.data, cfg.data_dir, {k.split(".", 1)[1] for k in given if k.startswith("data.")})
+    return cfg
 
 
 def load_dataset(cfg: Config) -> data_lib.Dataset:
@@ -203,6 +213,20 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, ex
                         run_dir / "response_steps.png", title="an SFT example: thinking block k + SID token k = step k")
     model = new_model(cfg, stack)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
+    if cfg.sft.pretrain_epochs > 0:  # next-item pretraining on the training sequences, then SFT from there
+        window = cfg.sft.pretrain_window or cfg.data.max_history + 1
+        seqs = build_sequence_examples(stack.dataset, stack.table, stack.tokenizer, ds.splits["train"], window,
+                                       stride=cfg.sft.pretrain_stride or None, cfg=cfg.reasoning)
+        longest = max((len(p) + len(r) for p, r in seqs), default=0)
+        if longest > cfg.model.max_seq_len:
+            raise ConfigError(f"a pretraining window of {window} items is {longest} tokens but model.max_seq_len="
+                              f"{cfg.model.max_seq_len}: lower --sft.pretrain_window or raise --max_seq_len")
+        pre = copy.deepcopy(cfg.sft)
+        pre.max_steps, pre.epochs, pre.eval_every, pre.keep_best = 0, cfg.sft.pretrain_epochs, 0, False
+        print(f"pretrain: {cfg.sft.pretrain_epochs:g} epochs over {len(seqs)} windows of up to {window} training items "
+              f"(a new one every {cfg.sft.pretrain_stride or window})")
+        train_sft(model, seqs, pre, run_dir, resume=resume, device=pick_device(cfg.device),
+                  pad_id=stack.tokenizer.pad_id, seed=cfg.seed, stage="pretrain")
     train_sft(model, train, cfg.sft, run_dir, valid_examples=valid, valid_fn=eval_fn(cfg, stack), resume=resume,
               device=pick_device(cfg.device), pad_id=stack.tokenizer.pad_id, seed=cfg.seed)
     return model
@@ -235,9 +259,23 @@ def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str 
     """Paper-protocol evaluation + baselines; writes eval_<split><tag>.json and prints the table."""
     report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, cfg.eval,
                             reasoning=cfg.reasoning, run_dir=None)
-    write_json(run_dir / f"eval_{split}{tag}.json", report)
+    report["settings"] = {"eval": to_dict(cfg)["eval"], "reasoning": to_dict(cfg)["reasoning"]}
+    path = run_dir / f"eval_{split}{tag}.json"
+    write_json(path, report)
     print(format_table(report))
+    print(f"wrote {path}")
     return report
+
+
+EVAL_SECTIONS = ("eval", "reasoning", "data")  # settings that change what an evaluation measures
+
+
+def eval_tag(run_cfg: Config, cfg: Config) -> str:
+    """'' when `cfg` evaluates as the run did; else `_<field><value>` for each eval/reasoning/data setting that
+    differs (`--eval.beam_width=20` -> `_beam_width20`), so `minisapo eval` writes a file of its own."""
+    old, new = to_dict(run_cfg), to_dict(cfg)
+    parts = [f"{k}{v}" for sec in EVAL_SECTIONS for k, v in new[sec].items() if old[sec].get(k) != v]
+    return "".join("_" + "".join(c if c.isalnum() or c in "-._" else "-" for c in p) for p in parts)
 
 
 def token_credit_figure(model: GPT, stack: Stack, samples, prompts, path: Path, num_generations: int = 8,
@@ -318,15 +356,19 @@ EVAL_SPLITS = ("test", "valid", "train")
 
 
 def cmd_eval(run: str, split: str, overrides: dict) -> int:
+    """Evaluate a run's latest model; under settings other than the run's own (`--eval.beam_width=20`,
+    `--reasoning.max_think_tokens=8`, ...) into a file named for them, so the run's results are never
+    overwritten (eval_test_beam_width20.json)."""
     run_dir = Path(run)
     cfg = load_run_config(run_dir)
     apply_overrides(cfg, overrides)
     if split not in EVAL_SPLITS:
         raise ConfigError(f"--split={split}: choose one of {', '.join(EVAL_SPLITS)}")
     check_device(cfg.device)
-    with run_lock(run_dir):  # writes only eval_<split>.json
+    with run_lock(run_dir):  # writes only eval_<split>*.json
         stack = load_stack(cfg, run_dir, reuse_run_sids=True)
-        stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split)
+        stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split,
+                   tag=eval_tag(load_run_config(run_dir), cfg))
     return 0
 
 
@@ -388,16 +430,6 @@ def _finish(cfg: Config, run_dir: Path, seconds: float | None = None) -> None:
 
     path = write_report(run_dir, cfg, seconds=seconds)
     print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(run_dir.glob('*.png')))}")
-
-
-def cmd_compare(overrides: dict, algos: list[str], seeds: int, sweep: str | None) -> int:
-    from minisapo.compare import compare, sweep_compare
-
-    if sweep:
-        sweep_compare(overrides, algos, seeds, sweep)
-    else:
-        compare(overrides, algos, seeds)
-    return 0
 
 
 def cmd_bench(overrides: dict) -> int:

@@ -458,6 +458,43 @@ def build_examples(dataset, table, tokenizer, samples, cfg: ReasoningConfig | No
     return examples
 
 
+def build_sequence_examples(dataset, table, tokenizer, samples, window: int, stride: int | None = None,
+                            cfg: ReasoningConfig | None = None) -> list[tuple[list[int], list[int]]]:
+    """Item-sequence pretraining examples: each user's training interactions in order, cut into windows of
+    `window` items, each as `([<bos>], sid(i_1) .. sid(i_n-1) <sep> response(i_n))`: the window's last item
+    is written as the response of an SFT example (`cfg.mode`: the teacher's thinking blocks, then its SID;
+    `sid_only` or cfg=None: its SID) and the rest as its prompt's history.
+
+    The loss covers every token after <bos>, so every item of a window is a next-item target for the items
+    before it, and the last one is also an SFT example: one forward pass teaches what `window` SFT examples
+    teach about which item follows which, at a fraction of their tokens, in the format SFT and evaluation
+    use. `samples` are the training samples: a
+    user's training interactions are the first (number of their training samples + 1) items of their
+    sequence (both splits cut a user's sequence into a training prefix), so valid and test targets are
+    never seen. `stride` (default: `window`, windows side by side) below `window` makes windows overlap, so
+    an item is a target under several contexts.
+    """
+    stride = stride or window
+    if window < 2 or stride < 1:
+        raise ValueError(f"need window >= 2 items and stride >= 1, got window={window}, stride={stride}")
+    counts = Counter(s.user for s in samples)
+    examples, cache = [], {}
+    for user in sorted(counts):
+        items = dataset.sequences[user][:counts[user] + 1]
+        for start in range(0, len(items) - 1, stride):
+            chunk = items[start:start + window]
+            if len(chunk) >= 2:
+                history = [t for item in chunk[:-1] for t in tokenizer.sid_ids(table, item)]
+                if cfg is None or cfg.mode == "sid_only":
+                    response = tokenizer.sid_ids(table, chunk[-1]) + [tokenizer.eos_id]
+                else:
+                    blocks = teacher_blocks(chunk[:-1], chunk[-1], table, tokenizer, cfg, cache)
+                    response = build_response(chunk[-1], blocks, table, tokenizer, cfg.layout, cfg.mode,
+                                              cfg.max_think_tokens)
+                examples.append(([tokenizer.bos_id], history + [tokenizer.sep_id] + response))
+    return examples
+
+
 # ----------------------------------------------------------------------------------------------
 # Step segmentation: token -> reasoning step
 # ----------------------------------------------------------------------------------------------

@@ -63,22 +63,22 @@ class RLConfig:
     advantage: str = "step"  # sequence (GRPO: one per response) | step (SAPO: one per step) | module:function
     step_token_mean: bool = True  # step advantage: each step weighs the same whatever its length (1/|y_i^(k)|)
     scale_rewards: str = "group"  # group (group std) | batch (std over batch) | none; the mean is always per group
-    think_credit: bool = True  # thinking tokens get their step's advantage (False: only SID tokens and <eos>)
+    think_credit: bool = False  # thinking tokens get their step's advantage (False: only SID tokens and <eos>)
     # --- the group
-    rollout: str = "sample"  # sample (G samples) | greedy_think (greedy thinking, G sampled SIDs) | beam (top G beams)
+    rollout: str = "beam"  # sample (G samples) | greedy_think (greedy thinking, G sampled SIDs) | beam (top G beams)
     num_generations: int = 16  # G: responses per prompt (the group); the paper uses 16
     temperature: float = 1.0  # sampling temperature (the loss uses the same one)
     max_completion_length: int | None = None  # cap on response tokens; None = the grammar's own cap
-    batch_size: int = 8  # prompts per RL step (rows per step = batch_size * num_generations)
+    batch_size: int = 16  # prompts per RL step (rows per step = batch_size * num_generations)
     # --- the surrogate
     loss_type: str = "grpo"  # grpo | bnpo | dr_grpo | dapo (TRL's normalisers, see policy_loss)
     epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
     epsilon_high: float | None = None  # upper clip: ratio <= 1 + epsilon_high (None = epsilon; DAPO: 0.28)
-    beta: float = 0.001  # KL(pi || pi_ref) coefficient, k3 estimator; 0 = no reference model needed
+    beta: float = 0.0  # KL(pi || pi_ref) coefficient, k3 estimator; 0 = no reference model needed
     num_iterations: int = 1  # mu: PPO updates per batch of rollouts (1 = on-policy, ratio == 1)
     # --- optimisation
     optimizer: str = "adamw"  # adamw | sgd (plain, no momentum)
-    learning_rate: float = 3e-5  # constant after warm-up
+    learning_rate: float = 1e-4  # constant after warm-up
     warmup_steps: int = 0  # linear warm-up of the learning rate over this many steps
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)

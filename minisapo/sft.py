@@ -5,11 +5,13 @@ The loop, top to bottom (nanoGPT style):
     for step in range(max_steps):
         lr = warmup then cosine
         for each of grad_accum micro-batches:
-            logits = model(x)                            # (B, T, V)
-            loss = CE(logits, y) on response tokens only # prompt and padding are masked
+            logits = model(x) at the response positions  # (n_response_tokens, V)
+            loss = CE(logits, y) on response tokens only  # prompt and padding are masked
             loss.backward()
         clip gradients; AdamW step
-        every eval_every steps: validation loss, valid_fn (e.g. quick hit@10), checkpoint
+        every eval_every steps: validation loss, valid_fn (e.g. quick hit@10), checkpoint;
+                                the best validation hit@10 so far is also kept (sft_best.pt)
+    with keep_best: the model leaves SFT with the best checkpoint's weights (eval and RL use those)
 
 Both modes go through this same code: `reasoning` (thinking + SID) and `sid_only` (SID only) differ
 only in the examples (see reasoning.build_examples).
@@ -36,6 +38,8 @@ from minisapo.runs import (MetricsLogger, check_finite, check_finite_weights, lo
                            load_weights, rng_state, save_checkpoint, set_rng_state, trim_metrics)
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
+BEST = "sft_best.pt"  # in the run directory: the weights with the best validation SELECT_METRIC so far
+SELECT_METRIC = "valid_hit@10"  # what keep_best selects by (higher is better; the later step wins a tie)
 
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 
@@ -44,6 +48,11 @@ Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 class SFTConfig:
     max_steps: int = 600  # optimizer steps; 0 = use `epochs` instead
     epochs: float = 0.0  # passes over the training examples (used only when max_steps = 0)
+    pretrain_epochs: float = 0.0  # passes of item-sequence pretraining before SFT (every training item a
+    #   next-item target, SID tokens only; reasoning.build_sequence_examples); 0 = none
+    pretrain_window: int = 0  # items per pretraining window (0 = data.max_history + 1, a prompt's history and its target)
+    pretrain_stride: int = 0  # items between the starts of two windows of a user (0 = the window: side by side;
+    #   smaller: overlapping windows, every item a target under several contexts)
     batch_size: int = 32  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
     learning_rate: float = 1e-3  # peak AdamW learning rate
@@ -54,7 +63,8 @@ class SFTConfig:
     beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
     eval_every: int = 100  # validate and checkpoint every this many steps (and at the end; 0 = only at the end)
-    eval_samples: int = 64  # validation examples for the validation loss / quick hit@10
+    eval_samples: int = 64  # validation examples for the validation loss / quick hit@10 (0 = all)
+    keep_best: bool = True  # after training use the checkpoint with the best validation hit@10 (sft_best.pt), not the last
     log_every: int = 10  # write a training record to metrics.jsonl every this many steps
     user_fraction: float = 1.0  # SFT sees only this fraction of the training users; RL prompts come from the others
 
@@ -91,6 +101,23 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: to
     ce = ce * loss_mask.flatten().float()
     n = normalizer if normalizer is not None else loss_mask.sum().clamp(min=1).float()
     return ce.sum() / n
+
+
+def response_loss(model, x: torch.Tensor, y: torch.Tensor, loss_mask: torch.Tensor,
+                  normalizer: float | None = None) -> torch.Tensor:
+    """`masked_token_loss(model(x), y, loss_mask, normalizer)`, computing logits only where the loss looks.
+
+    The output projection (C -> V) of every prompt and padding position is wasted work: on real data the
+    prompt is most of the sequence and V is a few thousand words. A model with `hidden_states` / `logits`
+    (the GPT) gets the projection only at response positions; the value is the same.
+    """
+    if not (hasattr(model, "hidden_states") and hasattr(model, "logits")):
+        return masked_token_loss(model(x), y, loss_mask, normalizer)
+    h = model.hidden_states(x)  # (B, T, C)
+    logits = model.logits(h[loss_mask])  # (n, V): response positions only
+    ce = F.cross_entropy(logits.float(), y[loss_mask], reduction="sum")
+    n = normalizer if normalizer is not None else loss_mask.sum().clamp(min=1).float()
+    return ce / n
 
 
 def lr_at(step: int, cfg: SFTConfig, total_steps: int) -> float:
@@ -144,8 +171,7 @@ def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bat
     for i in range(0, len(examples), batch_size):
         x, y, m = (t.to(device) for t in collate(examples[i:i + batch_size], pad_id))
         with autocast(device):
-            logits = model(x)
-        total += float(masked_token_loss(logits, y, m, normalizer=1.0))
+            total += float(response_loss(model, x, y, m, normalizer=1.0))
         count += int(m.sum())
     if was_training:
         model.train()
@@ -168,11 +194,13 @@ def _set_rng_state(state: dict) -> None:
 def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SFTConfig, run_dir: str | Path,
               valid_examples: Sequence[Example] | None = None, valid_fn: Callable[[torch.nn.Module], dict] | None = None,
               resume: bool = False, device: str | torch.device = "cpu", pad_id: int = 0, seed: int = 0,
-              progress: bool = True, stop_after: int | None = None) -> dict:
+              progress: bool = True, stop_after: int | None = None, stage: str = "sft") -> dict:
     """Fine-tune `model` on (prompt_ids, response_ids) examples; returns the last validation record.
 
     run_dir: gets `sft.pt` (checkpoint after every validation, written atomically) and appends to
         `metrics.jsonl` (records with "stage": "sft").
+    stage: names the checkpoint (`<stage>.pt`, `<stage>_best.pt`) and the metrics records; the same loop
+        also runs the item-sequence pretraining before SFT (stage "pretrain", see pipeline.stage_sft).
     valid_examples: validation examples; the first cfg.eval_samples give `valid_loss`.
     valid_fn: called as valid_fn(model) at every validation; its dict (e.g. {"valid_hit@10": 0.3}) is
         logged too. It must not use the global RNG (beam search does not).
@@ -180,7 +208,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     seed: seeds the data order (the model was initialised by the caller).
     stop_after: stop after this many steps, as if interrupted (for tests; None = run to the end).
     """
-    from tqdm.auto import tqdm
+    from minisapo.progress import bar as progress_bar
 
     run_dir = Path(run_dir)
     device = torch.device(device)
@@ -189,50 +217,60 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         raise ValueError("no SFT training examples: is the train split empty?")
     n_total = total_steps(cfg, len(train_examples))
     optimizer = _optimizer(model, cfg)
-    ckpt_path = run_dir / CHECKPOINT
+    ckpt_path = run_dir / (CHECKPOINT if stage == "sft" else f"{stage}.pt")
+    best_path = run_dir / (BEST if stage == "sft" else f"{stage}_best.pt")
     metrics_path = run_dir / "metrics.jsonl"
-    step, last_eval = 0, {}
+    step, last_eval, best = 0, {}, {}  # best: {"step", SELECT_METRIC} of the best validation so far
     running, running_n = 0.0, 0  # the training loss summed since the last log record (checkpointed too)
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location=device, need=("model", "optimizer", "step", "rng"))
         if ckpt is not None:
             load_weights(model, ckpt["model"], ckpt_path)
             load_optimizer(optimizer, ckpt["optimizer"], ckpt_path)
-            step, last_eval = ckpt["step"], ckpt.get("last_eval", {})
+            step, last_eval, best = ckpt["step"], ckpt.get("last_eval", {}), ckpt.get("best", {})
             running, running_n = ckpt.get("running_loss", (0.0, 0))
             try:
                 _set_rng_state(ckpt["rng"])
             except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
                 raise ValueError(f"checkpoint {ckpt_path}: its RNG state is unreadable (made by an older minisapo?); "
-                                 f"delete it to start SFT afresh") from None
-            trim_metrics(metrics_path, "sft", step)
-            print(f"sft: resumed from {ckpt_path} at step {step}/{n_total}")
+                                 f"delete it to start {stage} afresh") from None
+            trim_metrics(metrics_path, stage, step)
+            print(f"{stage}: resumed from {ckpt_path} at step {step}/{n_total}")
             if ckpt.get("done") and step >= n_total:  # finished (more --sft.max_steps on resume continue it)
+                if cfg.keep_best:
+                    _use_best(model, best_path, best, step, device)
                 return last_eval
     if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
-        trim_metrics(metrics_path, "sft", None)
+        trim_metrics(metrics_path, stage, None)
+        best_path.unlink(missing_ok=True)
     logger = MetricsLogger(metrics_path)
-    valid_examples = list(valid_examples or [])[:cfg.eval_samples]
+    valid_examples = list(valid_examples or [])
+    valid_examples = valid_examples[:cfg.eval_samples] if cfg.eval_samples > 0 else valid_examples
 
     hint = "lower --sft.learning_rate (or raise --sft.warmup_steps, keep --sft.grad_clip > 0)"
 
     def validate_and_checkpoint(done: bool) -> dict:
-        check_finite_weights(model, "sft", step, hint)
-        record = {"stage": "sft", "step": step}
+        nonlocal best
+        check_finite_weights(model, stage, step, hint)
+        record = {"stage": stage, "step": step}
         if valid_examples:
             record["valid_loss"] = validation_loss(model, valid_examples, pad_id, device, cfg.batch_size)
-            check_finite("sft", step, hint, **{"validation loss": record["valid_loss"]})
+            check_finite(stage, step, hint, **{"validation loss": record["valid_loss"]})
         if valid_fn is not None:
             record.update(valid_fn(model))
             model.train()
+        if SELECT_METRIC in record and record[SELECT_METRIC] >= best.get(SELECT_METRIC, -1.0):
+            best = {"step": step, SELECT_METRIC: record[SELECT_METRIC]}  # written before sft.pt refers to it
+            save_checkpoint(best_path, {"model": model.state_dict(), **best})
         logger.log(record)
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "step": step, "rng": _rng_state(), "last_eval": record, "done": done,
-                                    "config": asdict(cfg), "seed": seed, "running_loss": [running, running_n]})
+                                    "best": best, "config": asdict(cfg), "seed": seed,
+                                    "running_loss": [running, running_n]})
         return record
 
     model.train()
-    bar = tqdm(total=n_total, initial=step, desc="sft", disable=not progress)
+    bar = progress_bar(total=n_total, initial=step, desc=stage, enabled=progress)
     t0, tokens_seen = time.time(), 0
     while step < n_total:
         if stop_after is not None and step >= stop_after:
@@ -247,13 +285,12 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         for x, y, mask in micro_batches:
             x, y, mask = x.to(device), y.to(device), mask.to(device)
             with autocast(device):
-                logits = model(x)  # (B, T, V)
-            # token-mean over the *whole* accumulated batch, so grad_accum=2 x B equals one batch of 2B
-            loss = masked_token_loss(logits, y, mask, normalizer=max(n_tokens, 1))
+                # token-mean over the *whole* accumulated batch, so grad_accum=2 x B equals one batch of 2B
+                loss = response_loss(model, x, y, mask, normalizer=max(n_tokens, 1))
             loss.backward()
             step_loss += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        check_finite("sft", step + 1, hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
+        check_finite(stage, step + 1, hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -264,22 +301,45 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.1e}")
         if step % cfg.log_every == 0 or step == n_total:
             dt = max(time.time() - t0, 1e-9)
-            logger.log({"stage": "sft", "step": step, "loss": running / running_n, "lr": lr,
+            logger.log({"stage": stage, "step": step, "loss": running / running_n, "lr": lr,
                         "grad_norm": float(grad_norm), "tokens_per_s": tokens_seen / dt})
             running, running_n, tokens_seen, t0 = 0.0, 0, 0, time.time()
         if step == n_total or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
             last_eval = validate_and_checkpoint(done=step == n_total)
             shown = {k: round(v, 4) for k, v in last_eval.items() if isinstance(v, float)}
             if progress and shown:
-                bar.write(f"sft step {step}: {shown}")
+                bar.write(f"{stage} step {step}: {shown}")
     bar.close()
+    if step == n_total and cfg.keep_best:
+        _use_best(model, best_path, best, step, device, logger, stage)
     return last_eval
 
 
+def _use_best(model: torch.nn.Module, best_path: Path, best: dict, last_step: int, device,
+              logger: MetricsLogger | None = None, stage: str = "sft") -> None:
+    """Load the best validation checkpoint's weights into `model` (nothing to do if the last step is the best,
+    or there was no validation hit@10); say which checkpoint the run continues with."""
+    if not best:
+        return
+    if logger is not None:  # one record that names the model the run continues with
+        logger.log({"stage": stage, "step": last_step, "selected_step": best["step"],
+                    f"selected_{SELECT_METRIC}": best[SELECT_METRIC]})
+    if best["step"] != last_step:
+        load_weights(model, load_checkpoint(best_path, map_location=device)["model"], best_path)
+    print(f"{stage}: continuing with the best checkpoint by {SELECT_METRIC}: step {best['step']}/{last_step} "
+          f"({SELECT_METRIC} {best[SELECT_METRIC]:.4f}; {best_path.name})")
+
+
 def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> dict:
-    """Load the model weights of run_dir/sft.pt into `model`; returns the checkpoint (step, last_eval, ...)."""
+    """Load the SFT model of run_dir into `model`: the best checkpoint (sft_best.pt) when the run kept one
+    (sft.keep_best), else the last (sft.pt). Returns the last checkpoint (step, last_eval, best, ...)."""
     ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT, map_location=device)
     if ckpt is None:
         raise FileNotFoundError(f"no SFT checkpoint {Path(run_dir) / CHECKPOINT}; run `minisapo sft` first")
-    load_weights(model, ckpt["model"], Path(run_dir) / CHECKPOINT)
+    best = Path(run_dir) / BEST
+    use_best = ckpt.get("done") and ckpt.get("config", {}).get("keep_best") and ckpt.get("best") and best.exists()
+    if use_best and ckpt["best"]["step"] != ckpt["step"]:
+        load_weights(model, load_checkpoint(best, map_location=device)["model"], best)
+    else:
+        load_weights(model, ckpt["model"], Path(run_dir) / CHECKPOINT)
     return ckpt

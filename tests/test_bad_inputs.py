@@ -368,7 +368,7 @@ CASES = [
                                    "--kcore=50"], ("--kcore",)),
     Case("time-window-empties-dataset", ["data", *A14, f"--reviews={SAMPLES}/amazon2014/reviews_Toy_5.json", "--name=toy14",
                                          "--start=2030-01-01"], ("time window",)),
-    Case("forgotten-source-keeps-dataset", ["data", "--name=toy14", "--data_dir=data"], ("--source=amazon",)),
+    Case("other-source-keeps-dataset", ["data", "--name=toy14", "--source=synthetic", "--data_dir=data"], ("--source=amazon",)),
     Case("eval-bad-split", [*EVAL, "--split=bogus"], ("--split=bogus",)),
     Case("eval-preset-override", [*EVAL, "--preset=small"], ("--preset",)),
     # --- 4. every setting is checked before anything runs (run refuses a bad RL/eval setting before SFT) ---

@@ -29,7 +29,7 @@ def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
     report = json.loads((run / "eval_test.json").read_text())
     for key in ["hit@1", "hit@5", "hit@10", "ndcg@10", "valid_rate", "per_level_acc"]:
         assert key in report
-    assert set(report["baselines"]) == {"popularity", "oracle"}
+    assert set(report["baselines"]) == {"popularity", "markov", "item_knn", "oracle"}
     assert 0.0 <= report["hit@1"] <= report["hit@5"] <= report["hit@10"] <= 1.0
     records = read_metrics(run / "metrics.jsonl")
     assert any(r.get("stage") == "sft" for r in records) and any("frac_reward_zero_std" in r for r in records)
@@ -54,6 +54,12 @@ def test_eval_and_rl_commands_on_a_finished_sft_run(tmp_path, dirs):
     shutil.rmtree(tmp_path / "data" / "processed" / "tiny" / "sid")
     assert main(["eval", f"--run={tmp_path / 'runs' / 's'}", "--split=valid", "--sid.codebook_size=4"]) == 0
     assert (tmp_path / "runs" / "s" / "eval_valid.json").exists()
+    # other evaluation settings never overwrite the run's results: a file named for them
+    before = (tmp_path / "runs" / "s" / "eval_test.json").read_text()
+    assert main(["eval", f"--run={tmp_path / 'runs' / 's'}", "--eval.beam_width=12", "--max_samples=4"]) == 0
+    assert (tmp_path / "runs" / "s" / "eval_test.json").read_text() == before
+    other = json.loads((tmp_path / "runs" / "s" / "eval_test_beam_width12_max_samples4.json").read_text())
+    assert other["num_samples"] == 4 and other["settings"]["eval"]["beam_width"] == 12
     assert main(["rl", f"--from={tmp_path / 'runs' / 's'}", "--algo=grpo", "--rl.max_steps=1"]) == 0
     cfg = json.loads((tmp_path / "runs" / "s_grpo" / "config.json").read_text())
     assert cfg["rl"]["reward"] == "exact" and cfg["rl"]["advantage"] == "sequence"

@@ -53,3 +53,21 @@ def test_sweep_over_catalog_size(tmp_path):
     # each knob value got its own dataset
     assert (tmp_path / "data" / "processed" / "tiny_items_per_leaf4").exists()
     assert (tmp_path / "runs" / "sweep_tiny_items_per_leaf" / "sweep.png").exists()
+
+
+def test_compare_from_an_existing_sft_run_does_not_retrain(tmp_path):
+    dirs = [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
+    assert main(["sft", *FAST, *dirs, "--name=base"]) == 0
+    sft_eval = json.loads((tmp_path / "runs" / "base" / "eval_test.json").read_text())
+    assert main(["compare", "--from=" + str(tmp_path / "runs" / "base"), "--algos=grpo,sapo", "--seeds=2",
+                 "--rl.max_steps=1", *dirs]) == 0
+    root = tmp_path / "runs" / "compare_base"
+    out = json.loads((root / "compare.json").read_text())
+    assert out["from"] == str(tmp_path / "runs" / "base")
+    # the SFT row is the run's own model, the same for both seeds; no SFT model was trained here
+    assert out["per_seed"]["sft"][0]["hit@10"] == out["per_seed"]["sft"][1]["hit@10"] == sft_eval["hit@10"]
+    assert not list(root.rglob("sft.pt"))
+    for s in range(2):
+        cfg = json.loads((root / f"seed{s}" / "sapo" / "config.json").read_text())
+        assert cfg["seed"] == s and cfg["rl"]["max_steps"] == 1 and cfg["sft"]["max_steps"] == 8  # the run's config
+    assert main(["compare", "--from=x", "--sweep=items_per_leaf:4,8", *dirs]) == 2

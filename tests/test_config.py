@@ -63,3 +63,13 @@ def test_every_config_field_has_a_comment():
         missing = [f for f in vars(obj) if f not in SECTIONS and not comments.get(f)]
         assert not missing, f"{type(obj).__name__}: fields without a comment: {missing}"
     assert all("  # " in line for line in describe().splitlines())  # --help-config shows every comment
+
+
+def test_real_preset_is_sized_in_epochs_and_validates_on_enough_users():
+    from minisapo.sft import total_steps
+
+    cfg = make_config(preset="real")
+    assert cfg.sft.max_steps == 0 and cfg.sft.epochs > 0 and cfg.sft.pretrain_epochs > 0
+    assert total_steps(cfg.sft, 96458) == int(-(-cfg.sft.epochs * 96458 // cfg.sft.batch_size))  # from the data
+    assert cfg.sft.eval_samples >= 500 and cfg.sft.keep_best and cfg.sid.unique_last
+    assert cfg.eval.beam_width == 10 and cfg.eval.max_samples == 0  # the paper's beam, every test user

@@ -25,12 +25,12 @@ def _check_real_data_run(run: Path, dataset: str, source: str) -> dict:
               "sft_curves.png", "rl_curves.png", "eval_hit.png"]:
         assert (run / f).exists(), f
     report = json.loads((run / "eval_test.json").read_text())
-    assert set(report["baselines"]) == {"popularity"}  # no oracle on real data
+    assert set(report["baselines"]) == {"popularity", "markov", "item_knn"}  # no oracle on real data
     assert 0.0 <= report["hit@1"] <= report["hit@5"] <= report["hit@10"] <= 1.0
     assert report["valid_rate"] == 1.0  # constrained decoding only emits real items
     text = (run / "report.md").read_text()
     assert f"dataset `{dataset}` ({source})" in text
-    assert "| metric | model | popularity |\n" in text  # the eval tables: model and popularity columns only
+    assert "| metric | model | popularity | markov | item_knn |\n" in text  # the eval tables: no oracle column
     return report
 
 
@@ -48,13 +48,23 @@ def test_amazon_2018_fixture_end_to_end(tmp_path, capsys):
     assert report["baselines"]["popularity"]["hit@10"] == 1.0  # 4 items: the top-10 holds them all
 
 
-def test_forgotten_source_flag_does_not_overwrite_real_data(tmp_path, capsys):
-    data_dir = f"--data_dir={tmp_path / 'data'}"
+def test_a_dataset_is_found_by_name_and_a_conflicting_source_does_not_overwrite_it(tmp_path, capsys):
+    data_dir, runs_dir = f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"
     assert main(["data", *TOY18, "--name=toy18", data_dir]) == 0
     inter = tmp_path / "data" / "processed" / "toy18" / "toy18.inter"
     before = inter.read_text()
     capsys.readouterr()
-    assert main(["sid", "--name=toy18", data_dir]) == 2  # --source defaults to synthetic
+    # the name alone finds the dataset as `data` built it: no --source/--reviews/--kcore to repeat
+    assert main(["sid", "--name=toy18", data_dir]) == 0
+    out = capsys.readouterr().out
+    assert "using the settings it was built with (--source=amazon" in out and "cache hit" in out
+    assert main(["run", *FAST, "--data.name=toy18", data_dir, runs_dir, "--name=by_name"]) == 0
+    cfg = json.loads((tmp_path / "runs" / "by_name" / "config.json").read_text())
+    assert cfg["data"]["source"] == "amazon" and cfg["data"]["kcore"] == 2  # later stages (eval, rl) know it too
+    assert inter.read_text() == before
+    # asking for another source under that name explicitly is an error that names the dataset's own flags
+    capsys.readouterr()
+    assert main(["sid", "--source=synthetic", "--name=toy18", data_dir]) == 2
     err = capsys.readouterr().err
     assert "--source=amazon" in err and "--kcore=2" in err and "Traceback" not in err
     assert inter.read_text() == before

@@ -110,7 +110,7 @@ def test_evaluate_end_to_end_matches_beam_search(tmp_path):
                          rc, run_dir=tmp_path / "run", progress=False)
     import json
     saved = json.loads((tmp_path / "run" / "eval_test.json").read_text())
-    assert saved["hit@5"] == out["hit@5"] and set(saved["baselines"]) == {"popularity", "oracle"}
+    assert saved["hit@5"] == out["hit@5"] and set(saved["baselines"]) == {"popularity", "markov", "item_knn", "oracle"}
     assert saved["baselines"]["oracle"]["hit@1"] == orc["hit@1"]
     assert saved == json.loads(json.dumps(report))  # the file holds exactly the returned report
 
@@ -140,3 +140,64 @@ def test_baselines_rank_distinct_sids_when_items_share_one():
     assert _targets([Sample(0, (2,), 1)], table) == [0]  # a hit on the shared SID counts for item 1
     unique = SIDTable.from_codes(np.array([[0, 0], [0, 1], [1, 0]]))
     assert _per_sid(np.array([0.3, 0.3, 0.4]), unique).tolist() == [0.3, 0.3, 0.4]
+
+
+def _hand_dataset():
+    """5 items, 3 users (leave-one-out). Training interactions: u0 0,1,2 | u1 1,2 | u2 2,0,1;
+    training transitions 0->1 (x2), 1->2 (x2), 2->0 (x1); popularity 0:2, 1:3, 2:3, 3:0, 4:0."""
+    from minisapo.data import Dataset, make_splits
+
+    seqs = [[0, 1, 2, 3, 4], [1, 2, 0, 3], [2, 0, 1, 4, 3]]
+    splits = make_splits(seqs, [list(map(float, range(len(s)))) for s in seqs], "loo", 10)
+    return Dataset("hand", [str(i) for i in range(5)], ["t"] * 5, ["t"] * 5, None, 3, seqs, splits, {}, None)
+
+
+def test_markov_and_item_knn_against_hand_computed_rankings():
+    from minisapo.data import Sample
+    from minisapo.evaluate import item_knn_rankings, markov_baseline, markov_rankings, transition_counts
+
+    ds = _hand_dataset()
+    assert ds.item_popularity().tolist() == [2, 3, 3, 0, 0]
+    assert transition_counts(ds) == {0: {1: 2}, 1: {2: 2}, 2: {0: 1}}  # valid/test targets never counted
+    h = lambda *items: Sample(0, tuple(items), 4)  # noqa: E731
+    # markov: the count after the last item first, then popularity (ties: lower index)
+    assert markov_rankings(ds, [h(1), h(2), h(0, 3)], 5) == [[2, 1, 0, 3, 4], [0, 1, 2, 3, 4], [1, 2, 0, 3, 4]]
+    # item_knn: training users of item 0 {u0, u2}, of 1 and 2 {u0, u1, u2}, of 3 and 4 none, so
+    # sim(0,1) = sim(0,2) = 2/sqrt(6) = .816, sim(1,2) = 1. History (0, 1): item 1 is the most recent
+    # (weight 1), item 0 weight .5: score 0 = .816, score 1 = .5 * .816 = .408, score 2 = 1 + .408
+    assert item_knn_rankings(ds, [h(0, 1)], 5, recency=0.5) == [[2, 0, 1, 3, 4]]
+    # plain sum: scores 0 and 1 tie at .816, popularity puts 1 first
+    assert item_knn_rankings(ds, [h(0, 1)], 5, recency=1.0) == [[2, 1, 0, 3, 4]]
+    # an item seen by no training user (3) adds nothing: same ranking as without it
+    assert item_knn_rankings(ds, [h(0, 1, 3)], 3) == [[2, 0, 1]]
+    # the metrics: test targets of u0, u1, u2 are 4, 3, 3 with last history items 3, 0, 4 -> popularity order
+    # [1, 2, 0, 3, 4] for u0 and u2, [1, 2, 0, 3, 4] for u1 (0 -> 1), so ranks 5, 4, 4
+    m = markov_baseline(ds, ds.splits["test"], ks="1,4,5")
+    assert (m["hit@1"], m["hit@4"], m["hit@5"]) == (0.0, pytest.approx(2 / 3), 1.0)
+    assert m["ndcg@5"] == pytest.approx((1 / math.log2(6) + 2 / math.log2(5)) / 3)
+
+
+def test_item_knn_matches_a_brute_force_double_loop(tmp_path):
+    """item_knn_scores (sparse products) vs. the definition written as loops, on the tiny synthetic world;
+    with shared SIDs the baselines rank distinct SIDs."""
+    from minisapo.data import DataConfig, load, prepare
+    from minisapo.evaluate import item_knn_rankings, item_knn_scores, markov_rankings, train_user_items
+    from minisapo.sid import SIDTable
+
+    ds = load(tmp_path, prepare(DataConfig(world="tiny"), tmp_path).name)
+    users = train_user_items(ds)
+    has = [{u for u, items in enumerate(users) if i in items} for i in range(ds.num_items)]
+    samples = ds.splits["test"][:5]
+    got = item_knn_scores(ds, [s.history for s in samples], recency=0.7)
+    for b, s in enumerate(samples):
+        want = np.zeros(ds.num_items)
+        for t, hi in enumerate(reversed(s.history)):
+            for j in range(ds.num_items):
+                if j != hi and has[hi] and has[j]:
+                    want[j] += 0.7 ** t * len(has[hi] & has[j]) / math.sqrt(len(has[hi]) * len(has[j]))
+        assert got[b] == pytest.approx(want)
+    # dedup="none": items sharing a SID are ranked once, by their summed score
+    codes = np.array([[i // 2, 0] for i in range(ds.num_items)])
+    shared = SIDTable.from_codes(codes, dedup=np.full(ds.num_items, -1))
+    for rankings in (item_knn_rankings(ds, samples, 10, table=shared), markov_rankings(ds, samples, 10, table=shared)):
+        assert all(r and all(i % 2 == 0 for i in r) for r in rankings)

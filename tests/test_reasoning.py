@@ -232,3 +232,65 @@ def test_plot_response_steps(world, tmp_path):
     table, tok = world
     seq = build_prompt([0], table, tok) + build_response(2, ["red", "wool", "warm"], table, tok, "interleaved")
     assert plot_response_steps(seq, tok, 3, tmp_path / "steps.png").stat().st_size > 0
+
+
+def test_no_empty_thinking_block_on_real_item_text(tmp_path):
+    """Teacher blocks on the Amazon fixture always name a descriptor word (not just the connectors), and
+    greedy thinking of an untrained model never writes an empty block (the grammar needs >= 1 word)."""
+    from pathlib import Path
+
+    from minisapo.data import DataConfig, load, prepare
+    from minisapo.generate import beam_search
+    from minisapo.grammar import Grammar
+    from minisapo.model import ModelConfig, build_model
+    from minisapo.sid import SIDConfig, SIDTrie
+    from minisapo.sid import prepare as sid_prepare
+    from minisapo.sid.embed import STOPWORDS
+
+    reviews = Path(__file__).parent.parent / "data" / "samples" / "amazon2014" / "reviews_Toy_5.json"
+    ds = load(tmp_path, prepare(DataConfig(source="amazon", reviews=str(reviews), kcore=2), tmp_path).name)
+    table, tok, _ = sid_prepare(ds, SIDConfig(levels=2), tmp_path / "sid", plot=False, verbose=False)
+    cfg = ReasoningConfig()
+    connectors = {"recent", "often", "next"}
+    samples = ds.splits["train"] + ds.splits["test"]
+    for prompt, response in build_examples(ds, table, tok, samples, cfg, verbose=False):
+        text = tok.decode(response)
+        blocks = [b.split("</think>")[0].split() for b in text.split("<think>")[1:]]
+        assert len(blocks) == 2
+        for words in blocks:
+            assert set(words) - connectors, text  # a descriptor word, not only "recent often"
+            assert not set(words) & STOPWORDS, text
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), tok.vocab_size)
+    grammar = Grammar(tok, SIDTrie(table, tok), table.num_levels, cfg.layout, cfg.max_think_tokens, cfg.mode)
+    prompts = [build_prompt(s.history, table, tok, cfg) for s in samples]
+    for res in beam_search(model, grammar, prompts, beam_width=2):
+        parsed = grammar.parse(res.responses[0])
+        assert parsed.valid and all(len(b) >= 1 for b in parsed.blocks)
+
+
+def test_sequence_examples_cover_the_training_prefix_only(world):
+    """Pretraining windows: each user's training items in order, cut into windows, valid/test targets left out."""
+    from types import SimpleNamespace
+
+    from minisapo.data import make_splits
+    from minisapo.reasoning import build_sequence_examples
+
+    table, tok = world
+    seqs = [[0, 1, 2, 3, 4, 0, 1], [4, 3, 2, 1]]
+    splits = make_splits(seqs, [list(map(float, range(len(s)))) for s in seqs], "loo", 3)
+    ds = SimpleNamespace(sequences=seqs)
+    ex = build_sequence_examples(ds, table, tok, splits["train"], window=3)
+    def sid(*items):  # the window's items as a history, the last one as a sid_only response
+        return ([t for i in items[:-1] for t in tok.sid_ids(table, i)] + [tok.sep_id]
+                + tok.sid_ids(table, items[-1]) + [tok.eos_id])
+
+    # user 0 trains on items 0..4 (positions 5, 6 are valid/test): windows [0 1 2] [3 4]; user 1 on [4 3]
+    assert ex == [([tok.bos_id], sid(0, 1, 2)), ([tok.bos_id], sid(3, 4)), ([tok.bos_id], sid(4, 3))]
+    # overlapping windows (a new one every 2 items): item 2 is a target of one window, a context of the next
+    assert build_sequence_examples(ds, table, tok, splits["train"], window=3, stride=2) == [
+        ([tok.bos_id], sid(0, 1, 2)), ([tok.bos_id], sid(2, 3, 4)), ([tok.bos_id], sid(4, 3))]
+    # temporal: targets by time 1 1 2 2 3 4 5 6 9 -> train = user 0's positions 1..5, user 1's 1..2
+    temporal = make_splits(seqs, [[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 9]], "temporal", 3)
+    assert build_sequence_examples(ds, table, tok, temporal["train"], window=10) == [
+        ([tok.bos_id], sid(0, 1, 2, 3, 4, 0)), ([tok.bos_id], sid(4, 3, 2))]

@@ -156,3 +156,68 @@ def test_resume_logs_the_same_losses_when_eval_every_is_not_a_multiple_of_log_ev
 
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")
     assert [s for s, _ in losses(tmp_path / "ref")] == [2, 4, 6, 8, 9]
+
+
+def test_keep_best_uses_the_best_validation_checkpoint_and_resumes_exactly(tmp_path, capsys):
+    """valid hit@10 peaks at step 8 of 12: the model leaves SFT with step 8's weights (sft_best.pt), a
+    resumed run selects the same ones, and load_sft_weights loads them too."""
+    from minisapo.sft import BEST, load_sft_weights
+
+    ex, valid = make_examples(20, seed=0), make_examples(6, seed=1)
+    cfg = SFTConfig(max_steps=12, batch_size=4, warmup_steps=2, eval_every=4, log_every=4, eval_samples=6)
+    curve = {4: 0.2, 8: 0.5, 12: 0.3}
+    snapshots = {}
+
+    def valid_fn(model):
+        step = 4 * (len(snapshots) + 1)
+        snapshots[step] = _weights(model)
+        return {"valid_hit@10": curve[step]}
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    train_sft(model, ex, cfg, tmp_path / "a", valid_examples=valid, valid_fn=valid_fn, progress=False)
+    assert "best checkpoint by valid_hit@10: step 8/12" in capsys.readouterr().out
+    assert all(torch.equal(v, snapshots[8][k]) for k, v in _weights(model).items())
+    assert not all(torch.equal(v, snapshots[12][k]) for k, v in _weights(model).items())  # the last differs
+    assert torch.load(tmp_path / "a" / BEST, weights_only=False)["step"] == 8
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["selected_step"] == 8 and records[-1]["selected_valid_hit@10"] == 0.5
+    loaded = TinyLM()
+    load_sft_weights(loaded, tmp_path / "a")
+    assert all(torch.equal(v, snapshots[8][k]) for k, v in _weights(loaded).items())
+
+    # interrupted after step 8's checkpoint, then resumed: the same selection, the same weights
+    snapshots.clear()
+    torch.manual_seed(0)
+    train_sft(TinyLM(), ex, cfg, tmp_path / "b", valid_examples=valid, valid_fn=valid_fn, progress=False,
+              stop_after=10)
+    resumed = TinyLM()  # validates once more, at step 12 (hit@10 0.3 < step 8's 0.5, kept in sft.pt)
+    train_sft(resumed, ex, cfg, tmp_path / "b", valid_examples=valid, valid_fn=lambda m: {"valid_hit@10": 0.3},
+              progress=False, resume=True)
+    assert all(torch.equal(v, _weights(model)[k]) for k, v in _weights(resumed).items())
+    # resuming the finished run hands back the best weights again
+    again = TinyLM()
+    train_sft(again, ex, cfg, tmp_path / "b", progress=False, resume=True)
+    assert all(torch.equal(v, _weights(model)[k]) for k, v in _weights(again).items())
+    # keep_best=False: the last step's weights
+    torch.manual_seed(0)
+    last = TinyLM()
+    snapshots.clear()
+    train_sft(last, ex, SFTConfig(**{**cfg.__dict__, "keep_best": False}), tmp_path / "c", valid_examples=valid,
+              valid_fn=valid_fn, progress=False)
+    assert all(torch.equal(v, snapshots[12][k]) for k, v in _weights(last).items())
+
+
+def test_response_loss_equals_the_full_masked_loss():
+    """The GPT path (logits only at response positions) gives the full-logits loss and gradient."""
+    from minisapo.model import ModelConfig, build_model
+    from minisapo.sft import response_loss
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), vocab_size=V)
+    x, y, m = collate(make_examples(6), pad_id=0)
+    full = masked_token_loss(model(x), y, m, normalizer=7.0)
+    (g_full,) = torch.autograd.grad(full, model.wte.weight)
+    fast = response_loss(model, x, y, m, normalizer=7.0)
+    (g_fast,) = torch.autograd.grad(fast, model.wte.weight)
+    assert torch.allclose(full, fast, atol=1e-6) and torch.allclose(g_full, g_fast, atol=1e-6)

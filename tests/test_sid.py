@@ -10,8 +10,8 @@ import torch
 
 from minisapo.sid import SIDConfig, SIDTable, SIDTrie, Tokenizer, dedup_codes, load, prepare
 from minisapo.sid.descriptors import build_descriptors
-from minisapo.sid.embed import load_vectors, tfidf_svd
-from minisapo.sid.rqkmeans import assign, auto_codebook_size, kmeans, level_stats, rq_kmeans
+from minisapo.sid.embed import STOPWORDS, content_words, descriptor_words, load_vectors, tfidf_svd
+from minisapo.sid.rqkmeans import assign, auto_codebook_size, kmeans, level_stats, rq_kmeans, spread_last_level
 
 
 def tiny_world(branch=(3, 3, 2), per_leaf=4, seed=0):
@@ -184,6 +184,20 @@ def test_tfidf_vectors_shape_norm_and_similarity():
     assert np.allclose(x, tfidf_svd(texts, dim=3, seed=0))
 
 
+def test_content_words_and_fields():
+    assert content_words("The Lord of the Rings 2001") == ["lord", "rings", "2001", "2000s"]
+    assert descriptor_words("Toy Story 2 (1999) Children's Animation") == [
+        "toy", "story", "1999", "1990s", "children", "animation"]  # no sequel number, no "s"
+    # fields: a genre field of few common words weighs as much as a title of rare ones
+    titles = ["alpha beta gamma", "delta epsilon zeta", "eta theta iota", "kappa lambda mu"]
+    genres = ["comedy", "comedy", "horror", "horror"]
+    x = tfidf_svd([[t, g] for t, g in zip(titles, genres)], dim=4, seed=0)
+    sim = x @ x.T
+    assert sim[0, 1] > 0.4 and sim[0, 2] < 0.1  # the same genre makes items similar
+    plain = tfidf_svd([f"{t} {g}" for t, g in zip(titles, genres)], dim=4, seed=0)
+    assert (plain @ plain.T)[0, 1] < sim[0, 1]  # in one text, the rare title words drown the genre
+
+
 def test_user_vectors_errors(tmp_path):
     good = tmp_path / "v.npy"
     np.save(good, np.ones((5, 4)))
@@ -224,6 +238,32 @@ def test_descriptors_pick_distinctive_words():
     assert d["<a_0>"] == "shoe" and d["<a_1>"] in {"hat", "green"}
     assert d["<a_0><b_0>"] == "red" and d["<a_0><b_1>"] == "blue"
     assert "common" not in " ".join(d.values())
+
+
+def test_descriptors_have_no_stopwords_and_are_never_empty():
+    """The issue's descriptors were 'the and', 'of the', 'by up': filler title words."""
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0]])
+    texts = ["The Man of the House 1995 Comedy", "The Day of the Jackal 1997 Thriller",
+             "Up and Away by the Sea 1995 Drama", "In and Out 1997 Comedy", "It 1990"]
+    d = build_descriptors(codes, texts, num_words=2)
+    assert set(d) == {"<a_0>", "<a_1>", "<a_2>", "<a_0><b_0>", "<a_0><b_1>", "<a_1><b_0>", "<a_1><b_1>", "<a_2><b_0>"}
+    for key, words in d.items():
+        assert words, key
+        assert not set(words.split()) & STOPWORDS, (key, words)
+    assert d["<a_2>"] == "1990"  # "It" is a stopword: the year is all there is (its decade is not distinctive)
+    assert build_descriptors(np.array([[0], [1]]), ["the of", "a"], 2) == {"<a_0>": "misc", "<a_1>": "misc"}
+
+
+def test_unique_last_level_removes_collisions():
+    """Items with identical vectors collide under plain RQ-KMeans; unique_last gives each its own last code."""
+    x = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 2 + [[0.7, 0.7]])
+    rq = rq_kmeans(x, [2, 4], iters=10, seed=0)
+    assert len({tuple(c) for c in rq.codes.tolist()}) < 6  # collisions
+    codes = spread_last_level(rq)
+    assert len({tuple(c) for c in codes.tolist()}) == 6 and torch.equal(codes[:, 0], rq.codes[:, 0])
+    # a group larger than the codebook keeps as few collisions as it can
+    codes = spread_last_level(rq_kmeans(torch.ones(6, 2) + 0.01 * torch.arange(6.0)[:, None], [1, 4], iters=5))
+    assert len({tuple(c) for c in codes.tolist()}) == 4
 
 
 # -------------------------------------------------------------------- stage

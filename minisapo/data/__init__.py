@@ -20,7 +20,8 @@ from pathlib import Path
 from minisapo.data.dataset import Dataset, Sample, load, make_splits, user_subset, write_processed
 from minisapo.data.synthetic import PRESETS, Oracle, oracle
 
-__all__ = ["DataConfig", "dataset_name", "Dataset", "Sample", "Oracle", "PRESETS", "prepare", "load", "oracle", "make_splits", "user_subset"]
+__all__ = ["DataConfig", "dataset_name", "Dataset", "Sample", "Oracle", "PRESETS", "prepare", "load", "oracle", "make_splits",
+           "user_subset", "stored_settings", "named"]
 
 FORMAT_VERSION = 1  # bump when the processed files change meaning (old caches then rebuild)
 
@@ -49,7 +50,7 @@ class DataConfig:
     kcore: int = 5  # real data: keep users and items with >= kcore interactions (iterated); 0/1 = off
     start: str | None = None  # real data: keep interactions from this UTC date on (YYYY-MM-DD); None = no bound
     end: str | None = None  # real data: keep interactions up to this UTC date, inclusive; None = no bound
-    with_description: bool = False  # amazon: add description/features to the item text SIDs embed
+    with_description: bool = True  # amazon: add description/features to the item text SIDs embed (false: leave them out)
     strict: bool = False  # a malformed input line is an error (file:line) instead of skipped and counted
     # --- samples ---
     split: str = "loo"  # "loo" (leave-one-out, TIGER/SASRec) | "temporal" (global 8:1:1 by time, MiniOneRec)
@@ -127,6 +128,36 @@ def _file_facts(cfg: DataConfig) -> dict:
 
 def _but_paths(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in _PATHS + ("input_files",)}
+
+
+def stored_settings(data_dir: str | Path, name: str) -> dict | None:
+    """The settings `<data_dir>/processed/<name>/` was built with (its dataset.json), or None."""
+    info_file = Path(data_dir) / "processed" / name / "dataset.json"
+    try:
+        return json.loads(info_file.read_text(encoding="utf-8")).get("settings") or None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+SOURCE_KEYS = ("source", "reviews", "meta", "path")  # the data flags that say where a dataset comes from
+
+
+def named(cfg: DataConfig, data_dir: str | Path, given: set[str] | frozenset = frozenset()) -> DataConfig:
+    """A dataset found by its name: `cfg` with the settings `<data_dir>/processed/<cfg.name>/` was built
+    with, for every data field the command did not set itself (`given`: DataConfig field names).
+
+    So `minisapo data --source=atomic --path=DIR --name=ml` once, then `--data.name=ml` alone (no
+    --source/--path) in `sid`, `sft`, `run` and `compare`. Nothing changes without a name, when no such
+    dataset exists, or when the command names a source itself (SOURCE_KEYS in `given`).
+    """
+    stored = stored_settings(data_dir, cfg.name) if cfg.name else None
+    if not stored or any(k in given for k in SOURCE_KEYS):
+        return cfg
+    fields = set(asdict(cfg))
+    keep = {k: v for k, v in stored.items() if k in fields and k != "name" and k not in given}
+    if stored.get("source") != cfg.source or any(getattr(cfg, k) != v for k, v in keep.items()):
+        print(f"dataset {cfg.name!r}: using the settings it was built with ({_flags_of(stored)})")
+    return DataConfig(**{**asdict(cfg), **keep})
 
 
 def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:

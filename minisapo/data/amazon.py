@@ -7,8 +7,8 @@
     2023     <Cat>.jsonl[.gz]                      meta_<Cat>.jsonl[.gz]  parent_asin  timestamp (ms)
 
 Files may be gzipped or not. The release is detected from the file name and first line.
-Item text = cleaned title + brand (2023: store) + categories (+ description/features
-with `with_description`); `html.unescape` and markup stripped. Malformed lines are
+Item text = cleaned title + brand (2023: store) + categories + description/features
+(unless `with_description=False`); `html.unescape` and markup stripped. Malformed lines are
 counted and summarised (or, with `strict`, an error naming file and line).
 """
 
@@ -219,7 +219,7 @@ def read_meta(path: Path, release: str, wanted: set[str], strict: bool, with_des
 
 
 def read_amazon(reviews: str | None, meta: str | None = None, strict: bool = False,
-                with_description: bool = False) -> RawData:
+                with_description: bool = True) -> RawData:
     """Read one category of any release into `RawData` (no filtering yet)."""
     if not reviews:
         raise ValueError(f"--source=amazon needs --reviews=FILE; expected files: {EXPECTED}")

@@ -44,6 +44,8 @@ class Dataset:
     path: Path  # the processed folder
     user_ids: list[str] = field(default_factory=list)  # external user id per user index
     timestamps: list[list[float]] = field(default_factory=list)  # per user, aligned with sequences
+    item_fields: dict[str, list[str]] = field(default_factory=dict)  # text field name -> value per item
+    #   (the fields item_text joins: title, genres, year, brand, categories, ...; SIDs embed each on its own)
 
     @property
     def num_items(self) -> int:
@@ -191,12 +193,12 @@ def load(data_dir: str | Path, name: str) -> Dataset:
             f"  minisapo data --source=synthetic --world=default --name={name} --data_dir={data_dir}\n"
             f"or --source=amazon --reviews=FILE / --source=atomic --path=DIR (see data/README.md)")
     try:
-        info, item_ids, titles, text, cats, users, sequences, timestamps, splits = _read_processed(path, name)
+        info, item_ids, titles, text, cats, users, sequences, timestamps, splits, fields = _read_processed(path, name)
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise ValueError(f"processed dataset {path} is damaged ({type(e).__name__}: {str(e)[:120]}); delete that "
                          f"folder and run the command again to rebuild it") from None
     return Dataset(name, item_ids, titles, text, cats, len(users), sequences, splits, info, path,
-                   list(users), timestamps)
+                   list(users), timestamps, fields)
 
 
 def _read_processed(path: Path, name: str):
@@ -224,7 +226,8 @@ def _read_processed(path: Path, name: str):
         timestamps[users[u]].append(float(t))
     s = info["settings"]
     splits = make_splits(sequences, timestamps, s["split"], s["max_history"])
-    return info, item_ids, titles, text, cats, users, sequences, timestamps, splits
+    fields = {f: [r[c] for r in irows] for f, c in zip(info["text_fields"], text_cols)}
+    return info, item_ids, titles, text, cats, users, sequences, timestamps, splits, fields
 
 
 def _one_line(text: str) -> str:

@@ -27,7 +27,7 @@ import torch
 
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import l2_normalise, load_vectors, tfidf_svd
-from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans
+from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans, spread_last_level
 from minisapo.runs import write_json
 from minisapo.sid.table import LETTERS, SIDTable, dedup_codes
 from minisapo.tokenizer import Tokenizer
@@ -35,7 +35,8 @@ from minisapo.tokenizer import Tokenizer
 STATS_FILE = "sid_stats.json"
 SETTINGS_FILE = "sid_settings.json"
 TOKENIZER_FILE = "tokenizer.json"
-CACHE_VERSION = 3  # bump when the SID stage's outputs change meaning, so old caches rebuild (3: connector word "often")
+CACHE_VERSION = 4  # bump when the SID stage's outputs change meaning, so old caches rebuild
+#   (3: connector word "often"; 4: one TF-IDF block per text field, no stopwords, descriptors from every field)
 PLOT_FILE = "sid_tree.png"
 
 
@@ -54,6 +55,8 @@ class SIDConfig:
     kmeans_iters: int = 30  # max Lloyd iterations per level (stops early when assignments settle)
     sid_seed: int = 0  # seed of SVD and k-means++ (SIDs are a data artifact: own seed, not the run seed)
     descriptor_words: int = 2  # words per descriptor (per code prefix)
+    unique_last: bool = False  # last level: items sharing the other codes get distinct codes where the codebook
+    #   allows (nearest free centroid), so few items collide and need a dedup token
     max_vocab: int = 8192  # tokenizer size cap: specials + SID tokens + words; 0 = keep every word
 
     def __post_init__(self):
@@ -69,8 +72,18 @@ class SIDConfig:
 
 
 # ------------------------------------------------------------------ helpers
-def item_vectors(texts: list[str], cfg: SIDConfig) -> np.ndarray:
-    """(N, d) float32 item vectors: cfg.vectors if given, else the built-in TF-IDF + SVD."""
+def item_texts(dataset) -> list:
+    """What the item vectors are made from: per item, its text fields (title, genres, year, brand, ...)
+    as a list when the dataset has several, else its one text."""
+    fields = getattr(dataset, "item_fields", None) or {}
+    if len(fields) > 1:
+        return [list(vals) for vals in zip(*fields.values())]
+    return list(dataset.item_text)
+
+
+def item_vectors(texts: list, cfg: SIDConfig) -> np.ndarray:
+    """(N, d) float32 item vectors: cfg.vectors if given, else the built-in TF-IDF + SVD
+    (`texts`: one string per item, or one list of field texts per item; see `embed.tfidf_svd`)."""
     if cfg.vectors:
         x = load_vectors(cfg.vectors, len(texts))
     else:
@@ -104,7 +117,9 @@ def format_stats(stats: dict) -> str:
     for l, s in enumerate(stats["levels"]):
         lines.append(f"{LETTERS[l]:>5}  {s['codebook_size']:>8}  {s['used']:>4}  {s['usage']:>5.2f}  {s['perplexity']:>10.1f}")
     lines.append(f"collision rate before dedup: {stats['collision_rate']:.1%} of {stats['num_items']} items "
-                 f"({stats['num_unique_sids']} distinct SIDs; dedup tokens: {stats['dedup_size']}, dedup={stats['dedup']})")
+                 f"({stats['num_unique_sids']} distinct SIDs"
+                 + (f", up to {stats['max_items_per_sid']} items on one" if "max_items_per_sid" in stats else "")
+                 + f"; dedup tokens: {stats['dedup_size']}, dedup={stats['dedup']})")
     if "purity_level1" in stats:
         lines.append(f"level-1 purity vs top-level category: {stats['purity_level1']:.3f}")
     return "\n".join(lines)
@@ -117,6 +132,9 @@ def _fingerprint(dataset, cfg: SIDConfig) -> str:
     for field in ("item_ids", "item_titles", "item_text"):
         h.update("\x1e".join(map(str, getattr(dataset, field, None) or [])).encode())
         h.update(b"\x1d")
+    for name, vals in (getattr(dataset, "item_fields", None) or {}).items():  # the text split into fields
+        h.update(("\x1e".join([name, *map(str, vals)])).encode())
+        h.update(b"\x1d")
     if cfg.vectors and Path(cfg.vectors).exists():
         h.update(Path(cfg.vectors).read_bytes())
     return h.hexdigest()
@@ -128,19 +146,19 @@ def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device
     """Vectors -> RQ-KMeans -> dedup -> SIDTable with descriptors, plus stats.
     Saves the table (and stats) to ``out_dir`` when given. No tokenizer, no cache."""
     t0 = time.time()
-    texts = list(dataset.item_text)
+    texts = item_texts(dataset)
     n = len(texts)
     x = torch.from_numpy(item_vectors(texts, cfg)).to(device)  # (N, d)
     sizes = codebook_sizes(n, cfg)
     rq = rq_kmeans(x, sizes, iters=cfg.kmeans_iters, seed=cfg.sid_seed)
-    codes = rq.codes.cpu().numpy().astype(np.int64)  # (N, K)
+    codes = (spread_last_level(rq) if cfg.unique_last else rq.codes).cpu().numpy().astype(np.int64)  # (N, K)
     dedup = dedup_codes(codes) if cfg.dedup == "token" else np.full(n, -1, dtype=np.int64)
-    titles = list(getattr(dataset, "item_titles", None) or texts)
-    descriptors = build_descriptors(codes, titles, cfg.descriptor_words)
+    descriptors = build_descriptors(codes, list(dataset.item_text), cfg.descriptor_words)
     table = SIDTable(codes, dedup, sizes, descriptors, [str(i) for i in (getattr(dataset, "item_ids", None) or range(n))])
 
     stats = {"levels": level_stats(codes, sizes), "collision_rate": collision_rate(codes),
              "num_items": n, "num_unique_sids": int(len(np.unique(codes, axis=0))),
+             "max_items_per_sid": int(np.unique(codes, axis=0, return_counts=True)[1].max()) if n else 0,
              "dedup": cfg.dedup, "dedup_size": table.dedup_size,
              "quantisation_error": float((rq.residual ** 2).sum(1).mean())}
     cats = getattr(dataset, "item_categories", None)

@@ -1,7 +1,10 @@
 """Item vectors: built-in TF-IDF + truncated SVD (no model download), or a user .npy.
 
-TF-IDF (sublinear tf, smoothed idf, rows L2-normalised) over the words of each
-item's text, then a truncated SVD (exact via the V x V Gram matrix for small vocabularies,
+TF-IDF (sublinear tf, smoothed idf, rows L2-normalised) over the content words of each
+item's text (stopwords dropped; a year such as 1995 also gives its decade, 1990s). An item
+with several text fields (title, genres, year, brand, categories, description) gets one TF-IDF
+block per field, each block L2-normalised and weighted 1/sqrt(#fields), so a field of a few
+common words (the genres) counts as much as a field of many rare ones (the title). Then a truncated SVD (exact via the V x V Gram matrix for small vocabularies,
 else ``torch.svd_lowrank`` on the sparse matrix, so a large vocabulary never
 becomes a dense N x V matrix) keeps ``dim`` directions:
 latent semantic analysis. Rows are L2-normalised so k-means compares directions.
@@ -23,20 +26,50 @@ _WORD = re.compile(r"\w+")
 GRAM_MAX_VOCAB = 2048  # up to this many distinct words the SVD is exact (eigh of A^T A)
 
 
+# English function words and title filler: they say nothing about an item (dropped from the TF-IDF
+# words and from descriptors)
+STOPWORDS = frozenset("""
+a about above after again against all also am an and any are as at be because been before being below
+between both but by can could did do does doing down during each few for from further had has have having
+he her here hers him his how i if in into is it its itself just me more most my no nor not now of off on
+once only or other our ours out over own same she should so some such than that the their theirs them
+then there these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your yours s t d ll m re ve o y don won isn aren wasn la le les
+el de der die das du des et un une il""".split())
+_YEAR = re.compile(r"^(1[89]|20)\d\d$")
+
+
 def words(text: str) -> list[str]:
     """Lowercased word tokens (letters/digits/underscore runs)."""
     return _WORD.findall(text.lower())
 
 
-def tfidf_svd(texts: Sequence[str], dim: int = 64, seed: int = 0, min_df: int = 1) -> np.ndarray:
-    """TF-IDF + truncated SVD. texts: N strings -> (N, dim') float32, L2-normalised rows,
-    dim' = min(dim, N, V) (fewer directions than asked when the data is tiny)."""
-    docs = [Counter(words(t)) for t in texts]
+def content_words(text: str) -> list[str]:
+    """The words that carry meaning: `words(text)` without stopwords; a year (1800-2099) is followed by
+    its decade (`1995` -> `1995 1990s`), so items of the same decade share a word."""
+    out = []
+    for w in words(text):
+        if w in STOPWORDS:
+            continue
+        out.append(w)
+        if _YEAR.match(w):
+            out.append(w[:3] + "0s")
+    return out
+
+
+def descriptor_words(text: str) -> list[str]:
+    """Words fit for a descriptor: `content_words` without single characters and bare numbers
+    (sequel numbers, sizes), but with years and decades."""
+    return [w for w in content_words(text) if len(w) > 1 and (not w.isdigit() or _YEAR.match(w))]
+
+
+def tfidf_matrix(texts: Sequence[str], min_df: int = 1) -> torch.Tensor:
+    """(N, V) sparse TF-IDF of the content words of each text (sublinear tf, smoothed idf, rows L2-normalised;
+    an empty text is a zero row)."""
+    docs = [Counter(content_words(t)) for t in texts]
     df = Counter(w for d in docs for w in d)
     vocab = {w: j for j, w in enumerate(sorted(w for w, c in df.items() if c >= min_df))}
     n, v = len(docs), len(vocab)
-    if n == 0 or v == 0:
-        raise ValueError("item texts are empty: nothing to embed (check the dataset's item_text)")
     idf = np.array([math.log((1 + n) / (1 + df[w])) + 1.0 for w in vocab], dtype=np.float32)
     rows, cols, vals = [], [], []
     for i, d in enumerate(docs):
@@ -47,8 +80,23 @@ def tfidf_svd(texts: Sequence[str], dim: int = 64, seed: int = 0, min_df: int = 
         cols += r_cols
         vals.append(r_vals / norm)
     vals = np.concatenate(vals) if vals else np.zeros(0, np.float32)
-    a = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.from_numpy(vals), (n, v),
-                                check_invariants=False).coalesce()  # (N, V)
+    return torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
+                                   torch.from_numpy(vals), (n, v), check_invariants=False).coalesce()
+
+
+def tfidf_svd(texts: Sequence[str] | Sequence[Sequence[str]], dim: int = 64, seed: int = 0,
+              min_df: int = 1) -> np.ndarray:
+    """TF-IDF + truncated SVD. texts: N strings, or N lists of F field texts (one TF-IDF block per field,
+    each weighted 1/sqrt(F)) -> (N, dim') float32, L2-normalised rows, dim' = min(dim, N, V)
+    (fewer directions than asked when the data is tiny)."""
+    fields = [[t] if isinstance(t, str) else list(t) for t in texts]
+    n_fields = max((len(f) for f in fields), default=0)
+    blocks = [tfidf_matrix([f[j] if j < len(f) else "" for f in fields], min_df) for j in range(n_fields)]
+    blocks = [b for b in blocks if b.shape[1] > 0]
+    if not fields or not blocks:
+        raise ValueError("item texts are empty: nothing to embed (check the dataset's item_text)")
+    a = blocks[0] if len(blocks) == 1 else (torch.cat(blocks, dim=1) * (1.0 / math.sqrt(len(blocks)))).coalesce()
+    n, v = a.shape
     k = max(1, min(dim, n, v))
     if v <= GRAM_MAX_VOCAB:  # small vocabulary: exact, via the eigenvectors of the (V, V) Gram matrix
         with warnings.catch_warnings():  # "sparse CSR support is in beta": fine for one product

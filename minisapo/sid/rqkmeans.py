@@ -135,6 +135,42 @@ def rq_kmeans(x: torch.Tensor, codebook_sizes: list[int], iters: int = 25, seed:
     return RQResult(torch.stack(codes, 1), cents, r)
 
 
+def spread_last_level(rq: RQResult) -> torch.Tensor:
+    """Codes (N, L) whose last level is unique within each prefix where the codebook allows.
+
+    Items with (almost) the same vector - e.g. the same genres and year, titles of words no other item
+    has - land on the same last-level centroid and collide. Here, within every group of items sharing
+    the first L-1 codes, the (item, code) pairs are taken in order of distance (residual to centroid),
+    each item getting its nearest code no other item of the group took yet; only a group larger than the
+    codebook keeps collisions. The last code stays as close to the item as uniqueness permits.
+    """
+    codes = rq.codes.clone()
+    last = rq.centroids[-1]  # (K, d)
+    before = rq.residual + last[codes[:, -1]]  # (N, d) residual that the last level quantised
+    dist = sq_dists(before, last)  # (N, K)
+    groups: dict[tuple, list[int]] = {}
+    for i, prefix in enumerate(codes[:, :-1].tolist()):
+        groups.setdefault(tuple(prefix), []).append(i)
+    k = last.shape[0]
+    for items in groups.values():
+        if len(items) == 1:
+            continue
+        d = dist[items]  # (n, K)
+        order = torch.argsort(d.flatten(), stable=True).tolist()
+        taken, done = set(), {}
+        for flat in order:
+            row, code = divmod(flat, k)
+            if row in done or code in taken:
+                continue
+            done[row] = code
+            taken.add(code)
+            if len(done) == len(items) or len(taken) == k:
+                break
+        for row, code in done.items():
+            codes[items[row], -1] = code
+    return codes
+
+
 def level_stats(codes, codebook_sizes: list[int]) -> list[dict]:
     """Per level: usage = codes used / K, perplexity = exp(entropy of code frequencies)
     (K when all codes are equally used, 1 when one code takes everything)."""
