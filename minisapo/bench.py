@@ -57,7 +57,8 @@ class _Setup:
 
 
 def _synthetic_world(num_items: int, codebook: int, num_words: int, seed: int):
-    from minisapo.sid import SIDTable, SIDTrie, Tokenizer  # sid/ sits below generation; imported lazily
+    from minisapo.sid import SIDTable, SIDTrie  # sid/ sits below generation; imported lazily
+    from minisapo.tokenizer import Tokenizer
 
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, codebook, size=(num_items, 3))

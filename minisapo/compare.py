@@ -36,8 +36,8 @@ from minisapo.evaluate import paired_sign_test
 from minisapo.pipeline import (load_run_config, load_stack, make_run_config, new_model, pick_device, save_config,
                                snapshot_sids, stage_eval, stage_rl, stage_sft, train_samples)
 from minisapo.reasoning import build_examples
-from minisapo.runs import (check_device, check_name, load_checkpoint, load_weights, read_json, read_metrics, run_lock,
-                           write_json)
+from minisapo.files import check_name, read_json, write_json
+from minisapo.runs import check_device, load_checkpoint, load_weights, read_metrics, run_lock
 from minisapo.sft import load_sft_weights, train_sft
 
 CONTROL = "sft_continued"  # the control arm: more SFT for the RL stage's budget, so a gain is not just more training

@@ -435,7 +435,7 @@ def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: E
     report = eval_report(metrics, **baselines)
     report["split"] = split
     if run_dir is not None:
-        from minisapo.runs import write_json
+        from minisapo.files import write_json
 
         write_json(Path(run_dir) / f"eval_{split}.json", report)
     return report

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from minisapo.grammar import Grammar
 from minisapo.model import autocast
-from minisapo.runs import NonFiniteError
+from minisapo.files import NonFiniteError
 
 
 @dataclass

@@ -30,9 +30,10 @@ from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import build_examples, build_prompt, build_sequence_examples
-from minisapo.runs import (check_device, check_not_busy, load_weights, read_json, run_lock, same_path, seed_everything,
-                           swap_dir, write_json)
+from minisapo.files import read_json, same_path, swap_dir, write_json
+from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
 from minisapo.sft import load_sft_weights, train_sft
+from minisapo.tokenizer import Tokenizer
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Stack:
 
     dataset: data_lib.Dataset
     table: sid_lib.SIDTable
-    tokenizer: sid_lib.Tokenizer
+    tokenizer: Tokenizer
     grammar: Grammar
     sid_stats: dict
     sid_dir: Path | None = None  # the folder the SIDs and tokenizer were loaded from (start_run snapshots it)
@@ -79,11 +80,17 @@ def load_stack(cfg: Config, run_dir: Path | None = None, reuse_run_sids: bool = 
         sid_dir = snapshot
     else:
         sid_dir = Path(ds.path) / "sid"
-        table, tok, stats = sid_lib.prepare(ds, cfg.sid, sid_dir, device=pick_device(cfg.device))
+        table, tok, stats = sid_lib.prepare(ds, cfg.sid, sid_dir, plot=_plot_sid_tree, device=pick_device(cfg.device))
     trie = sid_lib.SIDTrie(table, tok)
     r = cfg.reasoning
     grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, r.mode)
     return Stack(ds, table, tok, grammar, stats, sid_dir)
+
+
+def _plot_sid_tree(table, stats: dict, path: Path) -> None:
+    from minisapo.plots import plot_sid_tree  # matplotlib only when drawing
+
+    plot_sid_tree(table, stats, path)
 
 
 def snapshot_sids(stack: Stack, run_dir: Path) -> None:
@@ -215,20 +222,22 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, ex
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
     if cfg.sft.pretrain_epochs > 0:  # next-item pretraining on the training sequences, then SFT from there
         window = cfg.sft.pretrain_window or cfg.data.max_history + 1
-        seqs = build_sequence_examples(stack.dataset, stack.table, stack.tokenizer, ds.splits["train"], window,
+        seqs = build_sequence_examples(stack.dataset, stack.table, stack.tokenizer, stack.dataset.splits["train"], window,
                                        stride=cfg.sft.pretrain_stride or None, cfg=cfg.reasoning)
         longest = max((len(p) + len(r) for p, r in seqs), default=0)
         if longest > cfg.model.max_seq_len:
             raise ConfigError(f"a pretraining window of {window} items is {longest} tokens but model.max_seq_len="
                               f"{cfg.model.max_seq_len}: lower --sft.pretrain_window or raise --max_seq_len")
         pre = copy.deepcopy(cfg.sft)
-        pre.max_steps, pre.epochs, pre.eval_every, pre.keep_best = 0, cfg.sft.pretrain_epochs, 0, False
+        pre.max_steps, pre.epochs = 0, cfg.sft.pretrain_epochs  # validated and selected like SFT (pretrain_best.pt)
         print(f"pretrain: {cfg.sft.pretrain_epochs:g} epochs over {len(seqs)} windows of up to {window} training items "
               f"(a new one every {cfg.sft.pretrain_stride or window})")
-        train_sft(model, seqs, pre, run_dir, resume=resume, device=pick_device(cfg.device),
-                  pad_id=stack.tokenizer.pad_id, seed=cfg.seed, stage="pretrain")
+        train_sft(model, seqs, pre, run_dir, valid_examples=valid, valid_fn=eval_fn(cfg, stack), resume=resume,
+                  device=pick_device(cfg.device), pad_id=stack.tokenizer.pad_id, seed=cfg.seed, stage="pretrain")
+    # after pretraining, SFT validates its starting point too, so with keep_best it never leaves worse than it began
     train_sft(model, train, cfg.sft, run_dir, valid_examples=valid, valid_fn=eval_fn(cfg, stack), resume=resume,
-              device=pick_device(cfg.device), pad_id=stack.tokenizer.pad_id, seed=cfg.seed)
+              device=pick_device(cfg.device), pad_id=stack.tokenizer.pad_id, seed=cfg.seed,
+              validate_first=cfg.sft.pretrain_epochs > 0)
     return model
 
 

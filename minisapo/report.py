@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from minisapo.evaluate import format_table
-from minisapo.runs import read_json, read_metrics
+from minisapo.files import read_json
+from minisapo.runs import read_metrics
 
 
 def _eval_reports(run_dir: Path) -> dict[str, dict]:

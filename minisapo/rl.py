@@ -50,7 +50,8 @@ from minisapo.generate import ROLLOUTS, response_logprobs, rollouts
 from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES, plugin
 from minisapo.reasoning import step_index
 from minisapo.rl_metrics import rollout_metrics
-from minisapo.runs import check_finite, nonfinite_context, write_json
+from minisapo.files import write_json
+from minisapo.runs import check_finite, nonfinite_context
 from minisapo.trainer import STREAM_HELDOUT, STREAM_ROLLOUTS, Trainer, batch_indices, flat, mix_seed
 
 

@@ -194,7 +194,8 @@ def _set_rng_state(state: dict) -> None:
 def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SFTConfig, run_dir: str | Path,
               valid_examples: Sequence[Example] | None = None, valid_fn: Callable[[torch.nn.Module], dict] | None = None,
               resume: bool = False, device: str | torch.device = "cpu", pad_id: int = 0, seed: int = 0,
-              progress: bool = True, stop_after: int | None = None, stage: str = "sft") -> dict:
+              progress: bool = True, stop_after: int | None = None, stage: str = "sft",
+              validate_first: bool = False) -> dict:
     """Fine-tune `model` on (prompt_ids, response_ids) examples; returns the last validation record.
 
     run_dir: gets `sft.pt` (checkpoint after every validation, written atomically) and appends to
@@ -207,6 +208,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     resume: continue from run_dir/sft.pt if it exists (a finished run returns at once).
     seed: seeds the data order (the model was initialised by the caller).
     stop_after: stop after this many steps, as if interrupted (for tests; None = run to the end).
+    validate_first: also validate (and checkpoint) before the first step, so the starting weights (e.g. a
+        pretrained model) are a candidate for the best checkpoint.
     """
     from minisapo.progress import bar as progress_bar
 
@@ -272,6 +275,9 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     model.train()
     bar = progress_bar(total=n_total, initial=step, desc=stage, enabled=progress)
     t0, tokens_seen = time.time(), 0
+    if validate_first and step == 0 and (valid_examples or valid_fn is not None):
+        last_eval = validate_and_checkpoint(done=False)
+        model.train()
     while step < n_total:
         if stop_after is not None and step >= stop_after:
             break

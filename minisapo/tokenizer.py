@@ -23,14 +23,19 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, normalizers, pre_tokenizers
 
-from minisapo.runs import atomic_write
+from minisapo.files import atomic_write
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<think>", "</think>", "<sep>", "<unk>"]  # fixed ids 0..6
-LETTERS = "abcdefgh"  # SID level l uses LETTERS[l] (same convention as minisapo.sid.table)
+LETTERS = "abcdefgh"  # SID level l is written with LETTERS[l] ("<b_4>": level 1, code 4); the dedup level K uses LETTERS[K]
 # Connector words the teacher's thinking blocks use ("recent <last> often <most frequent>" and
 # "recent <history> next <target>", see minisapo.reasoning.teacher_blocks); always in the vocabulary.
 REASONING_WORDS = ("recent", "often", "next")
 _SID_RE = re.compile(r"^<([a-h])_(\d+)>$")
+
+
+def code_token(level: int, code: int) -> str:
+    """``code_token(1, 4) == "<b_4>"``: the one place a SID token's spelling is defined (with parse_token)."""
+    return f"<{LETTERS[level]}_{int(code)}>"
 
 
 def parse_token(token: str) -> tuple[int, int] | None:

@@ -435,7 +435,8 @@ CASES = [
     # --- 6. NaN / inf stops training, names the stage and step, keeps the last good checkpoint ---------------
     Case("sft-diverges", ["sft", *TINY, "--name=nan", "--sft.max_steps=4", "--sft.learning_rate=1e30",
                           "--sft.warmup_steps=0"], ("sft:", "nan", "at step 2"), may_change=("runs/nan/",)),
-    Case("rl-diverges", ["rl", "--from=runs/toy", "--name=nanrl", "--rl.learning_rate=1e30", "--rl.max_steps=3"],
+    Case("rl-diverges", ["rl", "--from=runs/toy", "--name=nanrl", "--rl.learning_rate=1e30", "--rl.max_steps=3",
+                                "--rl.rollout=sample", "--rl.think_credit=true"],
          ("rl", "nan", "at step "), may_change=("runs/nanrl/",)),
     # --- 7. a busy or half-written run ---------------------------------------------------------------------
     Case("metrics-bad-middle-line", RESUME, ("metrics.jsonl:2",), metrics_middle, may_change=("runs/toy/",)),
@@ -622,18 +623,18 @@ def test_a_malicious_checkpoint_does_not_run(ws, capsys):
 def test_nan_in_training_stops_and_keeps_the_last_good_checkpoint(ws, capsys, monkeypatch):
     import minisapo.sft as sft
 
-    real_loss, real_indices, now = sft.masked_token_loss, sft.batch_indices, {}
+    real_loss, real_indices, now = sft.response_loss, sft.batch_indices, {}
 
     def indices(step, *a, **k):  # remember which optimiser step is running (0-based)
         now["step"] = step
         return real_indices(step, *a, **k)
 
-    def nan_from_step_3(logits, targets, mask, normalizer=None):
-        loss = real_loss(logits, targets, mask, normalizer)
+    def nan_from_step_3(model, x, targets, mask, normalizer=None):
+        loss = real_loss(model, x, targets, mask, normalizer)
         return loss * float("nan") if torch.is_grad_enabled() and now.get("step", 0) >= 2 else loss
 
     monkeypatch.setattr(sft, "batch_indices", indices)
-    monkeypatch.setattr(sft, "masked_token_loss", nan_from_step_3)
+    monkeypatch.setattr(sft, "response_loss", nan_from_step_3)
     assert main(["sft", *TINY, "--name=n", "--sft.max_steps=4", "--sft.eval_every=2", "--sft.log_every=1"]) == 2
     line = error_lines(capsys.readouterr().err)[0]
     assert line.startswith("minisapo sft: error: sft: the loss is nan at step 3") and "last good checkpoint is kept" in line
@@ -644,7 +645,7 @@ def test_nan_in_training_stops_and_keeps_the_last_good_checkpoint(ws, capsys, mo
             for r in (ws / "runs/n/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]  # nothing was logged for the NaN step
     # resuming with the bad ingredient gone continues from step 2
-    monkeypatch.setattr(sft, "masked_token_loss", real_loss)
+    monkeypatch.setattr(sft, "response_loss", real_loss)
     assert main(["sft", *TINY, "--name=n", "--sft.max_steps=4", "--sft.eval_every=2", "--sft.log_every=1",
                  "--resume"]) == 0
     assert torch.load(ws / "runs/n/sft.pt", weights_only=True)["step"] == 4

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from minisapo.generate import beam_search, response_logprobs, sample
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, ModelConfig
-from minisapo.sid import SIDTable, SIDTrie, Tokenizer
+from minisapo.sid import SIDTable, SIDTrie
+from minisapo.tokenizer import Tokenizer
 
 # the same tiny catalog as tests/test_grammar.py: 8 items, K = 3, two collision groups -> dedup tokens
 CODES = np.array([[0, 0, 0], [0, 0, 0], [0, 1, 1], [1, 0, 0], [1, 0, 1], [1, 0, 1], [1, 0, 1], [2, 1, 0]])

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from minisapo.grammar import Grammar
-from minisapo.sid import SIDTable, SIDTrie, Tokenizer
+from minisapo.sid import SIDTable, SIDTrie
+from minisapo.tokenizer import Tokenizer
 
 # 8 items, K = 3; items (0,1) and (4,5,6) collide on all semantic codes -> dedup tokens <d_0>.. ;
 # item 2 shares a 2-level prefix with nothing, item 7 is alone under <a_2>.

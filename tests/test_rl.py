@@ -268,7 +268,7 @@ def test_score_rollouts_credit_by_step_on_real_responses(world, layout):
     mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows]).bool()
     parsed = [grammar.parse(r) for r in responses]
     assert all(p.valid for p in parsed)
-    sapo = rl.rl_config("sapo", num_generations=4, step_token_mean=False)
+    sapo = rl.rl_config("sapo", num_generations=4, step_token_mean=False, think_credit=True)
     s = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, sapo, 3)
     # the dedup token decides step 2: response 1 has <d_0> instead of <d_1>
     assert s["matches"].tolist() == [[1, 1, 1], [1, 1, 0], [0, 1, 0], [1, 0, 0]]
@@ -280,7 +280,7 @@ def test_score_rollouts_credit_by_step_on_real_responses(world, layout):
         # the dedup token (last SID token) is credited with step 2's advantage
         if tok.token_level[rows[i][-2]] == 3:
             assert s["token_adv"][i, len(rows[i]) - 2].item() == pytest.approx(s["advantages"][i, 2].item())
-    grpo = rl.rl_config("grpo", num_generations=4)
+    grpo = rl.rl_config("grpo", num_generations=4, think_credit=True)
     g = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, grpo, 3)
     assert g["rewards"].tolist() == [1, 0, 0, 0]
     assert (g["token_adv"][mask] != 0).all() and (g["token_adv"][~mask] == 0).all()
@@ -440,7 +440,7 @@ def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
 
     stack, sft_model, samples, prompts, d = tiny_sft
     targets = [stack.tokenizer.sid_ids(stack.table, s.target) for s in samples]
-    probe = rl.rl_config(algo, num_generations=32)  # 32 fresh samples per prompt, fixed seeds
+    probe = rl.rl_config(algo, num_generations=32, rollout="sample")  # 32 fresh samples per prompt, fixed seeds
 
     def sampled(m):
         return rl.heldout_rewards(m, stack.grammar, prompts, targets, probe)["sampled_reward"]
@@ -448,6 +448,7 @@ def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
     model = copy.deepcopy(sft_model)
     before = sampled(model)
     cfg = rl.rl_config(algo, num_generations=8, batch_size=4, learning_rate=3e-3, beta=0.0, max_steps=30,
+                       rollout="sample", think_credit=True,
                        eval_every=0, save_every=0)
     rl.train_rl(model, None, stack.grammar, stack.tokenizer, stack.table, samples, prompts, cfg, d / algo,
                 progress=False)

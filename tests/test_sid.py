@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from minisapo.sid import SIDConfig, SIDTable, SIDTrie, Tokenizer, dedup_codes, load, prepare
+from minisapo.sid import SIDConfig, SIDTable, SIDTrie, dedup_codes, load, prepare
+from minisapo.plots import plot_sid_tree
+from minisapo.tokenizer import Tokenizer
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import STOPWORDS, content_words, descriptor_words, load_vectors, tfidf_svd
 from minisapo.sid.rqkmeans import assign, auto_codebook_size, kmeans, level_stats, rq_kmeans, spread_last_level
@@ -270,7 +272,7 @@ def test_unique_last_level_removes_collisions():
 def test_prepare_end_to_end_and_cache(tmp_path, capsys):
     ds = tiny_world()
     cfg = SIDConfig(codebook_size=0, kmeans_iters=20)
-    table, tok, stats = prepare(ds, cfg, tmp_path, plot=True)
+    table, tok, stats = prepare(ds, cfg, tmp_path, plot=plot_sid_tree)
     n = len(ds.item_ids)
     assert table.num_items == n and table.codes.shape == (n, 3)
     assert len({tuple(table.tokens(i)) for i in range(n)}) == n  # unique after dedup
@@ -286,7 +288,7 @@ def test_prepare_end_to_end_and_cache(tmp_path, capsys):
     for i in range(n):
         assert tok.item_of(table, tok.sid_ids(table, i)) == i
     capsys.readouterr()
-    table2, tok2, stats2 = prepare(ds, cfg, tmp_path, plot=True)
+    table2, tok2, stats2 = prepare(ds, cfg, tmp_path, plot=plot_sid_tree)
     assert "cache hit" in capsys.readouterr().out
     assert np.array_equal(table2.codes, table.codes) and stats2 == stats and tok2.vocab_size == tok.vocab_size
     t3, tok3 = load(tmp_path)
@@ -298,7 +300,8 @@ def test_prepare_end_to_end_and_cache(tmp_path, capsys):
 
 def test_prepare_dedup_none_and_one_level(tmp_path):
     ds = tiny_world()
-    table, tok, stats = prepare(ds, SIDConfig(dedup="none", levels=1, codebook_size=4), tmp_path, verbose=False)
+    table, tok, stats = prepare(ds, SIDConfig(dedup="none", levels=1, codebook_size=4), tmp_path, verbose=False,
+                                plot=plot_sid_tree)
     assert (table.dedup == -1).all() and table.dedup_size == 0 and stats["collision_rate"] == 1.0
     assert tok.num_levels == 1 and tok.token_to_id("<b_0>") is not None  # one dedup token is always reserved
     trie = SIDTrie(table, tok)

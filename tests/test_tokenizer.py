@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from minisapo.sid import SIDTable, Tokenizer
+from minisapo.sid import SIDTable
+from minisapo.tokenizer import Tokenizer
 from minisapo.tokenizer import SPECIALS
 
 

@@ -21,7 +21,8 @@ import torch
 
 from minisapo.data import DataConfig, load, prepare
 from minisapo.plots import plot_sid_tree
-from minisapo.sid import SIDConfig, SIDTable, SIDTrie, Tokenizer, code_token, dedup_codes
+from minisapo.sid import SIDConfig, SIDTable, SIDTrie, dedup_codes
+from minisapo.tokenizer import Tokenizer, code_token
 from minisapo.sid import prepare as prepare_sids
 from minisapo.sid.build import collision_rate, format_stats, purity
 from minisapo.sid.descriptors import build_descriptors

@@ -166,7 +166,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         raise ValueError(f"unknown data source {cfg.source!r}: use --source=synthetic, amazon or atomic")
     if cfg.split not in ("loo", "temporal"):
         raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
-    from minisapo.runs import check_name, swap_dir
+    from minisapo.files import check_name, swap_dir
 
     name = check_name(dataset_name(cfg), "data.name")  # one folder name: nothing is written outside processed/
     out = Path(data_dir) / "processed" / name

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minisapo.data.filters import Interaction
-from minisapo.runs import atomic_write
+from minisapo.files import atomic_write
 
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
 

@@ -4,15 +4,16 @@ Public API:
     SIDConfig                         settings of the SID stage
     prepare(dataset, cfg, out_dir)    -> (SIDTable, Tokenizer, stats); cached in out_dir
     load(out_dir)                     -> (SIDTable, Tokenizer)
-    build_sids(dataset, cfg, out_dir) -> (SIDTable, stats)     (contract name; no tokenizer)
+    build_sids(dataset, cfg, out_dir) -> (SIDTable, stats)     (no tokenizer)
     load_sids(out_dir)                -> SIDTable
-    SIDTable, SIDTrie, Tokenizer
+    SIDTable, SIDTrie
+The tokens' spelling (`code_token`, `parse_token`) and the `Tokenizer` live one layer down, in
+minisapo.tokenizer.
 """
 
 from minisapo.sid.build import SIDConfig, build_sids, load, load_sids, prepare
-from minisapo.sid.table import SIDTable, code_token, dedup_codes, parse_token, prefix_key
+from minisapo.sid.table import SIDTable, dedup_codes, prefix_key
 from minisapo.sid.trie import SIDTrie
-from minisapo.tokenizer import Tokenizer
 
-__all__ = ["SIDConfig", "prepare", "load", "build_sids", "load_sids", "SIDTable", "SIDTrie", "Tokenizer",
-           "code_token", "parse_token", "prefix_key", "dedup_codes"]
+__all__ = ["SIDConfig", "prepare", "load", "build_sids", "load_sids", "SIDTable", "SIDTrie", "prefix_key",
+           "dedup_codes"]

@@ -8,7 +8,7 @@
     out_dir/sid_stats.json        per level usage + perplexity, collision_rate (before dedup)
     out_dir/tokenizer.json        the vocabulary (HF tokenizers format)
     out_dir/sid_settings.json     the settings + a fingerprint of the catalog (cache key)
-    out_dir/sid_tree.png          the SID tree's top levels + codebook usage (plot=True)
+    out_dir/sid_tree.png          the SID tree's top levels + codebook usage (with plot=...)
 
 A second call with the same settings and catalog is a cache hit (it only loads).
 """
@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,9 +29,9 @@ import torch
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import l2_normalise, load_vectors, tfidf_svd
 from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans, spread_last_level
-from minisapo.runs import write_json
-from minisapo.sid.table import LETTERS, SIDTable, dedup_codes
-from minisapo.tokenizer import Tokenizer
+from minisapo.files import write_json
+from minisapo.sid.table import SIDTable, dedup_codes
+from minisapo.tokenizer import LETTERS, Tokenizer
 
 STATS_FILE = "sid_stats.json"
 SETTINGS_FILE = "sid_settings.json"
@@ -174,11 +175,13 @@ def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device
     return table, stats
 
 
-def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: bool = True,
+def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: Callable | None = None,
             device: str | torch.device = "cpu", verbose: bool = True) -> tuple[SIDTable, Tokenizer, dict]:
     """The `minisapo sid` stage: SIDs + descriptors + tokenizer (+ PNG) in ``out_dir``.
     A second call with the same settings and catalog loads the cached result.
-    (The device only changes where k-means runs; it is not part of the cache key.)"""
+    (The device only changes where k-means runs; it is not part of the cache key.)
+    `plot(table, stats, path)` (e.g. minisapo.plots.plot_sid_tree: drawing sits above this layer) draws
+    out_dir/sid_tree.png if it is missing."""
     cfg = cfg or SIDConfig()
     out_dir = Path(out_dir)
     fp = _fingerprint(dataset, cfg)
@@ -190,7 +193,7 @@ def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: bool = Tru
             if json.loads(settings_path.read_text()).get("fingerprint") == fp:
                 cached = (*load(out_dir), json.loads((out_dir / STATS_FILE).read_text()))
         except (ValueError, OSError, AttributeError) as e:  # a damaged cache is rebuilt, never trusted
-            from minisapo.runs import warn
+            from minisapo.files import warn
 
             warn(f"the SID cache in {out_dir} is damaged ({str(e)[:100]}); rebuilding it")
     if cached is not None:
@@ -199,7 +202,7 @@ def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: bool = Tru
             print(f"SIDs: cache hit in {out_dir}")
             print(format_stats(stats))
         if plot and not (out_dir / PLOT_FILE).exists():
-            _plot(table, stats, out_dir)
+            plot(table, stats, out_dir / PLOT_FILE)
         return table, tok, stats
     out_dir.mkdir(parents=True, exist_ok=True)
     table, stats = build_sids(dataset, cfg, out_dir, device=device, verbose=verbose)
@@ -208,17 +211,11 @@ def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: bool = Tru
     stats["vocab_size"] = tok.vocab_size
     write_json(out_dir / STATS_FILE, stats)
     if plot:
-        _plot(table, stats, out_dir)
+        plot(table, stats, out_dir / PLOT_FILE)
     write_json(settings_path, {"config": dataclasses.asdict(cfg), "fingerprint": fp})  # last: marks completion
     if verbose:
         print(f"SIDs: wrote {out_dir} (vocabulary {tok.vocab_size} tokens)")
     return table, tok, stats
-
-
-def _plot(table: SIDTable, stats: dict, out_dir: Path) -> None:
-    from minisapo.plots import plot_sid_tree  # matplotlib only when drawing
-
-    plot_sid_tree(table, stats, out_dir / PLOT_FILE)
 
 
 def load(out_dir) -> tuple[SIDTable, Tokenizer]:

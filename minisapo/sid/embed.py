@@ -149,7 +149,7 @@ def load_vectors(path: str | Path, num_items: int) -> np.ndarray:
     if zero.all():
         raise ValueError(f"vectors in {path} are all zero: they cannot tell items apart; check how the file was made")
     if zero.any():
-        from minisapo.runs import warn
+        from minisapo.files import warn
 
         warn(f"{int(zero.sum())} of {len(x)} rows in {path} are all zero (first: row {int(zero.argmax())}); "
              f"those items cannot be told apart and will share codes")

@@ -16,34 +16,19 @@ sharing it (the paper's released SIDs keep collisions, too).
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from minisapo.runs import write_json
+from minisapo.files import write_json
+from minisapo.tokenizer import LETTERS, code_token, parse_token
 
-LETTERS = "abcdefgh"  # level l -> letter; the dedup level K uses LETTERS[K]
-_TOKEN_RE = re.compile(r"^<([a-h])_(\d+)>$")
 
 TABLE_FILE = "sid_table.json"  # item_id -> list of code strings
 META_FILE = "sid_meta.json"  # num_levels, codebook sizes, dedup size
 DESCRIPTORS_FILE = "sid_descriptors.json"  # prefix key -> distinctive words
-
-
-def code_token(level: int, code: int) -> str:
-    """``code_token(1, 4) == "<b_4>"``."""
-    return f"<{LETTERS[level]}_{int(code)}>"
-
-
-def parse_token(token: str) -> tuple[int, int] | None:
-    """``"<b_4>" -> (1, 4)``; anything that is not a SID token -> None."""
-    m = _TOKEN_RE.match(token)
-    if m is None:
-        return None
-    return LETTERS.index(m.group(1)), int(m.group(2))
 
 
 def prefix_key(codes: Sequence[int]) -> str:
