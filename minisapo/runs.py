@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from minisapo import distributed
+
 
 def warn(message: str) -> None:
     """One warning line on stderr (what a reader repaired or dropped, a lock taken over, ...)."""
@@ -84,6 +86,8 @@ def seed_everything(seed: int) -> None:
 
 def atomic_write(path: str | Path, write) -> None:
     """Call `write(tmp_path)`, then move the file into place with os.replace (never half a file)."""
+    if not distributed.is_main():  # under torchrun only rank 0 writes files (the others read them)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -313,6 +317,9 @@ def run_lock(run_dir: str | Path):
     command created it and left it empty (a refused command leaves no trace).
     """
     run_dir = Path(run_dir)
+    if not distributed.is_main():  # under torchrun rank 0 holds the lock for all the ranks
+        yield run_dir
+        return
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
@@ -420,6 +427,8 @@ class MetricsLogger:
         _drop_partial_line(self.path)
 
     def log(self, record: dict) -> None:
+        if not distributed.is_main():  # under torchrun rank 0 logs the global batch's metrics
+            return
         clean = {k: _json_value(v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(clean, allow_nan=False) + "\n")
