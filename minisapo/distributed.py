@@ -3,7 +3,8 @@
     torchrun --nproc_per_node=N -m minisapo run --preset=tiny     # N processes ("ranks"), one per GPU/CPU share
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; `init()` (called once by the CLI) joins the process group:
-NCCL when CUDA is there (rank r uses GPU LOCAL_RANK), gloo on CPU. What the training loops do with it:
+NCCL when there is a GPU per rank (rank r uses GPU LOCAL_RANK), else gloo (MINISAPO_BACKEND=gloo forces it).
+What the training loops do with it:
 
     SFT: every rank computes the same global batch indices, takes its slice (`my_slice`), and divides its
          summed loss by the token count of the WHOLE global batch (`sum_over_ranks`); `sum_grads` then
@@ -59,7 +60,9 @@ def init() -> bool:
     torchrun (or WORLD_SIZE == 1): then nothing happens. Other ranks' stdout is silenced (stderr stays)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or enabled():
         return enabled()
-    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local  # one GPU per rank, else gloo
+    cuda = cuda and os.environ.get("MINISAPO_BACKEND", "") != "gloo"  # MINISAPO_BACKEND=gloo: force gloo
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this rank's GPU
     tdist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)

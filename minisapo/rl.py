@@ -470,7 +470,7 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
     """
     check_config(cfg)
     if cfg.batch_size < distributed.world_size():  # torchrun: every rank rolls out whole groups
-        raise ValueError(f"rl.batch_size={cfg.batch_size} prompts is fewer than the {distributed.world_size()} processes")
+        raise ValueError(f"rl.batch_size={cfg.batch_size} is smaller than the {distributed.world_size()} processes")
     if len(samples) != len(prompts) or not samples:
         raise ValueError(f"need one prompt per sample, got {len(samples)} samples and {len(prompts)} prompts")
     targets = [tokenizer.sid_ids(table, s.target) for s in samples]

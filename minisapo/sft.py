@@ -293,7 +293,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         # torchrun: every rank takes its slice of the global micro-batch, and n_tokens counts the global step
         micro_batches = [collate([train_examples[i] for i in distributed.my_slice(
             batch_indices(step, m, cfg, len(train_examples), seed))], pad_id) for m in range(cfg.grad_accum)]
-        n_tokens = distributed.sum_over_ranks(sum(int(mb[2].sum()) for mb in micro_batches))  # response tokens in the step
+        n_tokens = distributed.sum_over_ranks(sum(int(mb[2].sum()) for mb in micro_batches))  # response tokens
         step_loss = 0.0
         for x, y, mask in micro_batches:
             x, y, mask = x.to(device), y.to(device), mask.to(device)

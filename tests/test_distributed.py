@@ -102,7 +102,7 @@ def _train_all(out_dir):
 
 def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), MINISAPO_BACKEND="gloo")
     torch.set_num_threads(1)
     assert distributed.init() and distributed.world_size() == world
     weights = _train_all(out_dir)
