@@ -11,6 +11,9 @@
                      [--from=<sft run dir>]   (--from: every seed starts from that run's SFT model)
     minisapo bench   [--device=auto] [--preset=small] [--threads=1]
 
+Several processes (GPUs, or CPU shares): `torchrun --nproc_per_node=N -m minisapo run|sft|rl|compare ...`
+(minisapo/distributed.py): the same results as one process, in less time.
+
 Every `--key=value` that is not one of the flags above is a config override (see
 `minisapo run --help-config` for every key and its default). Settings apply in one order everywhere:
 defaults, then `--preset`, then `--algo`, then your overrides. A dataset made once with
@@ -91,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a bad command line (already reported in one line)
         return int(e.code or 0)
     debug = args.debug or os.environ.get("MINISAPO_DEBUG", "") not in ("", "0")
+    from minisapo import distributed  # under torchrun: join the process group (else nothing happens)
+
     try:
-        return _dispatch(args, rest)
+        distributed.init()
+        code = _dispatch(args, rest)
+        distributed.cleanup()
+        return code
     except KeyboardInterrupt:
         _close_bars()
         print(f"minisapo {args.command}: interrupted (checkpoints are written atomically: --resume continues)",

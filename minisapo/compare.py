@@ -36,7 +36,7 @@ from minisapo.evaluate import paired_sign_test
 from minisapo.pipeline import (load_run_config, load_stack, make_run_config, new_model, pick_device, save_config,
                                snapshot_sids, stage_eval, stage_rl, stage_sft, train_samples)
 from minisapo.reasoning import build_examples
-from minisapo.files import check_name, read_json, write_json
+from minisapo.files import atomic_write, check_name, read_json, write_json
 from minisapo.runs import check_device, load_checkpoint, load_weights, read_metrics, run_lock
 from minisapo.sft import load_sft_weights, train_sft
 
@@ -214,11 +214,11 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
     write_json(root / "compare.json", {"config": overrides, "algos": algos, "seeds": seeds,
                                        "from": str(from_run) if from_run else None,
                                        "per_seed": results, "summary": summary, "paired_tests": tests})
-    (root / "compare.md").write_text(format_summary(summary, title=f"compare {base.name}{tag}: {seeds} seed(s), "
-                                                    f"{base.rl.max_steps} RL steps x {base.rl.batch_size} prompts x "
-                                                    f"{base.rl.num_generations} generations per algorithm", tests=tests))
+    text = format_summary(summary, title=f"compare {base.name}{tag}: {seeds} seed(s), {base.rl.max_steps} RL steps x "
+                          f"{base.rl.batch_size} prompts x {base.rl.num_generations} generations per algorithm", tests=tests)
+    atomic_write(root / "compare.md", lambda p: p.write_text(text))  # (under torchrun: rank 0 only)
     plot_rl_curves(curves, root / "compare_curves.png")
-    print((root / "compare.md").read_text())
+    print(text)
     print(f"wrote {root / 'compare.json'}, {root / 'compare.md'}, {root / 'compare_curves.png'}")
     return results
 
@@ -284,7 +284,7 @@ def _sweep(overrides: dict, algos: list[str], seeds: int, knob: str, key: str, v
     for r in rows:
         cells = [f"{r[f'{al}_hit@10'][0]:.4f} ± {r[f'{al}_hit@10'][1]:.4f}" for al in ["sft", *algos]]
         lines.append(f"| {r['value']} | " + " | ".join(cells) + f" | {r[f'{a}-{b}_hit@10']:+.4f} |")
-    (root / "sweep.md").write_text("\n".join(lines) + "\n")
+    atomic_write(root / "sweep.md", lambda p: p.write_text("\n".join(lines) + "\n"))  # (torchrun: rank 0 only)
     plot_sweep(rows, knob, a, b, root / "sweep.png")
     print("\n".join(lines))
     print(f"wrote {root / 'sweep.json'}, {root / 'sweep.md'}, {root / 'sweep.png'}")

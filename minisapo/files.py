@@ -57,8 +57,17 @@ def same_path(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+def is_main_process() -> bool:
+    """False on every torchrun rank but 0 (torchrun sets RANK), so only rank 0 writes files. The same answer
+    as minisapo.distributed.is_main() there, read from the environment so this layer needs no torch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)`, then move the file into place with os.replace (never half a file)."""
+    """Call `write(tmp_path)`, then move the file into place with os.replace (never half a file).
+    Under torchrun only rank 0 writes (the others read what it wrote)."""
+    if not is_main_process():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

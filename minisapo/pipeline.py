@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from minisapo import data as data_lib
+from minisapo import distributed
 from minisapo import sid as sid_lib
 from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_overrides, config_changes, from_dict,
                              make_config, resolve_key, to_dict)
@@ -71,16 +72,18 @@ def load_stack(cfg: Config, run_dir: Path | None = None, reuse_run_sids: bool = 
     SFT run) loads that snapshot, so a checkpoint always meets the vocabulary it was trained with,
     whatever happened to the dataset's cache since. Nothing is written into run_dir here.
     """
-    ds = load_dataset(cfg)
-    snapshot = None if run_dir is None else Path(run_dir) / "sid"
-    if reuse_run_sids and snapshot is not None and (snapshot / "tokenizer.json").exists():
-        table, tok = sid_lib.load(snapshot)
-        stats = read_json(snapshot / "sid_stats.json") if (snapshot / "sid_stats.json").exists() else {}
-        print(f"SIDs and tokenizer: the run's own, from {snapshot}")
-        sid_dir = snapshot
-    else:
-        sid_dir = Path(ds.path) / "sid"
-        table, tok, stats = sid_lib.prepare(ds, cfg.sid, sid_dir, plot=_plot_sid_tree, device=pick_device(cfg.device))
+    with distributed.main_first():  # torchrun: rank 0 builds the caches, the other ranks then read them
+        ds = load_dataset(cfg)
+        snapshot = None if run_dir is None else Path(run_dir) / "sid"
+        if reuse_run_sids and snapshot is not None and (snapshot / "tokenizer.json").exists():
+            table, tok = sid_lib.load(snapshot)
+            stats = read_json(snapshot / "sid_stats.json") if (snapshot / "sid_stats.json").exists() else {}
+            print(f"SIDs and tokenizer: the run's own, from {snapshot}")
+            sid_dir = snapshot
+        else:
+            sid_dir = Path(ds.path) / "sid"
+            table, tok, stats = sid_lib.prepare(ds, cfg.sid, sid_dir, plot=_plot_sid_tree,
+                                                    device=pick_device(cfg.device))
     trie = sid_lib.SIDTrie(table, tok)
     r = cfg.reasoning
     grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, r.mode)
@@ -96,7 +99,7 @@ def _plot_sid_tree(table, stats: dict, path: Path) -> None:
 def snapshot_sids(stack: Stack, run_dir: Path) -> None:
     """Copy the SIDs and tokenizer `stack` was loaded from into `<run_dir>/sid/` (complete, or not at all)."""
     dst = Path(run_dir) / "sid"
-    if stack.sid_dir is None or same_path(stack.sid_dir, dst):
+    if stack.sid_dir is None or same_path(stack.sid_dir, dst) or not distributed.is_main():  # (torchrun: rank 0's)
         return
     tmp = Path(run_dir) / f".sid.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -161,14 +164,16 @@ def start_run(cfg: Config, resume: bool, stack: Stack | None = None) -> Path:
     a command that fails on a bad input changes nothing. Without --resume, an earlier run's outputs are
     removed here (so metrics.jsonl never mixes two runs); with it, they are kept and continued."""
     run_dir = run_dir_of(cfg)
-    old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")]
-    if old and not resume:
-        print(f"{run_dir} holds an earlier run: starting afresh (use --resume to continue it instead)")
-        for p in old:
-            p.unlink()
-    save_config(cfg, run_dir)
-    if stack is not None:
-        snapshot_sids(stack, run_dir)
+    if distributed.is_main():  # torchrun: rank 0 prepares the run directory, the others wait for it
+        old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")]
+        if old and not resume:
+            print(f"{run_dir} holds an earlier run: starting afresh (use --resume to continue it instead)")
+            for p in old:
+                p.unlink()
+        save_config(cfg, run_dir)
+        if stack is not None:
+            snapshot_sids(stack, run_dir)
+    distributed.barrier()
     return run_dir
 
 
@@ -265,7 +270,12 @@ def stage_rl(cfg: Config, stack: Stack, model: GPT, run_dir: Path, resume: bool 
 
 def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str = "test",
                tag: str = "") -> dict:
-    """Paper-protocol evaluation + baselines; writes eval_<split><tag>.json and prints the table."""
+    """Paper-protocol evaluation + baselines; writes eval_<split><tag>.json and prints the table.
+    Under torchrun rank 0 evaluates and every rank gets the report."""
+    return distributed.from_main(lambda: _stage_eval(cfg, stack, model, run_dir, split, tag))
+
+
+def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str, tag: str) -> dict:
     report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, cfg.eval,
                             reasoning=cfg.reasoning, run_dir=None)
     report["settings"] = {"eval": to_dict(cfg)["eval"], "reasoning": to_dict(cfg)["reasoning"]}
@@ -296,6 +306,8 @@ def token_credit_figure(model: GPT, stack: Stack, samples, prompts, path: Path, 
     from minisapo.plots import plot_token_credit
     from minisapo.rl import token_credit
 
+    if not distributed.is_main():  # torchrun: a figure of rank 0's
+        return None
     tok, K = stack.tokenizer, stack.table.num_levels
     gen = torch.Generator(device=pick_device("cpu")).manual_seed(seed)
     for s, prompt in list(zip(samples, prompts))[:max_tries]:
@@ -437,6 +449,8 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
 def _finish(cfg: Config, run_dir: Path, seconds: float | None = None) -> None:
     from minisapo.report import write_report
 
+    if not distributed.is_main():  # torchrun: rank 0 writes the report
+        return
     path = write_report(run_dir, cfg, seconds=seconds)
     print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(run_dir.glob('*.png')))}")
 

@@ -11,13 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from minisapo import distributed  # noqa: E402
+
 
 def _save(fig, path, dpi: int = 110, **layout) -> Path:
     """tight_layout, create the folder, write the PNG, close the figure; returns the path."""
     fig.tight_layout(**layout)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    if distributed.is_main():  # under torchrun only rank 0 writes files
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from minisapo import distributed
 from minisapo.generate import ROLLOUTS, response_logprobs, rollouts
 from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES, plugin
 from minisapo.reasoning import step_index
@@ -394,6 +395,8 @@ def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int
             ref_lp = response_logprobs(ref_model, grammar, ro.prompts, ro.responses, cfg.temperature)[0].float()
     B = ro.responses.size(0)  # 4) num_iterations optimiser steps, each over the whole batch in chunks
     chunks = torch.arange(B).chunk(cfg.gradient_accumulation_steps)
+    # torchrun: the normalisers count the rows, tokens and chunks of every rank (the global batch)
+    num_rows, num_tokens, num_chunks = distributed.sum_over_ranks(B, int(lmask.sum()), len(chunks))
     stats: dict = {}
     for _ in range(cfg.num_iterations):
         optimizer.zero_grad(set_to_none=True)
@@ -402,15 +405,21 @@ def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int
             old = lp.detach() if old_lp is None else old_lp[c]  # ratio exactly 1 when mu == 1
             loss, st = policy_loss(lp.float(), old, adv[c], lmask[c], cfg.loss_type, cfg.epsilon, cfg.epsilon_high,
                                    cfg.beta, None if ref_lp is None else ref_lp[c],
-                                   cfg.max_completion_length or grammar.max_length, num_rows=B,
-                                   num_tokens=int(lmask.sum()), num_chunks=len(chunks))
+                                   cfg.max_completion_length or grammar.max_length, num_rows=num_rows,
+                                   num_tokens=num_tokens, num_chunks=num_chunks)
             loss.backward()
             st.update(loss=loss.item(), entropy=float((ent.detach().float() * lmask[c]).sum() / lmask[c].sum().clamp(min=1)))
+            share = float(lmask[c].sum()) / max(num_tokens, 1)  # token means of chunks -> of the global batch
             for k, v in st.items():
-                stats[k] = stats.get(k, 0.0) + v * (1.0 if k == "loss" else len(c) / B) / cfg.num_iterations
+                if k == "ratio_max":  # the largest ratio of the step
+                    stats[k] = max(stats.get(k, 0.0), v)
+                else:
+                    stats[k] = stats.get(k, 0.0) + v * (1.0 if k == "loss" else share) / cfg.num_iterations
+        distributed.sum_grads(model)  # torchrun: the global batch's gradient (the normalisers are global)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
         check_finite("rl", step + 1, "lower --rl.learning_rate", loss=stats.get("loss"), **{"gradient norm": grad_norm})
         optimizer.step()
+    stats = distributed.sum_stats(stats, maxed=("ratio_max",))  # torchrun: the global batch's (sum, max)
     scored.update(stats=stats, grad_norm=float(grad_norm))
     return scored, ro.mask.cpu()
 
@@ -461,6 +470,8 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
     rl_config.json and rl_checkpoint.pt (atomic) in run_dir; `resume=True` continues from the checkpoint.
     """
     check_config(cfg)
+    if cfg.batch_size < distributed.world_size():  # torchrun: every rank rolls out whole groups
+        raise ValueError(f"rl.batch_size={cfg.batch_size} is smaller than the {distributed.world_size()} processes")
     if len(samples) != len(prompts) or not samples:
         raise ValueError(f"need one prompt per sample, got {len(samples)} samples and {len(prompts)} prompts")
     targets = [tokenizer.sid_ids(table, s.target) for s in samples]
@@ -474,11 +485,12 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
     start = trainer.resume(model, opt, device)[0] if resume else trainer.fresh()
 
     def evaluate(step: int) -> None:
-        if eval_fn is not None:
+        if eval_fn is not None and distributed.is_main():  # torchrun: rank 0 evaluates, the others wait
             model.eval()
             with nonfinite_context("rl evaluation", step):
                 record = flat("eval/", eval_fn(model))
             trainer.log({"step": step, **record}, show=("eval/valid_hit@10",))
+        distributed.barrier()
 
     if start == 0:
         evaluate(0)
@@ -490,9 +502,12 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
             group["lr"] = lr
         idx = batch_indices(len(samples), cfg.batch_size, step, seed)
         gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_ROLLOUTS, step, j)) for j in range(len(idx))]  # one per group
+        idx, gens = distributed.my_slice(idx), distributed.my_slice(gens)  # torchrun: this rank's whole groups
         scored, mask = rl_step(model, ref_model, opt, grammar, [prompts[i] for i in idx], [targets[i] for i in idx],
                                cfg, gens, step)
-        last = {"step": step + 1, **rollout_metrics(scored, mask, cfg.num_generations), **scored["stats"],
+        rows = distributed.cat_over_ranks({k: scored[k] for k in ("matches", "rewards", "valid", "sids")})
+        mask = distributed.cat_over_ranks(mask)  # torchrun: the metrics of the global batch (every rank's groups)
+        last = {"step": step + 1, **rollout_metrics(rows, mask, cfg.num_generations), **scored["stats"],
                 "grad_norm": scored["grad_norm"], "lr": lr, "step_time": time.time() - t0}
         trainer.log(last, show=("reward", "hit_rate", "frac_reward_zero_std"))
         if step + 1 < cfg.max_steps and trainer.eval_due(step + 1):

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from minisapo import distributed
 from minisapo.files import NonFiniteError, atomic_write, warn
 
 
@@ -224,6 +225,9 @@ def run_lock(run_dir: str | Path):
     command created it and left it empty (a refused command leaves no trace).
     """
     run_dir = Path(run_dir)
+    if not distributed.is_main():  # under torchrun rank 0 holds the lock for all the ranks
+        yield run_dir
+        return
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
@@ -331,6 +335,8 @@ class MetricsLogger:
         _drop_partial_line(self.path)
 
     def log(self, record: dict) -> None:
+        if not distributed.is_main():  # under torchrun rank 0 logs the global batch's metrics
+            return
         clean = {k: _json_value(v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(clean, allow_nan=False) + "\n")

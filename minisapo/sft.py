@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from minisapo import distributed
 from minisapo.model import autocast
 from minisapo.runs import (MetricsLogger, check_finite, check_finite_weights, load_checkpoint, load_optimizer,
                            load_weights, rng_state, save_checkpoint, set_rng_state, trim_metrics)
@@ -218,6 +219,9 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     model.to(device)
     if len(train_examples) == 0:
         raise ValueError("no SFT training examples: is the train split empty?")
+    if cfg.batch_size < distributed.world_size():  # torchrun: every rank needs a share of each micro-batch
+        raise ValueError(f"sft.batch_size={cfg.batch_size} is smaller than the {distributed.world_size()} processes")
+    progress = progress and distributed.is_main()
     n_total = total_steps(cfg, len(train_examples))
     optimizer = _optimizer(model, cfg)
     ckpt_path = run_dir / (CHECKPOINT if stage == "sft" else f"{stage}.pt")
@@ -245,7 +249,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
                 return last_eval
     if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
         trim_metrics(metrics_path, stage, None)
-        best_path.unlink(missing_ok=True)
+        if distributed.is_main():
+            best_path.unlink(missing_ok=True)
     logger = MetricsLogger(metrics_path)
     valid_examples = list(valid_examples or [])
     valid_examples = valid_examples[:cfg.eval_samples] if cfg.eval_samples > 0 else valid_examples
@@ -256,12 +261,18 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         nonlocal best
         check_finite_weights(model, stage, step, hint)
         record = {"stage": stage, "step": step}
-        if valid_examples:
-            record["valid_loss"] = validation_loss(model, valid_examples, pad_id, device, cfg.batch_size)
-            check_finite(stage, step, hint, **{"validation loss": record["valid_loss"]})
-        if valid_fn is not None:
-            record.update(valid_fn(model))
-            model.train()
+
+        def measure() -> dict:
+            out = {}
+            if valid_examples:
+                out["valid_loss"] = validation_loss(model, valid_examples, pad_id, device, cfg.batch_size)
+                check_finite(stage, step, hint, **{"validation loss": out["valid_loss"]})
+            if valid_fn is not None:
+                out.update(valid_fn(model))
+                model.train()
+            return out
+
+        record.update(distributed.from_main(measure))  # torchrun: rank 0 validates, every rank gets its numbers
         if SELECT_METRIC in record and record[SELECT_METRIC] >= best.get(SELECT_METRIC, -1.0):
             best = {"step": step, SELECT_METRIC: record[SELECT_METRIC]}  # written before sft.pt refers to it
             save_checkpoint(best_path, {"model": model.state_dict(), **best})
@@ -270,6 +281,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
                                     "step": step, "rng": _rng_state(), "last_eval": record, "done": done,
                                     "best": best, "config": asdict(cfg), "seed": seed,
                                     "running_loss": [running, running_n]})
+        distributed.barrier()  # torchrun: the checkpoints exist before any rank reads them (_use_best)
         return record
 
     model.train()
@@ -284,9 +296,10 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         lr = lr_at(step, cfg, n_total)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = [collate([train_examples[i] for i in batch_indices(step, m, cfg, len(train_examples), seed)],
-                                 pad_id) for m in range(cfg.grad_accum)]
-        n_tokens = sum(int(mb[2].sum()) for mb in micro_batches)  # response tokens in the whole step
+        # torchrun: every rank takes its slice of the global micro-batch, and n_tokens counts the global step
+        micro_batches = [collate([train_examples[i] for i in distributed.my_slice(
+            batch_indices(step, m, cfg, len(train_examples), seed))], pad_id) for m in range(cfg.grad_accum)]
+        n_tokens = distributed.sum_over_ranks(sum(int(mb[2].sum()) for mb in micro_batches))  # response tokens
         step_loss = 0.0
         for x, y, mask in micro_batches:
             x, y, mask = x.to(device), y.to(device), mask.to(device)
@@ -295,6 +308,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
                 loss = response_loss(model, x, y, mask, normalizer=max(n_tokens, 1))
             loss.backward()
             step_loss += float(loss.detach())
+        distributed.sum_grads(model)  # torchrun: the global batch's gradient (each loss has the global normaliser)
+        step_loss = distributed.sum_over_ranks(step_loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         check_finite(stage, step + 1, hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
         optimizer.step()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minisapo import distributed
 from minisapo.runs import (MetricsLogger, check_finite_weights, load_checkpoint, load_optimizer, load_weights,
                            save_checkpoint, trim_metrics)
 
@@ -69,7 +70,8 @@ class Trainer:
         self.run_dir, self.stage, self.max_steps = Path(run_dir), stage, max_steps
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.run_dir / checkpoint
-        self.eval_every, self.save_every, self.progress = eval_every, save_every, progress
+        self.eval_every, self.save_every = eval_every, save_every
+        self.progress = progress and distributed.is_main()  # torchrun: rank 0 shows the progress
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
         self.bar = None
 

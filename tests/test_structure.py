@@ -30,7 +30,7 @@ LAYERS = [
     ["rl"],
     ["plots", "report"],
     ["config"],  # composes every stage's config dataclass
-    ["pipeline", "compare", "bench"],
+    ["pipeline", "compare", "bench", "gpu_check"],
     ["cli", "__main__"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
