@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from minisapo import data as data_lib
 from minisapo import distributed
 from minisapo import sid as sid_lib
@@ -250,7 +248,7 @@ def rl_eval_fn(cfg: Config, stack: Stack):
     """What RL evaluates on validation users, every rl.eval_every steps: the beam metrics of `eval_fn`
     (hit@10, ndcg@10, distinct top-1 items) and the held-out curve: the training rollouts on the first
     rl.eval_prompts validation prompts, with fixed seeds (eval/sampled_reward, eval/sampled_hit_rate/step_k)."""
-    from minisapo.rl import heldout_rewards
+    from minisapo.rl_metrics import heldout_rewards
 
     held = stack.dataset.splits["valid"][: cfg.rl.eval_prompts]
     prompts, targets = _prompts(cfg, stack, held), [stack.tokenizer.sid_ids(stack.table, s.target) for s in held]
@@ -295,36 +293,6 @@ def eval_tag(run_cfg: Config, cfg: Config) -> str:
     old, new = to_dict(run_cfg), to_dict(cfg)
     parts = [f"{k}{v}" for sec in EVAL_SECTIONS for k, v in new[sec].items() if old[sec].get(k) != v]
     return "".join("_" + "".join(c if c.isalnum() or c in "-._" else "-" for c in p) for p in parts)
-
-
-def token_credit_figure(model: GPT, stack: Stack, samples, prompts, path: Path, num_generations: int = 8,
-                        seed: int = 0, max_tries: int = 32) -> Path | None:
-    """The paper's idea in one picture: one group of G rollouts, each token coloured by the advantage
-    it gets under GRPO and under SAPO. Picks the first sample (of max_tries) whose group gives SAPO
-    some signal; returns None if none does."""
-    from minisapo.generate import sample as sample_rollouts
-    from minisapo.plots import plot_token_credit
-    from minisapo.rl import token_credit
-
-    if not distributed.is_main():  # torchrun: a figure of rank 0's
-        return None
-    tok, K = stack.tokenizer, stack.table.num_levels
-    gen = torch.Generator(device=pick_device("cpu")).manual_seed(seed)
-    for s, prompt in list(zip(samples, prompts))[:max_tries]:
-        ro = sample_rollouts(model, stack.grammar, [prompt], num_generations=num_generations, generator=gen)
-        responses, mask = ro.responses.cpu(), ro.mask.cpu()
-        parsed = [stack.grammar.parse(r[m].tolist()) for r, m in zip(responses, mask)]
-        credit = token_credit(responses, mask, parsed, tok.sid_ids(stack.table, s.target), tok, K)
-        if credit["sapo"].abs().sum() == 0:
-            continue  # every rollout got every step equally right: no signal for anyone
-        tokens = [[tok.id_to_token(int(t)) for t in r[m]] for r, m in zip(responses, mask)]
-        labels = ["".join("✓" if x else "✗" for x in row.tolist()) for row in credit["matches"]]
-        return plot_token_credit(tokens, {"GRPO (exact reward, sequence advantage)": credit["grpo"],
-                                          "SAPO (per-step reward and advantage)": credit["sapo"]},
-                                 path, row_labels=labels,
-                                 title=f"one group of {num_generations} rollouts; target "
-                                       f"{' '.join(stack.table.tokens(s.target))}; rows: per-step hits")
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,6 +393,8 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
 
     `cfg` comes from make_config(overrides, algo=...): the `--algo` preset is already applied, under the
     user's overrides (one precedence rule: defaults, preset, --algo, overrides)."""
+    from minisapo.plots import token_credit_figure  # matplotlib only when drawing
+
     t0 = time.time()
     run_dir = run_dir_of(cfg)
     check_device(cfg.device)
@@ -437,7 +407,8 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
         model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples)
         stage_eval(cfg, stack, model, run_dir, tag="_sft")
         test = stack.dataset.splits["test"]
-        token_credit_figure(model, stack, test, _prompts(cfg, stack, test[:32]), run_dir / "token_credit.png",
+        token_credit_figure(model, stack.grammar, stack.table, test, _prompts(cfg, stack, test[:32]),
+                            run_dir / "token_credit.png",
                             num_generations=min(cfg.rl.num_generations, 8), seed=cfg.seed)
         if cfg.rl.max_steps > 0:
             stage_rl(cfg, stack, model, run_dir, resume=resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -11,7 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import torch  # noqa: E402
+
 from minisapo import distributed  # noqa: E402
+from minisapo.generate import sample as sample_rollouts  # noqa: E402
+from minisapo.rl import rl_config, score_rollouts  # noqa: E402
 
 
 def _save(fig, path, dpi: int = 110, **layout) -> Path:
@@ -98,7 +103,7 @@ def plot_token_credit(tokens, credits: dict, path, row_labels=None, title: str |
     """Heatmaps of the advantage each token receives, one panel per algorithm (stacked).
 
     tokens: G lists of token strings (the same group of rollouts in every panel);
-    credits: {"GRPO": (G, T) array, "SAPO": (G, T) array, ...} from `rl.token_credit`;
+    credits: {"GRPO": (G, T) array, "SAPO": (G, T) array, ...} from `token_credit` (below);
     row_labels: G strings (e.g. per-step hits "✓✓✗" and the reward). Blue = reinforced,
     red = discouraged, white = no credit. Each panel has its own symmetric colour scale.
     Returns the PNG path.
@@ -272,3 +277,46 @@ def plot_sweep(rows: list[dict], knob: str, a: str, b: str, path) -> Path:
     ax2.set_xlabel(knob)
     ax2.set_title(f"{a} - {b}: hit@10 gain")
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The token-credit picture of a run: one group sampled from the model, scored as GRPO and SAPO score it
+
+
+def token_credit(responses: torch.Tensor, mask: torch.Tensor, parsed: Sequence, target_sids: Sequence[int],
+                 tokenizer, num_steps: int, algos: Sequence[str] = ("grpo", "sapo"), think_credit: bool = True) -> dict:
+    """The advantage every token of ONE group (G, T) receives under each algorithm (`rl.score_rollouts`):
+    {algo: (G, T)} plus "matches" (G, K) and "steps" (G, T), ready for `plot_token_credit`. By default with
+    credit on thinking tokens, as the paper defines SAPO (the recipe's `think_credit=False` leaves them 0)."""
+    out: dict = {}
+    for algo in algos:
+        scored = score_rollouts(responses, mask, parsed, [list(target_sids)] * responses.size(0), tokenizer,
+                                rl_config(algo, num_generations=responses.size(0), think_credit=think_credit), num_steps)
+        out.update({algo: scored["token_adv"], "matches": scored["matches"], "steps": scored["steps"]})
+    return out
+
+
+def token_credit_figure(model, grammar, table, samples, prompts, path, num_generations: int = 8, seed: int = 0,
+                        max_tries: int = 32):
+    """The paper's idea in one picture: one group of G rollouts, each token coloured by the advantage
+    it gets under GRPO and under SAPO. Picks the first sample (of max_tries) whose group gives SAPO
+    some signal; returns None if none does."""
+    if not distributed.is_main():  # torchrun: a figure of rank 0's
+        return None
+    tok, K = grammar.tok, table.num_levels
+    gen = torch.Generator().manual_seed(seed)
+    for s, prompt in list(zip(samples, prompts))[:max_tries]:
+        ro = sample_rollouts(model, grammar, [prompt], num_generations=num_generations, generator=gen)
+        responses, mask = ro.responses.cpu(), ro.mask.cpu()
+        parsed = [grammar.parse(r[m].tolist()) for r, m in zip(responses, mask)]
+        credit = token_credit(responses, mask, parsed, tok.sid_ids(table, s.target), tok, K)
+        if credit["sapo"].abs().sum() == 0:
+            continue  # every rollout got every step equally right: no signal for anyone
+        tokens = [[tok.id_to_token(int(t)) for t in r[m]] for r, m in zip(responses, mask)]
+        labels = ["".join("✓" if x else "✗" for x in row.tolist()) for row in credit["matches"]]
+        return plot_token_credit(tokens, {"GRPO (exact reward, sequence advantage)": credit["grpo"],
+                                          "SAPO (per-step reward and advantage)": credit["sapo"]},
+                                 path, row_labels=labels,
+                                 title=f"one group of {num_generations} rollouts; target "
+                                       f"{' '.join(table.tokens(s.target))}; rows: per-step hits")
+    return None

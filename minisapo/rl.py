@@ -50,10 +50,10 @@ from minisapo import distributed
 from minisapo.generate import ROLLOUTS, response_logprobs, rollouts
 from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES, plugin
 from minisapo.reasoning import step_index
-from minisapo.rl_metrics import rollout_metrics
+from minisapo.rl_metrics import add_chunk_stats, clip_stats, rollout_metrics, step_matches
 from minisapo.files import write_json
 from minisapo.runs import check_finite, nonfinite_context
-from minisapo.trainer import STREAM_HELDOUT, STREAM_ROLLOUTS, Trainer, batch_indices, flat, mix_seed
+from minisapo.trainer import STREAM_ROLLOUTS, Trainer, batch_indices, mix_seed, warmup_lr
 
 
 @dataclass
@@ -106,27 +106,9 @@ EPS = 1e-4  # added to a reward std before dividing (TRL's value)
 
 
 # ----------------------------------------------------------------------------------------------
-# ALGO LOGIC 1: rewards. A reward maps the per-step matches m (B, K) and the group size G to
-# (B,) or (B, K); rows of one group are contiguous (and ranked best first for rollout="beam").
-
-
-def step_matches(pred_sids: Sequence[Sequence[int] | None], target_sids: Sequence[Sequence[int]],
-                 num_steps: int) -> torch.Tensor:
-    """m[i, k] = 1[predicted SID token k == target SID token k]  ->  FloatTensor (B, K).
-
-    `pred_sids[i]` is response i's SID token ids (None or [] for an invalid response: its row is
-    all 0). A dedup token (level K) belongs to the last step: step K-1 matches only if the last
-    semantic token AND the dedup tail match.
-    """
-    m = torch.zeros(len(pred_sids), num_steps)  # (B, K)
-    for i, (pred, tgt) in enumerate(zip(pred_sids, target_sids)):
-        pred, tgt = list(pred or []), list(tgt)
-        if not pred:
-            continue
-        for k in range(num_steps - 1):
-            m[i, k] = float(len(pred) > k and len(tgt) > k and pred[k] == tgt[k])
-        m[i, -1] = float(len(tgt) >= num_steps and pred[num_steps - 1:] == tgt[num_steps - 1:])
-    return m
+# ALGO LOGIC 1: rewards. A reward maps the per-step matches m (B, K) (rl_metrics.step_matches: m[i, k] = 1
+# if SID token k of response i is the target's) and the group size G to (B,) or (B, K); rows of one group
+# are contiguous (and ranked best first for rollout="beam").
 
 
 def reward_exact(m: torch.Tensor, group_size: int = 1) -> torch.Tensor:
@@ -278,15 +260,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         loss = L.sum() / (N * max_completion_length)
     else:
         raise ValueError(f"loss_type={loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
-    with torch.no_grad():  # TRL's clip metrics: a clip only "counts" when it removes the gradient
-        n_tok = m.sum().clamp(min=1.0)
-        low = (ratio < 1 - epsilon) & (advantages < 0)
-        high = (ratio > 1 + eps_high) & (advantages > 0)
-        stats = {"clip_ratio/low_mean": (low.float() * m).sum() / n_tok,
-                 "clip_ratio/high_mean": (high.float() * m).sum() / n_tok,
-                 "clip_ratio/region_mean": ((low | high).float() * m).sum() / n_tok,
-                 "kl": (kl * m).sum() / n_tok if kl is not None else torch.tensor(0.0), "ratio_max": (ratio * m).max()}
-    return loss, {k: float(v) for k, v in stats.items()}
+    return loss, clip_stats(ratio.detach(), advantages, m, epsilon, eps_high, None if kl is None else kl.detach())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,12 +383,7 @@ def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int
                                    num_tokens=num_tokens, num_chunks=num_chunks)
             loss.backward()
             st.update(loss=loss.item(), entropy=float((ent.detach().float() * lmask[c]).sum() / lmask[c].sum().clamp(min=1)))
-            share = float(lmask[c].sum()) / max(num_tokens, 1)  # token means of chunks -> of the global batch
-            for k, v in st.items():
-                if k == "ratio_max":  # the largest ratio of the step
-                    stats[k] = max(stats.get(k, 0.0), v)
-                else:
-                    stats[k] = stats.get(k, 0.0) + v * (1.0 if k == "loss" else share) / cfg.num_iterations
+            add_chunk_stats(stats, st, float(lmask[c].sum()) / max(num_tokens, 1), cfg.num_iterations)
         distributed.sum_grads(model)  # torchrun: the global batch's gradient (the normalisers are global)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
         check_finite("rl", step + 1, "lower --rl.learning_rate", loss=stats.get("loss"), **{"gradient norm": grad_norm})
@@ -424,39 +393,11 @@ def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int
     return scored, ro.mask.cpu()
 
 
-def token_credit(responses: torch.Tensor, mask: torch.Tensor, parsed: Sequence, target_sids: Sequence[int],
-                 tokenizer, num_steps: int, algos: Sequence[str] = ("grpo", "sapo")) -> dict:
-    """The advantage every token of ONE group (G, T) receives under each algorithm: {algo: (G, T)} plus
-    "matches" (G, K) and "steps" (G, T), ready for `plots.plot_token_credit`."""
-    out: dict = {}
-    for algo in algos:
-        scored = score_rollouts(responses, mask, parsed, [list(target_sids)] * responses.size(0), tokenizer,
-                                rl_config(algo, num_generations=responses.size(0)), num_steps)
-        out.update({algo: scored["token_adv"], "matches": scored["matches"], "steps": scored["steps"]})
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # The loop (bookkeeping: trainer.Trainer; metrics: rl_metrics)
 
 CHECKPOINT = "rl_checkpoint.pt"
-
-
-def heldout_rewards(model, grammar, prompts: Sequence[Sequence[int]], target_sids: Sequence, cfg: RLConfig,
-                    seed: int = 0) -> dict:
-    """The rollouts of training, on fixed held-out prompts with fixed seeds, no gradient:
-    eval/sampled_reward (exact match; for beams: of the whole group) and eval/sampled_hit_rate/step_k."""
-    gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_HELDOUT, j)) for j in range(len(prompts))]
-    with torch.no_grad():
-        ro = rollouts(model, grammar, prompts, cfg.num_generations, cfg.rollout, cfg.temperature, gens,
-                      cfg.max_completion_length)
-    parsed = [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
-    rows_t = [t for t in target_sids for _ in range(cfg.num_generations)]
-    m = step_matches([p.sid_ids if p.valid else None for p in parsed], rows_t, grammar.K)  # (B, K)
-    exact = m.prod(dim=-1)
-    out = {"sampled_reward": (exact.view(-1, cfg.num_generations).max(1).values if cfg.rollout == "beam"
-                              else exact).mean().item()}
-    return {**out, **{f"sampled_hit_rate/step_{k}": m[:, k].mean().item() for k in range(m.size(1))}}
+SHOW_EVAL = ("eval/valid_hit@10",)  # shown on the progress bar / log line when logged
 
 
 def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, prompts: Sequence[Sequence[int]],
@@ -484,22 +425,12 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
     write_json(trainer.run_dir / "rl_config.json", asdict(cfg))
     start = trainer.resume(model, opt, device)[0] if resume else trainer.fresh()
 
-    def evaluate(step: int) -> None:
-        if eval_fn is not None and distributed.is_main():  # torchrun: rank 0 evaluates, the others wait
-            model.eval()
-            with nonfinite_context("rl evaluation", step):
-                record = flat("eval/", eval_fn(model))
-            trainer.log({"step": step, **record}, show=("eval/valid_hit@10",))
-        distributed.barrier()
-
     if start == 0:
-        evaluate(0)
+        trainer.evaluate(0, model, eval_fn, show=SHOW_EVAL)
     last: dict = {}
     for step in trainer.steps(start):
         t0 = time.time()
-        lr = cfg.learning_rate * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.learning_rate
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = warmup_lr(opt, cfg.learning_rate, step, cfg.warmup_steps)
         idx = batch_indices(len(samples), cfg.batch_size, step, seed)
         gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_ROLLOUTS, step, j)) for j in range(len(idx))]  # one per group
         idx, gens = distributed.my_slice(idx), distributed.my_slice(gens)  # torchrun: this rank's whole groups
@@ -511,10 +442,10 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
                 "grad_norm": scored["grad_norm"], "lr": lr, "step_time": time.time() - t0}
         trainer.log(last, show=("reward", "hit_rate", "frac_reward_zero_std"))
         if step + 1 < cfg.max_steps and trainer.eval_due(step + 1):
-            evaluate(step + 1)
+            trainer.evaluate(step + 1, model, eval_fn, show=SHOW_EVAL)
         if trainer.save_due(step + 1):
             trainer.save(step + 1, model, opt, rl_config=asdict(cfg), seed=seed)
     if start < cfg.max_steps:
-        evaluate(cfg.max_steps)
+        trainer.evaluate(cfg.max_steps, model, eval_fn, show=SHOW_EVAL)
     model.eval()
     return last

@@ -16,6 +16,30 @@ from typing import Sequence
 
 import torch
 
+from minisapo.generate import rollouts
+from minisapo.trainer import STREAM_HELDOUT, mix_seed
+
+
+
+
+def step_matches(pred_sids: Sequence[Sequence[int] | None], target_sids: Sequence[Sequence[int]],
+                 num_steps: int) -> torch.Tensor:
+    """m[i, k] = 1[predicted SID token k == target SID token k]  ->  FloatTensor (B, K).
+
+    `pred_sids[i]` is response i's SID token ids (None or [] for an invalid response: its row is
+    all 0). A dedup token (level K) belongs to the last step: step K-1 matches only if the last
+    semantic token AND the dedup tail match.
+    """
+    m = torch.zeros(len(pred_sids), num_steps)  # (B, K)
+    for i, (pred, tgt) in enumerate(zip(pred_sids, target_sids)):
+        pred, tgt = list(pred or []), list(tgt)
+        if not pred:
+            continue
+        for k in range(num_steps - 1):
+            m[i, k] = float(len(pred) > k and len(tgt) > k and pred[k] == tgt[k])
+        m[i, -1] = float(len(tgt) >= num_steps and pred[num_steps - 1:] == tgt[num_steps - 1:])
+    return m
+
 
 def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """Groups with no signal: all rewards equal (every step equal for (B, K)). -> BoolTensor (groups,)"""
@@ -56,3 +80,45 @@ def rollout_metrics(scored: dict, mask: torch.Tensor, group_size: int) -> dict:
             out[f"reward/step_{k}"] = r[:, k].mean().item()
             out[f"frac_reward_zero_std/step_{k}"] = zero_std_groups(r[:, k], G).float().mean().item()
     return out
+
+
+def clip_stats(ratio: torch.Tensor, advantages: torch.Tensor, m: torch.Tensor, epsilon: float, eps_high: float,
+               kl: torch.Tensor | None) -> dict:
+    """TRL's clip metrics of one chunk (a clip only "counts" when it removes the gradient), its mean k3 KL and
+    its largest ratio; ratio, advantages, m (mask as float), kl: (B, T)."""
+    n_tok = m.sum().clamp(min=1.0)
+    low = (ratio < 1 - epsilon) & (advantages < 0)
+    high = (ratio > 1 + eps_high) & (advantages > 0)
+    stats = {"clip_ratio/low_mean": (low.float() * m).sum() / n_tok,
+             "clip_ratio/high_mean": (high.float() * m).sum() / n_tok,
+             "clip_ratio/region_mean": ((low | high).float() * m).sum() / n_tok,
+             "kl": (kl * m).sum() / n_tok if kl is not None else torch.tensor(0.0), "ratio_max": (ratio * m).max()}
+    return {k: float(v) for k, v in stats.items()}
+
+
+def add_chunk_stats(total: dict, chunk: dict, share: float, num_iterations: int) -> None:
+    """Accumulate one chunk's stats into the step's: token means weighted by the chunk's share of the batch's
+    tokens, the loss summed (each chunk's is already a part of the batch's), `ratio_max` the largest; all
+    averaged over the num_iterations updates."""
+    for k, v in chunk.items():
+        if k == "ratio_max":
+            total[k] = max(total.get(k, 0.0), v)
+        else:
+            total[k] = total.get(k, 0.0) + v * (1.0 if k == "loss" else share) / num_iterations
+
+
+def heldout_rewards(model, grammar, prompts: Sequence[Sequence[int]], target_sids: Sequence, cfg,
+                    seed: int = 0) -> dict:
+    """The rollouts of training, on fixed held-out prompts with fixed seeds, no gradient:
+    eval/sampled_reward (exact match; for beams: of the whole group) and eval/sampled_hit_rate/step_k."""
+    gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_HELDOUT, j)) for j in range(len(prompts))]
+    with torch.no_grad():
+        ro = rollouts(model, grammar, prompts, cfg.num_generations, cfg.rollout, cfg.temperature, gens,
+                      cfg.max_completion_length)
+    parsed = [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
+    rows_t = [t for t in target_sids for _ in range(cfg.num_generations)]
+    m = step_matches([p.sid_ids if p.valid else None for p in parsed], rows_t, grammar.K)  # (B, K)
+    exact = m.prod(dim=-1)
+    out = {"sampled_reward": (exact.view(-1, cfg.num_generations).max(1).values if cfg.rollout == "beam"
+                              else exact).mean().item()}
+    return {**out, **{f"sampled_hit_rate/step_{k}": m[:, k].mean().item() for k in range(m.size(1))}}

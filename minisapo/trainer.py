@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from minisapo import distributed
 from minisapo.runs import (MetricsLogger, check_finite_weights, load_checkpoint, load_optimizer, load_weights,
-                           save_checkpoint, trim_metrics)
+                           nonfinite_context, save_checkpoint, trim_metrics)
 
 
 # Random streams of a run: mix_seed(seed, STREAM, ...) keeps them apart (same seed, unrelated numbers).
@@ -55,6 +55,15 @@ def flat(prefix: str, d: dict) -> dict:
         elif isinstance(v, (int, float)) or torch.is_tensor(v):
             out[f"{prefix}{k}"] = float(v)
     return out
+
+
+def warmup_lr(optimizer, lr: float, step: int, warmup_steps: int) -> float:
+    """Set (and return) the learning rate of optimiser step `step` (0-based): linear warm-up over
+    `warmup_steps`, then constant."""
+    lr = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -105,6 +114,16 @@ class Trainer:
             self.bar.set_postfix(shown)
         elif shown and self.progress:
             print(f"{self.stage} step {record.get('step')}: " + " ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+
+    def evaluate(self, step: int, model, eval_fn, show: tuple[str, ...] = ()) -> None:
+        """Log `eval_fn(model)` as eval/<key> at `step` (model in eval mode; NaN named with the step). Under
+        torchrun rank 0 evaluates and the other ranks wait."""
+        if eval_fn is not None and distributed.is_main():
+            model.eval()
+            with nonfinite_context(f"{self.stage} evaluation", step):
+                record = flat("eval/", eval_fn(model))
+            self.log({"step": step, **record}, show=show)
+        distributed.barrier()
 
     def eval_due(self, step: int) -> bool:
         return due(step, self.eval_every, self.max_steps)

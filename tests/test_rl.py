@@ -292,7 +292,7 @@ def test_score_rollouts_credit_by_step_on_real_responses(world, layout):
 
 
 def test_token_credit_plot(world, tmp_path):
-    from minisapo.plots import plot_token_credit
+    from minisapo.plots import plot_token_credit, token_credit
 
     table, tok, trie, Grammar = world
     grammar = Grammar(tok, trie, 3, max_think_tokens=4)
@@ -302,7 +302,7 @@ def test_token_credit_plot(world, tmp_path):
     responses = torch.tensor([_resp(tok, t) for t in texts])
     mask = torch.ones_like(responses, dtype=torch.bool)
     parsed = [grammar.parse(r) for r in responses]
-    credit = rl.token_credit(responses, mask, parsed, tok.sid_ids(table, 5), tok, 3)
+    credit = token_credit(responses, mask, parsed, tok.sid_ids(table, 5), tok, 3)
     assert credit["grpo"].abs().sum() == 0  # nobody hits the item exactly: GRPO gives no signal at all
     assert credit["sapo"].abs().sum() > 0  # SAPO still credits the right steps
     tokens = [[tok.id_to_token(i) for i in r] for r in responses.tolist()]
@@ -436,6 +436,7 @@ def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
     SAPO in 30 steps (measured: SAPO .02 -> .98, GRPO .02 -> .88-.99 over seeds and rollout modes)."""
     import copy
 
+    from minisapo.rl_metrics import heldout_rewards
     from minisapo.runs import read_metrics
 
     stack, sft_model, samples, prompts, d = tiny_sft
@@ -443,7 +444,7 @@ def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
     probe = rl.rl_config(algo, num_generations=32, rollout="sample")  # 32 fresh samples per prompt, fixed seeds
 
     def sampled(m):
-        return rl.heldout_rewards(m, stack.grammar, prompts, targets, probe)["sampled_reward"]
+        return heldout_rewards(m, stack.grammar, prompts, targets, probe)["sampled_reward"]
 
     model = copy.deepcopy(sft_model)
     before = sampled(model)

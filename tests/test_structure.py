@@ -28,7 +28,7 @@ LAYERS = [
     ["trainer", "evaluate"],  # what SFT and RL share; metrics and baselines
     ["sft", "rl_metrics"],
     ["rl"],
-    ["plots", "report"],
+    ["plots", "report"],  # figures (the token-credit picture scores rollouts with rl), report.md
     ["config"],  # composes every stage's config dataclass
     ["pipeline", "compare", "bench", "gpu_check"],
     ["cli", "__main__"],
