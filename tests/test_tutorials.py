@@ -35,9 +35,9 @@ EXPECTED = {
     "05_grpo_vs_sapo.py": ["05_token_credit.png", "05_rl_curves.png"],
     "08_your_own_advantage.py": ["08_advantages.png", "08_rl_curves.png"],
 }
-# Tutorials that do not have their notebook cells and takeaway yet: they come with the RL recipe
-# (issue 12). The tests of these expect failure, strictly: once one is done, take it out of here.
-PENDING = {"05_grpo_vs_sapo.py"}
+# Tutorials that do not have their notebook cells and takeaway yet. The tests of these expect failure,
+# strictly: once one is done, take it out of here.
+PENDING: set[str] = set()
 TAKEAWAY = "--- Takeaway "
 
 
