@@ -33,11 +33,15 @@ EXPECTED = {
     "03_model_and_decoding.py": ["03_grammar_mask.png"],
     "04_reasoning_and_sft.py": ["04_steps_blocks_first.png", "04_steps_interleaved.png", "04_sft_curves.png"],
     "05_grpo_vs_sapo.py": ["05_token_credit.png", "05_rl_curves.png"],
+    "06_sparsity.py": ["06_sparsity.png", "06_zero_std.png"],
+    "07_real_data.py": ["07_real_data.png"],
     "08_your_own_advantage.py": ["08_advantages.png", "08_rl_curves.png"],
 }
 # Tutorials that do not have their notebook cells and takeaway yet. The tests of these expect failure,
 # strictly: once one is done, take it out of here.
 PENDING: set[str] = set()
+# Tutorials that take over ~30 s on a busy 2-core CPU (06: ~70 s, 07: ~50 s): run with `pytest -m slow`.
+SLOW = {"06_sparsity.py", "07_real_data.py"}
 TAKEAWAY = "--- Takeaway "
 
 
@@ -61,7 +65,7 @@ def test_every_tutorial_is_listed():
         assert s in readme, f"{s} is not described in tutorials/README.md"
 
 
-@pytest.mark.parametrize("script", sorted(EXPECTED))
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(EXPECTED)])
 def test_tutorial_runs(script, data_dir, tmp_path):
     proc = run_script(script, tmp_path, data_dir)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"

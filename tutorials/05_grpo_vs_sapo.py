@@ -62,6 +62,7 @@ print(f"RL: rollout={r.rollout}, think_credit={r.think_credit}, lr={r.learning_r
 def marks(row) -> str:
     return "".join("✓" if v else "✗" for v in row.tolist())
 
+
 # %% 1. One group, by hand
 # ----------------------------------------------------------------------------------------------
 # 1. One group, by hand
@@ -73,9 +74,11 @@ def marks(row) -> str:
 # well as token ids: position k always holds a level-k token.)
 #
 # GRPO (the baseline): reward r_i = 1 only if the WHOLE SID matches (prod_k m[i,k]). Advantage
-#   A_i = (r_i - mean_j r_j) / (std_j r_j + eps), one number per response, given to EVERY token.
+#   A_i = (r_i - mean_j r_j) / (std_j r_j + eps), one number per response, given to ALL its credited tokens
+#   (section 3 says which).
 # SAPO: reward m[i,k] per step, advantage per step k on its own:
-#   A_ik = (m_ik - mean_j m_jk) / (std_j m_jk + eps), given only to the tokens of step k.
+#   A_ik = (m_ik - mean_j m_jk) / (std_j m_jk + eps), given only to the tokens of step k
+#   (of those credited).
 # (std is the unbiased std over the group, as in TRL; eps = 1e-4.)
 # ----------------------------------------------------------------------------------------------
 C.section("1. one group of G = 6 rollouts, by hand")

@@ -103,7 +103,8 @@ for v in VALUES:
 #
 # Per seed, GRPO and SAPO start from the same SFT model, so their difference is paired: the gain is
 # computed per seed, then its mean +- std over seeds (std with ddof=0, as compare.md). The second
-# yardstick is a paired sign test on the test users, seeds pooled: users only SAPO ranks in its top
+# yardstick is a paired sign test on the test users, seeds pooled as compare.md pools them (a user counts
+# once per seed, so the p-value is optimistic): users only SAPO ranks in its top
 # 10 ("up") against users only GRPO does ("down"); p is the chance of a split at least this uneven
 # if the two were equally good. With 100 test users one hit@10 has a standard error of ~0.05.
 # ----------------------------------------------------------------------------------------------
