@@ -158,3 +158,17 @@ def test_tutorial_runs_in_a_jupyter_kernel(data_dir, tmp_path, monkeypatch):
 
 # The exercise checker (tutorials/exercise_checks.py): stubs, instructor key and planted bugs are in
 # tests/test_exercises.py.
+
+
+def test_real_data_tutorial_without_recbole(data_dir, tmp_path):
+    """Tutorial 07 without the recbole files (a stand-in package with no ml-100k shadows the real one): the
+    Amazon part runs, MovieLens is skipped with a message saying how to get it, and the takeaway says so."""
+    fake = tmp_path / "fake"
+    (fake / "recbole").mkdir(parents=True)
+    (fake / "recbole" / "__init__.py").write_text("")
+    pythonpath = os.pathsep.join(p for p in (str(fake), os.environ.get("PYTHONPATH")) if p)
+    proc = run_script("07_real_data.py", tmp_path, data_dir, extra_env={"PYTHONPATH": pythonpath})
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "SKIPPED: no ml-100k here" in proc.stdout and "pip install --no-deps recbole" in proc.stdout
+    takeaway = proc.stdout[proc.stdout.find(TAKEAWAY):]
+    assert "MovieLens-100k was skipped" in takeaway and (tmp_path / "out" / "07_real_data.png").exists()

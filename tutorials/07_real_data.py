@@ -96,7 +96,8 @@ spec = importlib.util.find_spec("recbole")
 ml_dir = Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k" if spec else None
 movielens = None
 if ml_dir is None or not (ml_dir / "ml-100k.inter").exists():
-    print("SKIPPED: the recbole package is not installed, so there is no ml-100k here. To run this part:\n"
+    print("SKIPPED: no ml-100k here (the recbole package is not installed, or has no dataset_example/ml-100k). "
+          "To run this part:\n"
           "    pip install --no-deps recbole==1.2.1\n"
           "then run this tutorial again (nothing else changes).")
 else:
@@ -150,7 +151,8 @@ if movielens:
                   f"difference). A smoke check: a {mcfg.model.n_layer}-layer, {mcfg.model.n_embd}-wide model after "
                   f"{mcfg.sft.max_steps} SFT steps, nowhere near converged.")
 else:
-    points.append("MovieLens-100k was skipped (no recbole package): `pip install --no-deps recbole==1.2.1` adds it.")
+    points.append("MovieLens-100k was skipped (no recbole package with its ml-100k files): "
+                  "`pip install --no-deps recbole==1.2.1` adds it.")
 points.append("For numbers that mean something, README \"Real data\": `minisapo data --source=atomic --path=<ml-100k> "
               "--name=ml-100k`, then `minisapo run --data.name=ml-100k --preset=real` (about 30 minutes on a CPU: "
               "pretraining, SFT sized in epochs, all test users) and `minisapo compare --from=runs/<that run>`.")
