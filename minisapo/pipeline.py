@@ -279,6 +279,7 @@ def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str
     report["settings"] = {"eval": to_dict(cfg)["eval"], "reasoning": to_dict(cfg)["reasoning"]}
     path = run_dir / f"eval_{split}{tag}.json"
     write_json(path, report)
+    print(f"{split} metrics, {'SFT' if tag == '_sft' else 'SFT+RL' if cfg.rl.max_steps and (run_dir / 'rl_config.json').exists() else 'model'} ({run_dir.name}):")
     print(format_table(report))
     print(f"wrote {path}")
     return report

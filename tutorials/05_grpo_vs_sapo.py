@@ -1,3 +1,4 @@
+# %% setup: imports, data and settings
 """Tutorial 5: GRPO vs SAPO -- who gets credit for what.
 
 Run:  python tutorials/05_grpo_vs_sapo.py          (about 15 s)
@@ -6,30 +7,31 @@ What you will see
   1. by hand, on one group of G rollouts: per-step matches m[i,k]; GRPO's exact-match reward and
      its one advantage per response; SAPO's per-step rewards and per-step advantages;
   2. zero-variance groups: why most GRPO groups teach nothing when exact match is rare;
-  3. real rollouts of a small SFT model: which TOKENS receive which credit
-     (`rl.token_advantages` with `reasoning.step_index`), as a heatmap;
-  4. a few RL steps of each algorithm from the same SFT model, `frac_reward_zero_std` side by side.
+  3. the group RL really uses (the top G constrained beams after greedy thinking) for a small SFT
+     model: which TOKENS receive which credit (`rl.token_credit`, checked by hand with
+     `reasoning.step_index` + `rl.token_advantages`), as a heatmap on one colour scale;
+  4. a few RL steps of each algorithm from the same SFT model: rewards, exact-match rate and
+     `frac_reward_zero_std` step by step, then test hit@10 against the SFT start with a paired sign
+     test: did either move more than sampling noise?
 Pictures: 05_token_credit.png, 05_rl_curves.png
 """
 
 import copy
 import dataclasses
 import shutil
-import sys
 
 import _common as C
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from minisapo.config import make_config, parse_overrides
-from minisapo.evaluate import quick_hit_fn
-from minisapo.generate import sample
-from minisapo.pipeline import load_stack, new_model
-from minisapo.plots import plot_rl_curves, plot_token_credit
+from minisapo.evaluate import evaluate, paired_sign_test
+from minisapo.generate import rollouts
+from minisapo.pipeline import load_stack, new_model, rl_eval_fn
 from minisapo.reasoning import build_examples, build_prompt, step_index
-from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, reward_prefix,
-                         sequence_advantages, step_advantages, step_matches, token_advantages, token_credit,
-                         train_rl)
+from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, reward_prefix, sequence_advantages,
+                         step_advantages, step_matches, token_advantages, token_credit, train_rl)
 from minisapo.rl_metrics import zero_std_groups
 from minisapo.runs import read_metrics
 from minisapo.sid import prefix_key
@@ -37,25 +39,31 @@ from minisapo.sft import train_sft
 
 C.start("Tutorial 5 - GRPO vs SAPO: rewards, advantages and per-token credit, by hand and for real")
 
-# The "tiny" preset plus this tutorial's SFT and RL settings (a few small RL steps, no KL term for
-# speed); `--key=value` arguments go on top, as with the `minisapo` command, e.g.
+# The "tiny" preset plus this tutorial's SFT and RL settings; `--key=value` arguments go on top, as
+# with the `minisapo` command, e.g.
 #     python tutorials/05_grpo_vs_sapo.py --items_per_leaf=32 --data.name=tiny_ipl32
+# The RL settings not named here are rl.py's defaults, the measured recipe: the group is the top G
+# constrained beams after greedy thinking (rollout=beam), credit on SID tokens only (think_credit=False),
+# lr 1e-4, no KL term (beta=0). Here: G = 8 beams for each of 8 prompts, 8 steps.
 TUTORIAL = {"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs"),
             "sft.max_steps": 150, "sft.batch_size": 16, "sft.learning_rate": 1e-2, "sft.warmup_steps": 10,
             "sft.eval_every": 0, "sft.eval_samples": 32,
-            "rl.num_generations": 8, "rl.batch_size": 8, "rl.max_steps": 5, "rl.learning_rate": 1e-4,
-            "rl.beta": 0.0, "rl.eval_every": 0, "rl.save_every": 0}
-cfg = make_config({**TUTORIAL, **parse_overrides(sys.argv[1:])}, preset="tiny")
+            "rl.num_generations": 8, "rl.batch_size": 8, "rl.max_steps": 8, "rl.eval_every": 0, "rl.save_every": 0}
+cfg = make_config({**TUTORIAL, **parse_overrides(C.args())}, preset="tiny")
 stack = load_stack(cfg)
 ds, table, tok, grammar = stack.dataset, stack.table, stack.tokenizer, stack.grammar
 K = table.num_levels
 np.set_printoptions(precision=3, suppress=True)
+r = cfg.rl
+print(f"RL: rollout={r.rollout}, think_credit={r.think_credit}, lr={r.learning_rate:g}, beta={r.beta:g}, "
+      f"G={r.num_generations}, {r.batch_size} prompts x {r.max_steps} steps")
 
 
 def marks(row) -> str:
     return "".join("✓" if v else "✗" for v in row.tolist())
 
 
+# %% 1. One group, by hand
 # ----------------------------------------------------------------------------------------------
 # 1. One group, by hand
 #
@@ -66,9 +74,11 @@ def marks(row) -> str:
 # well as token ids: position k always holds a level-k token.)
 #
 # GRPO (the baseline): reward r_i = 1 only if the WHOLE SID matches (prod_k m[i,k]). Advantage
-#   A_i = (r_i - mean_j r_j) / (std_j r_j + eps), one number per response, given to EVERY token.
+#   A_i = (r_i - mean_j r_j) / (std_j r_j + eps), one number per response, given to ALL its credited tokens
+#   (section 3 says which).
 # SAPO: reward m[i,k] per step, advantage per step k on its own:
-#   A_ik = (m_ik - mean_j m_jk) / (std_j m_jk + eps), given only to the tokens of step k.
+#   A_ik = (m_ik - mean_j m_jk) / (std_j m_jk + eps), given only to the tokens of step k
+#   (of those credited).
 # (std is the unbiased std over the group, as in TRL; eps = 1e-4.)
 # ----------------------------------------------------------------------------------------------
 C.section("1. one group of G = 6 rollouts, by hand")
@@ -105,6 +115,7 @@ for algo, settings in ALGOS.items():
     print(f"  {algo:<13} reward={settings['reward']:<11} advantage={settings['advantage']:<8} "
           f"A of rollout 1 (✓✓✗): {np.atleast_1d(adv[1].numpy())}")
 
+# %% 2. Zero-variance groups
 # ----------------------------------------------------------------------------------------------
 # 2. Zero-variance groups
 #
@@ -112,6 +123,8 @@ for algo, settings in ALGOS.items():
 # nothing to the gradient. With exact match that is the common case (nobody hits the exact item).
 # SAPO's per-step rewards rarely agree on every step at once. TRL logs the fraction of such
 # groups as `frac_reward_zero_std`; we count a SAPO group as "zero" only if all its steps are.
+# With the recipe's group, the top G beams, the G items are distinct: at most ONE rollout of a group
+# can be the exact item, so a GRPO group has signal exactly when the target is among the G beams.
 # ----------------------------------------------------------------------------------------------
 C.section("2. zero-variance groups: no exact hit, but the steps still differ")
 
@@ -122,35 +135,37 @@ print(f"zero-variance groups, GRPO (exact):   {zero_std_groups(reward_exact(m2),
 print(f"zero-variance groups, SAPO (per step): {zero_std_groups(reward_position(m2), G).tolist()}")
 print(f"SAPO advantages of group 2 (only step 1 varies):\n{step_advantages(reward_position(m2), G)[G:].numpy()}")
 
+# %% 3. Which tokens get which credit -- on the group RL really uses
 # ----------------------------------------------------------------------------------------------
-# 3. Which tokens get which credit -- on real rollouts
+# 3. Which tokens get which credit -- on the group RL really uses
 #
-# A small SFT model (as in tutorial 4) writes G responses for one training prompt. We parse them,
-# score them, and spread the advantages over the tokens:
-#   GRPO: A_i on every response token (thinking, SID, <eos>).
+# A small SFT model (as in tutorial 4) answers one training prompt the way RL's default rollout does
+# (`generate.rollouts(..., mode="beam")`): it writes its thinking greedily, once, and the group is the
+# top G distinct items of the constrained beam search -- the very list hit@10 scores. We parse the
+# G responses, score them, and spread the advantages over the tokens:
+#   GRPO: A_i on every credited token of response i (its SID tokens and <eos>).
 #   SAPO: `step_index` says which step every token belongs to (thinking block k + SID token k), and
 #         token t gets A[i, step(t)], <eos> gets 0. With `step_token_mean` (the paper's 1/|y_i^(k)|)
-#         step k's tokens share it: each gets A[i,k] * n_i / (K_i * |y_i^(k)|), |y_i^(k)| = tokens
-#         of step k, n_i = tokens in all steps, K_i = steps. So every step carries the same total
-#         weight however long its thinking was, and the response keeps its total token weight n_i
-#         (as under GRPO, <eos> aside): the two differ in WHICH tokens get credit, not in how much.
+#         step k's credited tokens share it: each gets A[i,k] * n_i / (K_i * |y_i^(k)|).
+# The greedy thinking was not sampled, so it gets no credit (think_credit=False: only SID tokens, and
+# <eos> under GRPO); then |y_i^(k)| = 1 and SID token k gets exactly A[i,k]. (With --rl.rollout=sample
+# --rl.think_credit=true the thinking of step k shares step k's credit instead.)
 # `rl.token_credit` does this for both algorithms; below we also do it by hand with
 # `step_index` + `token_advantages` and check that the two agree.
 # ----------------------------------------------------------------------------------------------
-C.section("3. per-token credit on real rollouts of a small SFT model")
+C.section("3. per-token credit on the beam group of a small SFT model")
 
 model = new_model(cfg, stack)
 train = build_examples(ds, table, tok, ds.splits["train"], cfg.reasoning, verbose=False)
-sft_dir = C.OUT / "runs" / "05_sft"
-train_sft(model, train, cfg.sft, sft_dir, pad_id=tok.pad_id, seed=cfg.seed, progress=False)
+train_sft(model, train, cfg.sft, C.OUT / "runs" / "05_sft", pad_id=tok.pad_id, seed=cfg.seed, progress=False)
 
-# Sample G responses for each of 16 training prompts and show one group: preferably one where
-# somebody hit the exact item (so GRPO has a signal too), with as many match patterns as possible.
+# The group of each of 16 training prompts; we show one: preferably one where the target is among the
+# beams (so GRPO has a signal too), with as many match patterns as possible.
 G = cfg.rl.num_generations
 cands = ds.splits["train"][:16]
-ro = sample(model, grammar, [build_prompt(s.history, table, tok, cfg.reasoning) for s in cands], num_generations=G,
-            generator=torch.Generator().manual_seed(0))
-parsed = [grammar.parse(r[mk].tolist()) for r, mk in zip(ro.responses, ro.mask)]
+ro = rollouts(model, grammar, [build_prompt(s.history, table, tok, cfg.reasoning) for s in cands], G, cfg.rl.rollout,
+              cfg.rl.temperature, [torch.Generator().manual_seed(j) for j in range(len(cands))])
+parsed = [grammar.parse(row[mk].tolist()) for row, mk in zip(ro.responses, ro.mask)]
 all_m = step_matches([p.sid_ids if p.valid else None for p in parsed],
                      [tok.sid_ids(table, s.target) for s in cands for _ in range(G)], K)
 variety = [len({marks(row) for row in all_m[g * G:(g + 1) * G]}) for g in range(len(cands))]
@@ -159,15 +174,19 @@ g = int(np.argmax([10 * e + v for e, v in zip(exact, variety)]))
 rows = slice(g * G, (g + 1) * G)
 responses, mask, group_parsed = ro.responses[rows], ro.mask[rows], parsed[rows]
 tgt = tok.sid_ids(table, cands[g].target)
-print(f"prompt {g}: target {tok.decode(tgt)}; {variety[g]} distinct match patterns among its {G} rollouts")
-print(f"groups (of {len(cands)}) with no exact hit at all, i.e. no GRPO signal: {exact.count(False)}")
+print(f"prompt {g}: target {tok.decode(tgt)}; {variety[g]} distinct match patterns among its {G} beams")
+print(f"groups (of {len(cands)}) with the target nowhere in the beams, i.e. no GRPO signal: {exact.count(False)}")
 
 credit = token_credit(responses, mask, group_parsed, tgt, tok, K, algos=("grpo", "sapo"))
 steps = step_index(responses, tok, K, has_prompt=False)  # (G, T)
+sid_or_eos = (torch.as_tensor(tok.token_level)[responses] >= 0) | (responses == tok.eos_id)
+credited = mask & sid_or_eos  # think_credit=False: the greedy thinking gets nothing
 adv = step_advantages(reward_position(credit["matches"]), G)  # (G, K)
-by_hand = token_advantages(adv, steps, mask, step_token_mean=True)  # (G, T)
-print(f"token_advantages(step_advantages(..), step_index(..)) == token_credit()['sapo']: "
-      f"{torch.allclose(by_hand, credit['sapo'])}")
+by_hand = {"sapo": token_advantages(adv, steps, credited, step_token_mean=True),
+           "grpo": token_advantages(sequence_advantages(reward_exact(credit["matches"]), G), steps, credited)}
+for algo in ("grpo", "sapo"):
+    print(f"{algo}: token_advantages(.., step_index(..), SID-token mask) == token_credit()['{algo}']: "
+          f"{torch.allclose(by_hand[algo], credit[algo])}")
 
 i = int(np.argmax([0 < row.sum() < K for row in credit["matches"]]))  # a partial match if there is one
 toks = [tok.id_to_token(x) for x in responses[i][mask[i]].tolist()]
@@ -176,42 +195,70 @@ print(f"{'token':<12} step   GRPO credit   SAPO credit")
 for t, name in enumerate(toks):
     grpo_t, sapo_t = float(credit["grpo"][i, t]) + 0.0, float(credit["sapo"][i, t]) + 0.0  # + 0.0: no "-0.000"
     print(f"{name:<12} {int(steps[i, t]):>4}   {grpo_t:>11.3f}   {sapo_t:>11.3f}")
-sizes = [int(((steps[i] == k) & mask[i]).sum()) for k in range(K)]
 sums = [float(credit["sapo"][i][steps[i] == k].sum()) for k in range(K)]
-print(f"tokens per step |y^(k)| = {sizes}; SAPO credit summed over each step's tokens: {np.round(sums, 3)}\n"
-      f"= the step advantages x n_i / K_i = {np.round(adv[i].numpy() * sum(sizes) / sum(map(bool, sizes)), 3)}")
+print(f"SAPO credit summed over each step's tokens: {np.round(sums, 3)} = the step advantages (one credited "
+      f"token per step)")
+
+
+def heatmap(tokens, panels: dict, path, row_labels, title: str):
+    """One panel per algorithm, stacked, on ONE symmetric colour scale: equal colours = equal credit."""
+    T = max(len(t) for t in tokens)
+    mats = {name: np.asarray(A, dtype=float)[:, :T] for name, A in panels.items()}
+    vmax = max(float(np.abs(A).max()) for A in mats.values()) or 1.0
+    fig, axes = plt.subplots(len(mats), 1, figsize=(0.32 * T + 2.5, len(mats) * (0.4 * len(tokens) + 1.0) + 0.6),
+                             squeeze=False)
+    for ax, (name, A) in zip(axes[:, 0], mats.items()):
+        im = ax.imshow(A, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
+        for r_, row in enumerate(tokens):
+            for t, name_t in enumerate(row):
+                ax.text(t, r_, name_t.strip("<>")[:6], ha="center", va="center", fontsize=5.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_yticks(range(len(tokens)), row_labels, fontsize=7)
+        ax.set_xticks([])
+    axes[-1, 0].set_xlabel("response token (greedy thinking, then the SID, then <eos>)")
+    fig.colorbar(im, ax=list(axes[:, 0]), fraction=0.025, pad=0.01, label="advantage (one scale for both panels)")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
 
 tokens = [[tok.id_to_token(x) for x in responses[j][mask[j]].tolist()] for j in range(G)]
-labels = [f"{marks(credit['matches'][j])}" for j in range(G)]
-C.saved(plot_token_credit(tokens, {"GRPO: exact match, one advantage per response": credit["grpo"],
-                                   "SAPO: per-step match, advantage on that step's tokens": credit["sapo"]},
-                          C.OUT / "05_token_credit.png", row_labels=labels,
-                          title=f"who gets credit: one group of {G} rollouts (target {tok.decode(tgt)})"))
+labels = [f"beam {j} {marks(credit['matches'][j])}" for j in range(G)]
+C.saved(heatmap(tokens, {"GRPO: exact match, one advantage per response": credit["grpo"],
+                         "SAPO: per-step match, advantage on that step's SID token": credit["sapo"]},
+                C.OUT / "05_token_credit.png", labels,
+                f"who gets credit: one group of {G} beams (target {tok.decode(tgt)}); blue = reinforced, red = discouraged"))
 
+# %% 4. A few RL steps of each, from the same SFT model
 # ----------------------------------------------------------------------------------------------
 # 4. A few RL steps of each, from the same SFT model
 #
-# `train_rl` runs the loop: sample G responses per prompt -> score -> advantages -> PPO-clip
-# update. Both runs start from the SAME SFT weights with the same seed, so they draw the same
-# prompts and, at step 1, the very same rollouts: the first row compares the two estimators on
-# identical data. `reward` is on different scales (exact match vs mean per-step match); `hit_rate`
-# (exact match of the sampled SIDs) is comparable. We switch off the KL term (beta=0) for speed.
+# `train_rl` runs the loop: roll out G beams per prompt -> score -> advantages -> update. Both runs
+# start from the SAME SFT weights with the same seed, so they draw the same prompts and, at step 1,
+# the very same (deterministic) beams: the first row compares the two estimators on identical data.
+# Each algorithm's `reward` is on its own scale (GRPO: exact match, 0/1; SAPO: the mean per-step
+# match), so they get separate panels; `hit_rate` (exact match among the beams) and
+# `frac_reward_zero_std` mean the same in both runs. `eval_fn` (pipeline.rl_eval_fn, what
+# `minisapo rl` uses) measures before and after: valid hit@10 and the held-out per-level accuracy of
+# the beams (eval/sampled_hit_rate/step_k). Then both models and the SFT start rank the test users,
+# and a paired sign test says whether a change is more than sampling noise.
 # ----------------------------------------------------------------------------------------------
 C.section("4. a few RL steps of GRPO and of SAPO from the same SFT model")
 
 samples = ds.splits["train"]
 prompts = [build_prompt(s.history, table, tok, cfg.reasoning) for s in samples]
-quick = quick_hit_fn(grammar, ds, table, tok, ds.splits["valid"][:cfg.sft.eval_samples], k=10, reasoning=cfg.reasoning)
-records = {}
+records, models = {}, {"sft": model}
 for algo in ("grpo", "sapo"):
     run_dir = C.OUT / "runs" / f"05_{algo}"
     shutil.rmtree(run_dir, ignore_errors=True)  # train_rl appends to metrics.jsonl: start clean
     rl_cfg = dataclasses.replace(cfg.rl, **ALGOS[algo])  # the tutorial's RL settings + the algorithm's
-    train_rl(copy.deepcopy(model), None, grammar, tok, table, samples, prompts, rl_cfg, run_dir, eval_fn=quick,
+    models[algo] = copy.deepcopy(model)
+    train_rl(models[algo], None, grammar, tok, table, samples, prompts, rl_cfg, run_dir, eval_fn=rl_eval_fn(cfg, stack),
              seed=cfg.seed, progress=False)
     records[algo] = read_metrics(run_dir / "metrics.jsonl")
 
-steps_of = {algo: [r for r in recs if "reward" in r] for algo, recs in records.items()}
+steps_of = {algo: [x for x in recs if "reward" in x] for algo, recs in records.items()}
 # `frac_exact_zero_std` is the fraction of groups where the exact-match reward has no variance, logged
 # for every algorithm: on SAPO's rollouts it says how many groups GRPO would have wasted.
 print(f"{'step':>4} | {'GRPO reward':>11} {'hit_rate':>8} {'zero_std':>8} | {'SAPO reward':>11} {'hit_rate':>8} "
@@ -220,11 +267,75 @@ for a, b in zip(steps_of["grpo"], steps_of["sapo"]):
     per_step = [round(b[f"frac_reward_zero_std/step_{k}"], 2) for k in range(K)]
     print(f"{a['step']:>4} | {a['reward']:>11.3f} {a['hit_rate']:>8.3f} {a['frac_reward_zero_std']:>8.2f} | "
           f"{b['reward']:>11.3f} {b['hit_rate']:>8.3f} {b['frac_reward_zero_std']:>8.2f} "
-          f"{b.get('frac_exact_zero_std', float('nan')):>14.2f}  {per_step}")
-for algo, recs in records.items():
-    ev = [r for r in recs if "eval/valid_hit@10" in r]
-    print(f"{algo}: valid hit@10 {ev[0]['eval/valid_hit@10']:.3f} -> {ev[-1]['eval/valid_hit@10']:.3f} "
-          f"after {steps_of[algo][-1]['step']} steps (a few steps move little; `minisapo compare` runs it for real)")
-C.saved(plot_rl_curves(records, C.OUT / "05_rl_curves.png", keys=("reward", "frac_reward_zero_std", "hit_rate")))
+          f"{b['frac_exact_zero_std']:>14.2f}  {per_step}")
+zero = {algo: float(np.mean([x["frac_reward_zero_std"] for x in s])) for algo, s in steps_of.items()}
+print(f"mean frac_reward_zero_std over {len(steps_of['grpo'])} steps: GRPO {zero['grpo']:.2f}, SAPO {zero['sapo']:.2f}")
+
+evals = {algo: [x for x in recs if "eval/valid_hit@10" in x] for algo, recs in records.items()}
+level = {algo: [[e[f"eval/sampled_hit_rate/step_{k}"] for k in range(K)] for e in (ev[0], ev[-1])]
+         for algo, ev in evals.items()}
+n_valid = cfg.sft.eval_samples
+for algo, ev in evals.items():
+    print(f"{algo}: valid hit@10 ({n_valid} users) {ev[0]['eval/valid_hit@10']:.3f} -> {ev[-1]['eval/valid_hit@10']:.3f}; "
+          f"held-out per-level accuracy of the beams {np.round(level[algo][0], 3)} -> {np.round(level[algo][1], 3)}")
+
+test = ds.splits["test"]
+hits = {}
+for name, m_ in models.items():
+    rep = evaluate(m_, grammar, ds, table, tok, test, ks=(10,), beam_width=10, reasoning=cfg.reasoning, progress=False)
+    hits[name] = [int(0 < rank <= 10) for rank in rep["ranks"]]
+n = len(test)
+tests = {algo: paired_sign_test(hits["sft"], hits[algo]) for algo in ("grpo", "sapo")}
+print(f"\ntest hit@10 on {n} users: SFT {np.mean(hits['sft']):.3f}, GRPO {np.mean(hits['grpo']):.3f}, "
+      f"SAPO {np.mean(hits['sapo']):.3f} (one standard error ~ {np.sqrt(0.25 / n):.3f} at most)")
+for algo, t in tests.items():
+    print(f"  {algo} vs SFT: users only {algo} hits {t['up']}, only SFT hits {t['down']}; sign test p = {t['p']:.2g}")
+
+# The picture: one panel per quantity, so rewards on different scales never share an axis; markers and
+# line styles keep overlapping lines visible (at step 1 the two runs see the same beams).
+style = {"grpo": {"color": "tab:blue", "marker": "o", "ls": "-"}, "sapo": {"color": "tab:orange", "marker": "s", "ls": "--"}}
+fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+for algo, s in steps_of.items():
+    x = [e["step"] for e in s]
+    axes[0 if algo == "grpo" else 1].plot(x, [e["reward"] for e in s], ms=4, label=algo, **style[algo])
+    axes[2].plot(x, [e["hit_rate"] for e in s], ms=5 if algo == "grpo" else 4, mfc="none" if algo == "grpo" else None,
+                 label=algo, **style[algo])
+    axes[3].plot(x, [e["frac_reward_zero_std"] for e in s], ms=4, label=f"{algo} (its own reward)", **style[algo])
+axes[3].plot([e["step"] for e in steps_of["sapo"]], [e["frac_exact_zero_std"] for e in steps_of["sapo"]], color="tab:gray",
+             marker="x", ls=":", label="exact match on SAPO's beams")
+titles = ("GRPO reward: exact match (0/1)", "SAPO reward: mean per-step match", "hit_rate: exact match among the beams",
+          "frac_reward_zero_std: groups with no signal")
+for ax, title in zip(axes, titles):
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("RL step")
+    ax.legend(fontsize=7)
+axes[3].set_ylim(-0.05, 1.05)
+fig.tight_layout()
+fig.savefig(C.OUT / "05_rl_curves.png", dpi=110)
+plt.close(fig)
+C.saved(C.OUT / "05_rl_curves.png")
+
+# %% Takeaway
+def moved(algo: str) -> str:
+    t, d = tests[algo], np.mean(hits[algo]) - np.mean(hits["sft"])
+    verdict = ("more than sampling noise" if t["p"] < 0.05 else "within sampling noise")
+    return (f"{algo.upper()} {np.mean(hits['sft']):.3f} -> {np.mean(hits[algo]):.3f} ({100 * d:+.1f} points; "
+            f"{t['up']} test users gained a hit, {t['down']} lost one, sign test p = {t['p']:.2g}: {verdict})")
+
+
+lv = {algo: 100 * (np.mean(level[algo][1]) - np.mean(level[algo][0])) for algo in level}
+C.takeaway(
+    "GRPO gives a whole response one advantage from exact match, so a near miss (✓✓✗) is punished like a total "
+    "miss; SAPO gives each step its own group-relative advantage, and with the recipe's beam group only the "
+    "SID tokens get it (the greedy thinking was not sampled and gets none).",
+    f"The signal: over {len(steps_of['grpo'])} steps, on average {100 * zero['grpo']:.0f} % of GRPO's groups had "
+    f"zero reward variance (no gradient at all) against {100 * zero['sapo']:.0f} % of SAPO's.",
+    f"The result, after {len(steps_of['grpo'])} steps on the tiny world, test hit@10 on {n} users: {moved('grpo')}; "
+    f"{moved('sapo')}. The held-out per-level accuracy of the beams moved {lv['grpo']:+.1f} points under GRPO and "
+    f"{lv['sapo']:+.1f} under SAPO ({len(ds.splits['valid'][:cfg.rl.eval_prompts])} validation users). A few steps on "
+    f"one seed rank nothing: tutorial 6 repeats this over seeds and sparsity.",
+    "For the measured recipe see README, \"RL that beats its SFT start\": on the `fewtraces` regime, GRPO with beam "
+    "rollouts gains about 2.5-2.9 points of hit@10 over its SFT start (p < 1e-7, 5,000 test users), while SAPO's "
+    "per-step rewards raise the held-out per-level sampled accuracy but narrow the beam list and lose hit@10.")
 
 C.done()
