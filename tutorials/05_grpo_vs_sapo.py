@@ -8,7 +8,7 @@ What you will see
      its one advantage per response; SAPO's per-step rewards and per-step advantages;
   2. zero-variance groups: why most GRPO groups teach nothing when exact match is rare;
   3. the group RL really uses (the top G constrained beams after greedy thinking) for a small SFT
-     model: which TOKENS receive which credit (`rl.token_credit`, checked by hand with
+     model: which TOKENS receive which credit (`plots.token_credit`, checked by hand with
      `reasoning.step_index` + `rl.token_advantages`), as a heatmap on one colour scale;
   4. a few RL steps of each algorithm from the same SFT model: rewards, exact-match rate and
      `frac_reward_zero_std` step by step, then test hit@10 against the SFT start with a paired sign
@@ -30,8 +30,9 @@ from minisapo.evaluate import evaluate, paired_sign_test
 from minisapo.generate import rollouts
 from minisapo.pipeline import load_stack, new_model, rl_eval_fn
 from minisapo.reasoning import build_examples, build_prompt, step_index
+from minisapo.plots import token_credit
 from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, reward_prefix, sequence_advantages,
-                         step_advantages, step_matches, token_advantages, token_credit, train_rl)
+                         step_advantages, step_matches, token_advantages, train_rl)
 from minisapo.rl_metrics import zero_std_groups
 from minisapo.runs import read_metrics
 from minisapo.sid import prefix_key
@@ -150,7 +151,7 @@ print(f"SAPO advantages of group 2 (only step 1 varies):\n{step_advantages(rewar
 # The greedy thinking was not sampled, so it gets no credit (think_credit=False: only SID tokens, and
 # <eos> under GRPO); then |y_i^(k)| = 1 and SID token k gets exactly A[i,k]. (With --rl.rollout=sample
 # --rl.think_credit=true the thinking of step k shares step k's credit instead.)
-# `rl.token_credit` does this for both algorithms; below we also do it by hand with
+# `plots.token_credit` (rl.score_rollouts on one group) does this for both algorithms; below we also do it by hand with
 # `step_index` + `token_advantages` and check that the two agree.
 # ----------------------------------------------------------------------------------------------
 C.section("3. per-token credit on the beam group of a small SFT model")
@@ -177,7 +178,7 @@ tgt = tok.sid_ids(table, cands[g].target)
 print(f"prompt {g}: target {tok.decode(tgt)}; {variety[g]} distinct match patterns among its {G} beams")
 print(f"groups (of {len(cands)}) with the target nowhere in the beams, i.e. no GRPO signal: {exact.count(False)}")
 
-credit = token_credit(responses, mask, group_parsed, tgt, tok, K, algos=("grpo", "sapo"))
+credit = token_credit(responses, mask, group_parsed, tgt, tok, K, algos=("grpo", "sapo"), think_credit=False)
 steps = step_index(responses, tok, K, has_prompt=False)  # (G, T)
 sid_or_eos = (torch.as_tensor(tok.token_level)[responses] >= 0) | (responses == tok.eos_id)
 credited = mask & sid_or_eos  # think_credit=False: the greedy thinking gets nothing
