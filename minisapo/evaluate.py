@@ -190,12 +190,14 @@ def canonical_items(table) -> np.ndarray:
     return np.array([table.item(table.tokens(i)) for i in range(table.num_items)], dtype=np.int64)
 
 
-def _per_sid(scores: np.ndarray, table) -> np.ndarray:
+def _per_sid(scores: np.ndarray, table, canon: np.ndarray | None = None) -> np.ndarray:
     """Item scores -> scores of distinct SIDs (summed over items sharing one; -inf on the others), so
-    baselines rank what the model ranks. Identity when every SID is unique."""
+    baselines rank what the model ranks. Identity when every SID is unique.
+    canon: `canonical_items(table)`, when the caller computed it once for many score vectors."""
     if table is None:
         return scores
-    canon = canonical_items(table)
+    if canon is None:
+        canon = canonical_items(table)
     if (canon == np.arange(len(canon))).all():
         return scores
     out = np.full(len(scores), -np.inf)
@@ -256,14 +258,15 @@ def transition_counts(dataset) -> dict[int, dict[int, int]]:
 def markov_rankings(dataset, samples, k: int, table=None) -> list[list[int]]:
     """Top-k per sample by the training count of (last history item -> item); ties, and items never seen
     after it, by popularity (so an unseen last item gives the popularity ranking)."""
-    pop = _per_sid(dataset.item_popularity().astype(np.float64), table)
+    canon = None if table is None else canonical_items(table)  # once, not per sample
+    pop = _per_sid(dataset.item_popularity().astype(np.float64), table, canon)
     counts = transition_counts(dataset)
     rankings = []
     for s in samples:
         scores = np.zeros(dataset.num_items)
         for item, n in counts.get(s.history[-1], {}).items():
             scores[item] = n
-        rankings.append(_ranked_by(_per_sid(scores, table), pop, k))
+        rankings.append(_ranked_by(_per_sid(scores, table, canon), pop, k))
     return rankings
 
 
@@ -320,13 +323,14 @@ def item_knn_scores(dataset, histories: Sequence[Sequence[int]], recency: float 
 def item_knn_rankings(dataset, samples, k: int, table=None, recency: float = 0.5,
                       batch_size: int = 256) -> list[list[int]]:
     """Top-k per sample by `item_knn_scores`; ties, and items similar to nothing, by popularity."""
-    pop = _per_sid(dataset.item_popularity().astype(np.float64), table)
+    canon = None if table is None else canonical_items(table)  # once, not per sample
+    pop = _per_sid(dataset.item_popularity().astype(np.float64), table, canon)
     matrix = _user_item_matrix(dataset)
     rankings = []
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
         scores = item_knn_scores(dataset, [s.history for s in batch], recency, matrix)
-        rankings += [_ranked_by(_per_sid(sc, table), pop, k) for sc in scores]
+        rankings += [_ranked_by(_per_sid(sc, table, canon), pop, k) for sc in scores]
     return rankings
 
 
@@ -353,9 +357,10 @@ def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), tabl
         return None
     ks = parse_ks(ks)
     samples = _subset(samples, max_samples)
+    canon = None if table is None else canonical_items(table)  # once, not per sample
     rankings, expected = [], {k: 0.0 for k in ks}
     for s in samples:
-        p = _per_sid(np.asarray(orc.distribution(s), dtype=np.float64), table)
+        p = _per_sid(np.asarray(orc.distribution(s), dtype=np.float64), table, canon)
         ranked = _ranked_by_scores(p, max(ks))
         rankings.append(ranked)
         for k in ks:

@@ -30,7 +30,7 @@ def _save(fig, path, dpi: int = 110, **layout) -> Path:
     return path
 
 
-# ------------------------------------------------------------------ SIDs (developer B)
+# ------------------------------------------------------------------ SIDs: the code tree and codebook usage
 def plot_sid_tree(table, stats: dict | None, path, top: int = 10, children: int = 3) -> Path:
     """Left: the SID tree's top two levels (the ``top`` largest level-1 codes and
     their ``children`` largest level-2 codes) labelled with descriptors and item
@@ -90,7 +90,7 @@ def plot_sid_tree(table, stats: dict | None, path, top: int = 10, children: int 
 
 
 # ----------------------------------------------------------------------------------------------
-# Token credit (developer E): the paper's whole idea in one figure
+# Token credit: the advantage each response token receives, per algorithm (the paper's idea in one figure)
 
 
 def _short_token(tok: str, width: int = 6) -> str:
@@ -135,7 +135,7 @@ def plot_token_credit(tokens, credits: dict, path, row_labels=None, title: str |
 
 
 # ----------------------------------------------------------------------------------------------
-# Reasoning steps, SFT curves, evaluation (developer D)
+# Training and evaluation: a response's reasoning steps, SFT and RL curves, hit@K bars, sweeps
 
 STEP_COLORS = ["#cfe2f3", "#d9ead3", "#fce5cd", "#ead1dc", "#fff2cc", "#d0e0e3", "#f4cccc", "#e6e6e6"]
 

@@ -99,15 +99,8 @@ def vocab_words(text: str, tokenizer, limit: int | None = None) -> list[int]:
     return ids if limit is None else ids[:limit]
 
 
-def _word_set(tokenizer) -> set[int]:
-    cached = getattr(tokenizer, "_minisapo_word_set", None)
-    if cached is None:
-        cached = set(tokenizer.word_ids)
-        try:
-            tokenizer._minisapo_word_set = cached
-        except AttributeError:
-            pass
-    return cached
+def _word_set(tokenizer) -> frozenset[int]:
+    return tokenizer.word_id_set
 
 
 def _words_text(ids: Sequence[int], tokenizer) -> str:

@@ -66,6 +66,7 @@ class Tokenizer:
         # token_level[i]: -1 non-SID, l for level l, K for dedup tokens
         self.token_level: list[int] = [p[0] if p is not None else -1 for p in parsed]
         self.word_ids: list[int] = [i for i in range(len(SPECIALS), self.vocab_size) if parsed[i] is None]
+        self.word_id_set: frozenset[int] = frozenset(self.word_ids)  # the same ids, for "is this a word?" tests
 
     # ------------------------------------------------------------------ build
     @classmethod

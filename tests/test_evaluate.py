@@ -115,15 +115,28 @@ def test_evaluate_end_to_end_matches_beam_search(tmp_path):
     assert saved == json.loads(json.dumps(report))  # the file holds exactly the returned report
 
 
-def test_plots_write_pngs(tmp_path):
+def test_plots_show_their_inputs(tmp_path, saved_figures):
     from minisapo.plots import plot_eval_comparison, plot_sft_curves
 
     pop = {"hit@1": 0.1, "hit@10": 0.3}
     rep = {"hit@1": 0.2, "hit@10": 0.5, "baselines": {"popularity": pop, "oracle": {"hit@1": 0.3, "hit@10": 0.8}}}
-    assert plot_eval_comparison({"sft": rep}, tmp_path / "cmp.png").stat().st_size > 0
+    assert plot_eval_comparison({"sft": rep}, tmp_path / "cmp.png").exists()
+    (ax,) = saved_figures[0].axes
+    # one bar per (report or baseline, K): the model, then its baselines, each at hit@1 and hit@10
+    assert [p.get_height() for p in ax.patches] == pytest.approx([0.2, 0.5, 0.1, 0.3, 0.3, 0.8])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["sft", "popularity", "oracle"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["hit@1", "hit@10"]
+    assert ax.get_title() == "hit@K: model vs. popularity and oracle"
+
     recs = [{"stage": "sft", "step": 1, "loss": 2.0}, {"stage": "sft", "step": 2, "loss": 1.0},
             {"stage": "sft", "step": 2, "valid_loss": 1.5, "valid_hit@10": 0.4}, {"stage": "rl", "step": 1}]
-    assert plot_sft_curves(recs, tmp_path / "sft.png").stat().st_size > 0
+    assert plot_sft_curves(recs, tmp_path / "sft.png").exists()
+    loss, hits = saved_figures[1].axes
+    # the SFT records only (the rl record is left out): train loss at steps 1, 2; valid loss and hit@10 at step 2
+    assert [(l.get_label(), list(l.get_xdata()), list(l.get_ydata())) for l in loss.lines] == \
+        [("train loss", [1, 2], [2.0, 1.0]), ("valid loss", [2], [1.5])]
+    assert [(l.get_label(), list(l.get_xdata()), list(l.get_ydata())) for l in hits.lines] == \
+        [("valid_hit@10", [2], [0.4])]
 
 
 def test_baselines_rank_distinct_sids_when_items_share_one():

@@ -133,9 +133,18 @@ def test_too_long_is_a_clear_error():
         model.new_cache(1, 9)
 
 
-def test_device_helpers():
+def test_device_helpers(monkeypatch):
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    # "auto": cuda when available, else mps when available, else cpu (whatever this machine has)
+    cuda, mps = [False], [False]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda[0])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps[0])
+    assert pick_device("auto") == torch.device("cpu")
+    mps[0] = True
+    assert pick_device("auto") == torch.device("mps")
+    cuda[0] = True
+    assert pick_device("auto") == torch.device("cuda")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)  # any other name goes to torch.device
     with autocast(torch.device("cpu")):
         y = tiny_model()(torch.zeros(1, 2, dtype=torch.long))
     assert y.dtype == torch.float32

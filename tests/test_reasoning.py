@@ -226,12 +226,23 @@ def test_load_traces_reports_bad_rows(world, tmp_path):
     assert rep2.used == 2 and traces2[(1, 2, 4)] == ["blue hats", "straw", "sun"]
 
 
-def test_plot_response_steps(world, tmp_path):
-    from minisapo.plots import plot_response_steps
+def test_plot_response_steps(world, tmp_path, saved_figures):
+    from matplotlib.colors import to_rgba
+
+    from minisapo.plots import STEP_COLORS, plot_response_steps
 
     table, tok = world
     seq = build_prompt([0], table, tok) + build_response(2, ["red", "wool", "warm"], table, tok, "interleaved")
-    assert plot_response_steps(seq, tok, 3, tmp_path / "steps.png").stat().st_size > 0
+    assert plot_response_steps(seq, tok, 3, tmp_path / "steps.png").exists()
+    (ax,) = saved_figures[0].axes
+    # one box per token, labelled with it, in order
+    assert [t.get_text() for t in ax.texts] == [tok.id_to_token(i) for i in seq]
+    # <bos> <a_0> <b_0> <c_0> <sep> | <think> red </think> <a_1> | <think> wool </think> <b_0> |
+    # <think> warm </think> <c_0> <d_0> | <eos>: prompt and <eos> outside every step (white)
+    steps = [-1] * 5 + [0] * 4 + [1] * 4 + [2] * 5 + [-1]
+    assert [p.get_facecolor() for p in ax.patches] == [to_rgba(STEP_COLORS[k] if k >= 0 else "white") for k in steps]
+    assert [t.get_text() for t in saved_figures[0].legends[0].get_texts()] == \
+        ["step 0", "step 1", "step 2", "outside steps (-1)"]
 
 
 def test_no_empty_thinking_block_on_real_item_text(tmp_path):

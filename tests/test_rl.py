@@ -291,8 +291,8 @@ def test_score_rollouts_credit_by_step_on_real_responses(world, layout):
     assert m["hit_rate/step_0"] == 0.75 and m["reward/step_2"] == 0.25
 
 
-def test_token_credit_plot(world, tmp_path):
-    from minisapo.plots import plot_token_credit, token_credit
+def test_token_credit_plot(world, tmp_path, saved_figures):
+    from minisapo.plots import _short_token, plot_token_credit, token_credit
 
     table, tok, trie, Grammar = world
     grammar = Grammar(tok, trie, 3, max_think_tokens=4)
@@ -307,7 +307,13 @@ def test_token_credit_plot(world, tmp_path):
     assert credit["sapo"].abs().sum() > 0  # SAPO still credits the right steps
     tokens = [[tok.id_to_token(i) for i in r] for r in responses.tolist()]
     out = plot_token_credit(tokens, {"GRPO": credit["grpo"], "SAPO": credit["sapo"]}, tmp_path / "credit.png")
-    assert out.exists() and out.stat().st_size > 1000
+    assert out.exists()
+    # one heatmap panel per algorithm (the others are their colour bars), showing that algorithm's credit
+    panels = [ax for ax in saved_figures[0].axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["GRPO", "SAPO"]
+    for ax, name in zip(panels, ("grpo", "sapo")):
+        torch.testing.assert_close(torch.as_tensor(ax.images[0].get_array().data).float(), credit[name].float())
+    assert [t.get_text() for t in panels[0].texts][:len(tokens[0])] == [_short_token(t) for t in tokens[0]]
 
 
 # ---------------------------------------------------------------------------------------------

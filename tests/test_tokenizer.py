@@ -35,6 +35,7 @@ def test_layout_specials_and_levels(table):
     assert not any(w.startswith("<") and w.endswith(">") for w in words)
     assert sorted(tok.word_ids + [i for i, l in enumerate(tok.token_level) if l >= 0] + list(range(7))) == \
         list(range(tok.vocab_size))
+    assert tok.word_id_set == set(tok.word_ids) and tok.token_to_id("<a_0>") not in tok.word_id_set
 
 
 def test_encode_decode_round_trip(table):

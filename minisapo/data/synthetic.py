@@ -83,6 +83,11 @@ alpine tropical nordic urban
 VARIANTS = """red blue green black white grey pink orange yellow purple brown navy
 mini compact large small deluxe pro lite plus max slim twin duo""".split()
 SYLLABLES = "ka lo mi ra ven tor bel dri sa nu pex zo lin qua fen mar tis gal ro dex".split()
+# Below the top level, a title names a node by its primary word with this probability, else by its
+# alternate word (top-level nodes always by the primary): two spellings per node, so grouping items by
+# node takes more than one exact word, while the primary stays the more frequent one. A fixed choice,
+# not a preset knob: changing it changes every generated world.
+PRIMARY_WORD_PROB = 0.7
 
 
 def world_params(world: str, **overrides) -> dict:
@@ -165,7 +170,7 @@ class World:
                 node = self.item_anc[j, d]
                 if rng.random() < params["noise"]:  # noise: a word of another node at this depth
                     node = (node + 1 + rng.integers(sizes[d] - 1)) % sizes[d]
-                words.append(self.node_words[d][node][0 if d == 0 or rng.random() < 0.7 else 1])
+                words.append(self.node_words[d][node][0 if d == 0 or rng.random() < PRIMARY_WORD_PROB else 1])
             words += [str(w) for w in rng.choice(VARIANTS, size=2, replace=False)]
             self.titles.append(" ".join(words))
             self.categories.append(" ".join(self.node_name(d, self.item_anc[j, d]) for d in range(D)))

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import torch
 
 CHUNK = 16384  # rows per distance block: keeps the (chunk, k) distance matrix small
+# rq_kmeans seeds level l's k-means with seed + LEVEL_SEED_STRIDE * l: a different k-means++ draw per level,
+# and runs with nearby seeds (0, 1, 2, ...) never share a level's seed (while seeds differ by < 1000).
+LEVEL_SEED_STRIDE = 1000
 
 
 def auto_codebook_size(num_items: int, levels: int, codes_per_item_root: float = 4.0,
@@ -128,7 +131,7 @@ def rq_kmeans(x: torch.Tensor, codebook_sizes: list[int], iters: int = 25, seed:
     r = x.clone()
     codes, cents = [], []
     for level, k in enumerate(codebook_sizes):
-        c, a = kmeans(r, k, iters=iters, seed=seed + 1000 * level)
+        c, a = kmeans(r, k, iters=iters, seed=seed + LEVEL_SEED_STRIDE * level)
         r = r - c[a]  # residual for the next level
         codes.append(a)
         cents.append(c)
