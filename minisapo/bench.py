@@ -32,9 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from minisapo.config import ConfigError, make_config  # the run presets are the one source of model sizes
 from minisapo.generate import beam_search, response_logprobs, sample
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, autocast, pick_device
+from minisapo.runs import check_device
+from minisapo.sft import collate, masked_token_loss
+from minisapo.sid import SIDTable, SIDTrie
+from minisapo.tokenizer import Tokenizer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,8 +62,6 @@ class _Setup:
 
 
 def _synthetic_world(num_items: int, codebook: int, num_words: int, seed: int):
-    from minisapo.sid import SIDTable, SIDTrie  # sid/ sits below generation; imported lazily
-    from minisapo.tokenizer import Tokenizer
 
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, codebook, size=(num_items, 3))
@@ -73,7 +76,6 @@ def _setup(preset: str, device: str, num_prompts: int, prompt_len: int, max_thin
     dev = pick_device(device)
     _, tok, trie = _synthetic_world(num_items, codebook=16, num_words=500, seed=seed)
     torch.manual_seed(seed)
-    from minisapo.config import make_config  # the run presets are the one source of model sizes
 
     mcfg = make_config(preset=preset).model
     mcfg.vocab_size = tok.vocab_size
@@ -186,7 +188,6 @@ def _bench_rl_step(s: _Setup, num_generations: int, repeat: int, seed: int) -> t
 
 def _bench_sft(s: _Setup, ro, batch_size: int, repeat: int) -> dict:
     """(c) SFT training throughput: forward+backward vs forward only, on (prompt, sampled response) examples."""
-    from minisapo.sft import collate, masked_token_loss  # sft sits beside bench; imported lazily
 
     rows = range(min(batch_size, len(ro.mask)))
     examples = [(ro.prompts[b], ro.responses[b][ro.mask[b]].tolist()) for b in rows]
@@ -210,9 +211,9 @@ def _bench_sft(s: _Setup, ro, batch_size: int, repeat: int) -> dict:
     finally:
         model.eval()
     t_train, t_fwd = min(t_train), min(t_fwd)
-    return _row("sft step", f"fwd+bwd, {len(examples)} ex", "fwd only", tokens / t_train, tokens / t_fwd, "tok/s",
-                t_train / t_fwd, f"fwd+bwd costs {t_train / t_fwd:.1f}x a forward pass", rows=len(examples),
-                tokens=tokens, seq_len=int(x.shape[1]))
+    return _row("sft step", f"fwd+bwd, {len(examples)} ex", "fwd only", t_train, t_fwd, "s", t_train / t_fwd,
+                f"fwd+bwd costs {t_train / t_fwd:.1f}x a forward pass ({tokens / t_train:,.0f} tok/s trained)",
+                rows=len(examples), tokens=tokens, seq_len=int(x.shape[1]))
 
 
 def _bench_beam(s: _Setup, beam_width: int, repeat: int) -> dict:
@@ -275,3 +276,23 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['benchmark']:<12} {r['a']:<22} {r['b']:<17} {_fmt(r['value_a'], r['unit']):>13} "
                      f"{_fmt(r['value_b'], r['unit']):>13} {ratio:>9}  {r['meaning']}")
     return "\n".join(lines)
+
+
+def cmd_bench(overrides: dict) -> int:
+    """`minisapo bench [--device=auto] [--preset=small] [--threads=1]`: side-by-side speed ratios."""
+    known = ("device", "preset", "threads")
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown bench option --{unknown[0]} (bench takes only --{', --'.join(known)})")
+    preset = str(overrides.get("preset", "small"))
+    make_config(preset=preset)  # an unknown preset is a clear error here
+    try:
+        threads = int(overrides.get("threads", 1))
+    except ValueError:
+        raise ConfigError(f"--threads takes a whole number, got {overrides['threads']!r}") from None
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    check_device(str(overrides.get("device", "auto")))
+    print(format_table(run_benchmarks(device=str(overrides.get("device", "auto")), preset=preset,
+                                     num_threads=threads)))
+    return 0

@@ -139,7 +139,9 @@ def _dispatch(args, rest: list[str]) -> int:
         print(describe(make_config(overrides, algo=args.algo)))
         return 0
     if args.command == "bench":
-        return pipeline.cmd_bench(overrides)
+        from minisapo.bench import cmd_bench
+
+        return cmd_bench(overrides)
     if args.command == "eval":
         if not args.run:
             raise ConfigError("minisapo eval needs --run=<run dir>, e.g. --run=runs/small")

@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from minisapo.data import oracle as make_oracle
+from minisapo.generate import beam_search
+from minisapo.progress import bar as progress_bar
+from minisapo.reasoning import ReasoningConfig, build_prompt
 
 
 @dataclass
@@ -145,9 +149,6 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     With dedup="none" (items may share a SID) a hit on the target's SID counts as a hit.
     `reasoning` is the ReasoningConfig used to build prompts (prompt_titles); None = defaults.
     """
-    from minisapo.generate import beam_search
-    from minisapo.progress import bar as progress_bar
-    from minisapo.reasoning import ReasoningConfig, build_prompt
 
     ks = parse_ks(ks)
     beam_width = max(beam_width, max(ks))
@@ -350,8 +351,6 @@ def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), tabl
     items, i.e. the hit@K the oracle reaches on average (the ceiling without sampling noise).
     With shared SIDs (dedup="none") it ranks SIDs by their summed probability, as the model must.
     """
-    from minisapo.data import oracle as make_oracle
-
     orc = make_oracle(dataset)
     if orc is None:
         return None
@@ -421,10 +420,9 @@ def format_table(report: dict) -> str:
 
 
 def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: EvalConfig | None = None,
-                   reasoning=None, run_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Evaluate the model and the baselines on `dataset.splits[split]`; write `eval_<split>.json` to run_dir.
-
-    Returns the report dict (see `eval_report`); print `format_table(report)` for a readable view.
+                   reasoning=None, progress: bool = True) -> dict:
+    """Evaluate the model and the baselines on `dataset.splits[split]` -> the report dict (see `eval_report`;
+    pipeline.stage_eval writes it to eval_<split>.json); print `format_table(report)` for a readable view.
     """
     cfg = cfg or EvalConfig()
     samples = dataset.splits[split]
@@ -439,10 +437,6 @@ def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: E
                          oracle=oracle_baseline(dataset, samples, table=table, **kw))
     report = eval_report(metrics, **baselines)
     report["split"] = split
-    if run_dir is not None:
-        from minisapo.files import write_json
-
-        write_json(Path(run_dir) / f"eval_{split}.json", report)
     return report
 
 

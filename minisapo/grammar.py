@@ -35,8 +35,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-LAYOUTS = ("blocks_first", "interleaved")
-MODES = ("reasoning", "sid_only")
+from minisapo.reasoning import LAYOUTS, MODES  # the response formats are defined where responses are built
 
 
 class State(NamedTuple):

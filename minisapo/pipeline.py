@@ -33,6 +33,7 @@ from minisapo.files import read_json, same_path, swap_dir, write_json
 from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
 from minisapo.sft import load_sft_weights, train_sft
 from minisapo.tokenizer import Tokenizer
+from minisapo.traces import load_traces
 
 
 @dataclass
@@ -205,11 +206,16 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 def sft_examples(cfg: Config, stack: Stack) -> tuple[list, list]:
     """(train, valid) SFT examples: teacher blocks or the traces file (read here, `--strict` applies)."""
-    ds = stack.dataset
-    train = build_examples(ds, stack.table, stack.tokenizer, train_samples(cfg, stack, "sft"), cfg.reasoning,
-                           strict=cfg.data.strict)
-    valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples],
-                           cfg.reasoning, verbose=False, strict=cfg.data.strict)
+    ds, r = stack.dataset, cfg.reasoning
+    traces = None
+    if r.mode == "reasoning" and r.traces:  # external traces (read here, `--strict` applies)
+        traces, report = load_traces(r.traces, stack.tokenizer, stack.table.num_levels, num_users=ds.num_users,
+                                     num_items=stack.table.num_items, max_think_tokens=r.max_think_tokens,
+                                     strict=cfg.data.strict)
+        print(report.summary())
+    train = build_examples(ds, stack.table, stack.tokenizer, train_samples(cfg, stack, "sft"), r, traces=traces)
+    valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples], r,
+                           traces=traces, verbose=False)
     _check_lengths(cfg, stack, train + valid)
     return train, valid
 
@@ -275,11 +281,12 @@ def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str 
 
 def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str, tag: str) -> dict:
     report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, cfg.eval,
-                            reasoning=cfg.reasoning, run_dir=None)
+                            reasoning=cfg.reasoning)
     report["settings"] = {"eval": to_dict(cfg)["eval"], "reasoning": to_dict(cfg)["reasoning"]}
     path = run_dir / f"eval_{split}{tag}.json"
     write_json(path, report)
-    print(f"{split} metrics, {'SFT' if tag == '_sft' else 'SFT+RL' if cfg.rl.max_steps and (run_dir / 'rl_config.json').exists() else 'model'} ({run_dir.name}):")
+    rl_done = cfg.rl.max_steps and (run_dir / "rl_config.json").exists()
+    print(f"{split} metrics, {'SFT' if tag == '_sft' else 'SFT+RL' if rl_done else 'model'} ({run_dir.name}):")
     print(format_table(report))
     print(f"wrote {path}")
     return report
@@ -425,26 +432,3 @@ def _finish(cfg: Config, run_dir: Path, seconds: float | None = None) -> None:
         return
     path = write_report(run_dir, cfg, seconds=seconds)
     print(f"report: {path}\nplots:  {', '.join(str(p) for p in sorted(run_dir.glob('*.png')))}")
-
-
-def cmd_bench(overrides: dict) -> int:
-    """`minisapo bench [--device=auto] [--preset=small] [--threads=1]`: side-by-side speed ratios."""
-    from minisapo.bench import format_table as bench_table
-    from minisapo.bench import run_benchmarks
-
-    known = ("device", "preset", "threads")
-    unknown = [k for k in overrides if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown bench option --{unknown[0]} (bench takes only --{', --'.join(known)})")
-    preset = str(overrides.get("preset", "small"))
-    make_config(preset=preset)  # an unknown preset is a clear error here
-    try:
-        threads = int(overrides.get("threads", 1))
-    except ValueError:
-        raise ConfigError(f"--threads takes a whole number, got {overrides['threads']!r}") from None
-    if threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
-    check_device(str(overrides.get("device", "auto")))
-    print(bench_table(run_benchmarks(device=str(overrides.get("device", "auto")), preset=preset,
-                                     num_threads=threads)))
-    return 0

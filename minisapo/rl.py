@@ -1,38 +1,34 @@
-"""Reinforcement learning after SFT: GRPO and SAPO in one loop.
+"""Reinforcement learning after SFT: GRPO and SAPO in one loop, differing only in reward and advantage.
 
 Top to bottom: rewards -> advantages -> per-token credit -> PPO-clip loss -> one step -> the loop.
-The functions before `rl_step` are pure tensor functions; bookkeeping is in trainer.py (metrics.jsonl,
-checkpoints, resume, evaluation schedule) and rl_metrics.py (what is logged). One RL step:
+Everything before `score_rollouts` is a pure tensor function; bookkeeping is in trainer.py (metrics.jsonl,
+checkpoints, resume, evaluation schedule), what is measured in rl_metrics.py. One RL step:
 
     batch_size prompts --rollout--> G = num_generations responses each          (B = batch_size * G rows)
     responses --parse--> per-step matches m[i, k] = 1[SID token k of response i == target token k]
-    m --reward--> rewards, (B,) for a scalar reward or (B, K) for a per-step reward
-    rewards --advantage--> A, (B,) for "sequence" (GRPO) or (B, K) for "step" (SAPO)
+    m --reward--> rewards, (B,) or (B, K);  --advantage--> A, (B,) "sequence" (GRPO) or (B, K) "step" (SAPO)
     A --token_advantages--> one number per response token, (B, T)
     num_iterations x PPO-clip update on  -min(w A, clip(w, 1-eps, 1+eps_high) A) + beta * KL_k3
 
-Presets (`ALGOS`): `grpo` is textbook GRPO (DeepSeekMath) with reward 1[whole SID right]; `sapo` is the
-paper (arXiv 2605.17648): per-step rewards m[i,k], a group-relative advantage per step, applied only to
-that step's tokens; the others are the papers' ablations and baselines (comments at `ALGOS`).
+`ALGOS`: `grpo` is textbook GRPO (DeepSeekMath), reward 1[whole SID right]; `sapo` is the paper (arXiv
+2605.17648): per-step rewards m[i,k], a group-relative advantage per step, applied only to that step's
+tokens; the others are the papers' ablations and baselines.
 
-How the loop departs from textbook GRPO (each is a switch; the defaults are what README measured):
-1) The group is a choice (`rollout`): G samples at temperature 1 (textbook), greedy thinking + G
-   sampled SIDs (`greedy_think`: the thinking evaluation writes), or the top G distinct items of the
-   constrained beam search (`beam`, MiniOneRec): the group is then the ranking hit@K scores, and
-   `reward="rank"` adds MiniOneRec's penalty for wrong items ranked high.
-2) `think_credit=False` gives advantages to SID tokens (and <eos>) only; greedy thinking is never
-   credited (it was not sampled) and is treated like the prompt.
-3) Dropout is off (TRL's disable_dropout), so with num_iterations = 1 the ratio is exactly 1 and
-   PPO-clip is REINFORCE with a group baseline, plus the k3 KL to the frozen SFT model (`beta`).
+How the loop departs from textbook GRPO (each is a switch; the defaults are the recipe README measured):
+1) The group is a choice (`rollout`): G samples at temperature 1 (textbook), greedy thinking + G sampled
+   SIDs (`greedy_think`), or the top G distinct items of the constrained beam search after greedy thinking
+   (`beam`, MiniOneRec; the default): the group is then the ranking hit@K scores (`reward="rank"` adds
+   MiniOneRec's penalty for wrong items ranked high).
+2) `think_credit=False` (default) credits SID tokens (and <eos>) only; greedy thinking was not sampled and
+   is treated like the prompt.
+3) Dropout is off (TRL's disable_dropout), so with num_iterations = 1 the ratio is exactly 1 and PPO-clip
+   is REINFORCE with a group baseline, plus the k3 KL to the frozen SFT model (`beta`, 0 by default).
 4) `step_token_mean` gives step k's tokens weight n_i / (K_i |y_i^(k)|): the paper's per-step mean,
-   rescaled so a response keeps its total token weight; every `loss_type` normaliser then scales
-   SAPO exactly as GRPO, and the two differ only in reward, advantage and credit.
-5) Loss normalisers use the counts of the whole batch, so gradient accumulation (and several
-   processes) sum to exactly the gradient of one big batch. No value net, no reward model.
-6) Invalid responses (only possible when `max_completion_length` cuts one) get reward 0.
-`frac_reward_zero_std` counts groups whose advantage is zero everywhere; `groups/*` says why
-(all right, all wrong on one same answer = collapse, all wrong and diverse, mixed). Option and metric
-names follow TRL's GRPOTrainer. NOT TRL's `loss_type="sapo"` (Qwen's *Soft Adaptive* PO, a clip):
+   rescaled so a response keeps its total token weight; every `loss_type` then scales SAPO as GRPO.
+5) Loss normalisers count the whole batch, so gradient accumulation (and torchrun ranks) sum to exactly
+   the gradient of one big batch. No value net, no reward model; an invalid response gets reward 0.
+`frac_reward_zero_std` counts groups whose advantage is zero everywhere; `groups/*` says why. Option and
+metric names follow TRL's GRPOTrainer. NOT TRL's `loss_type="sapo"` (Qwen's Soft Adaptive PO, a clip):
 SAPO here is an advantage estimator (`advantage="step"`) that works with any `loss_type`.
 """
 
@@ -264,8 +260,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 
 
 # ----------------------------------------------------------------------------------------------
-# Names -> functions: a built-in above, or your own with the same signature (plugins.py), e.g.
-# `--rl.reward=my_pkg.my_mod:fn` or `--rl.advantage=path/to/file.py:fn`
+# Names -> functions: a built-in above, or your own (plugins.py): `--rl.reward=my_pkg.my_mod:fn`
 
 
 def reward_function(name: str) -> Callable:
@@ -411,10 +406,9 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
     rl_config.json and rl_checkpoint.pt (atomic) in run_dir; `resume=True` continues from the checkpoint.
     """
     check_config(cfg)
-    if cfg.batch_size < distributed.world_size():  # torchrun: every rank rolls out whole groups
-        raise ValueError(f"rl.batch_size={cfg.batch_size} is smaller than the {distributed.world_size()} processes")
-    if len(samples) != len(prompts) or not samples:
-        raise ValueError(f"need one prompt per sample, got {len(samples)} samples and {len(prompts)} prompts")
+    if cfg.batch_size < distributed.world_size() or len(samples) != len(prompts) or not samples:
+        raise ValueError(f"need one prompt per sample ({len(samples)} samples, {len(prompts)} prompts) and "
+                         f"rl.batch_size={cfg.batch_size} >= the {distributed.world_size()} torchrun processes")
     targets = [tokenizer.sid_ids(table, s.target) for s in samples]
     model.to(device)
     if cfg.beta != 0.0:

@@ -37,6 +37,7 @@ from minisapo import distributed
 from minisapo.model import autocast
 from minisapo.runs import (MetricsLogger, check_finite, check_finite_weights, load_checkpoint, load_optimizer,
                            load_weights, rng_state, save_checkpoint, set_rng_state, trim_metrics)
+from minisapo.trainer import batch_indices as shared_batch_indices
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
 BEST = "sft_best.pt"  # in the run directory: the weights with the best validation SELECT_METRIC so far
@@ -139,20 +140,10 @@ def total_steps(cfg: SFTConfig, num_examples: int) -> int:
 
 
 def batch_indices(step: int, micro: int, cfg: SFTConfig, num_examples: int, seed: int) -> list[int]:
-    """Example indices of micro-batch `micro` of optimizer step `step`: a pure function of its arguments.
-
-    The examples are read as an endless stream of epochs, each a fresh permutation seeded by (seed, epoch).
-    """
-    per_step = cfg.batch_size * cfg.grad_accum
-    start = step * per_step + micro * cfg.batch_size
-    out, cache = [], {}
-    for pos in range(start, start + cfg.batch_size):
-        epoch, i = divmod(pos, num_examples)
-        if epoch not in cache:
-            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            cache[epoch] = torch.randperm(num_examples, generator=g).tolist()
-        out.append(cache[epoch][i])
-    return out
+    """Example indices of micro-batch `micro` of optimizer step `step`: its slice of the step's examples,
+    which are `trainer.batch_indices` (per-epoch shuffles of the example stream, the data order RL uses too)."""
+    step_indices = shared_batch_indices(num_examples, cfg.batch_size * cfg.grad_accum, step, seed)
+    return step_indices[micro * cfg.batch_size:(micro + 1) * cfg.batch_size]
 
 
 def _optimizer(model: torch.nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:

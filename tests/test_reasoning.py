@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from minisapo.reasoning import (ReasoningConfig, build_examples, build_prompt, build_response, load_traces,
-                                split_reasoning, step_index, teacher_blocks,
-                                write_trace_requests)
+from minisapo.reasoning import ReasoningConfig, build_examples, build_prompt, build_response, step_index, teacher_blocks
+from minisapo.traces import load_traces, split_reasoning, write_trace_requests
 from minisapo.sid.table import SIDTable
 from minisapo.tokenizer import Tokenizer
 
@@ -210,7 +209,7 @@ def test_load_traces_reports_bad_rows(world, tmp_path):
         num_users, item_titles = 2, ["x"] * 5
 
     samples = [Sample(0, (1,), 2), Sample(1, (0, 1), 4), Sample(1, (0,), 3)]
-    ex = build_examples(DS(), table, tok, samples, ReasoningConfig(traces=str(path)), verbose=False)
+    ex = build_examples(DS(), table, tok, samples, ReasoningConfig(), traces=traces, verbose=False)
     assert tok.decode(ex[0][1]).startswith("<think> red shoes </think> <think> wool </think>")
     assert tok.decode(ex[1][1]).startswith("<think> red shoes </think> <think> wool </think> <think> warm </think>")
     assert tok.decode(ex[2][1]).startswith("<think> recent")  # no trace -> teacher blocks
