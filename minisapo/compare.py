@@ -7,8 +7,14 @@ and is evaluated on the test split with the paper protocol.
 
     <runs_dir>/compare_<name>/seed<s>/sft/          the shared SFT run
     <runs_dir>/compare_<name>/seed<s>/<algo>/       one RL run per algorithm
-    <runs_dir>/compare_<name>/compare.json|.md      mean +- std over seeds, per algorithm
-    <runs_dir>/compare_<name>/compare_curves.png    reward, frac_reward_zero_std, eval hit@10 per RL step
+    <runs_dir>/compare_<name>/compare.json|.md      mean +- std over seeds, per algorithm, and paired sign
+                                                    tests on hit@10 over the test samples (seeds pooled)
+    <runs_dir>/compare_<name>/compare_curves.png    held-out sampled reward, reward, frac_reward_zero_std,
+                                                    eval hit@10 per RL step
+
+`--algos=sft_continued,grpo,sapo` adds the control arm `sft_continued`: the SFT loss on the RL stage's prompts
+with their true targets, for the RL stage's steps and prompts per step at its learning rate, from the same SFT
+model; a gain of RL over SFT that this arm also makes is just more training.
 
 `--from=<run>` starts from an existing SFT run instead of training one per seed: every seed's RL runs
 start from that run's SFT model (its best checkpoint, its SIDs), the seeds differ only in RL, and the

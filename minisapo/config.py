@@ -116,7 +116,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # SID tokens only; every test user is evaluated (5,000: one standard error of a paired difference ~0.4 points)
     "fewtraces": {
         **_CPU, "data.num_users": 5000,
-        "sft.user_fraction": 0.2, "sft.max_steps": 2500, "sft.eval_every": 500, "sft.eval_samples": 500,
+        "sft.user_fraction": 0.2, "sft.max_steps": 3000, "sft.eval_every": 500, "sft.eval_samples": 500,
         "rl.max_steps": 200, "rl.eval_every": 50, "rl.save_every": 50,
         "eval.max_samples": 0,
     },
