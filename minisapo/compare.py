@@ -43,7 +43,7 @@ from minisapo.pipeline import (load_run_config, load_stack, make_run_config, new
                                snapshot_sids, stage_eval, stage_rl, stage_sft, train_samples)
 from minisapo.reasoning import build_examples
 from minisapo.files import atomic_write, check_name, read_json, write_json
-from minisapo.runs import check_device, load_checkpoint, load_weights, read_metrics, run_lock
+from minisapo.runs import check_device, load_checkpoint, read_metrics, run_lock
 from minisapo.sft import load_sft_weights, train_sft
 
 CONTROL = "sft_continued"  # the control arm: more SFT for the RL stage's budget, so a gain is not just more training
@@ -201,12 +201,9 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
             if algo == CONTROL:
                 fresh = sft_continued(acfg, stack, model, run_dir)
             else:
-                ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", need=("model", "step"))
+                ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", need=("step",))
                 fresh = ckpt is None or ckpt["step"] < acfg.rl.max_steps
-                if fresh:
-                    stage_rl(acfg, stack, model, run_dir, resume=True)
-                else:
-                    load_weights(model, ckpt["model"], run_dir / "rl_checkpoint.pt")
+                stage_rl(acfg, stack, model, run_dir, resume=True)  # a finished run just loads its weights
             records = read_metrics(run_dir / "metrics.jsonl")
             results[algo].append(_row(_final_eval(acfg, stack, model, run_dir, fresh=fresh), records))
             hits[algo] += results[algo][-1]["hits@10"]

@@ -102,7 +102,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "sft.pretrain_epochs": 7.0, "sft.pretrain_stride": 4, "sft.max_steps": 0, "sft.epochs": 0.3,
         "sft.batch_size": 16, "sft.learning_rate": 3e-3, "sft.eval_every": 2000, "sft.eval_samples": 500,
         "sft.log_every": 50,
-        "rl.max_steps": 30, "rl.eval_every": 15,
+        "rl.max_steps": 30, "rl.eval_every": 15, "rl.keep_best": True,
         "eval.max_samples": 0,
     },
     # the same budget on a world where exact match is sparse (large catalog, many items per leaf):

@@ -337,15 +337,16 @@ def cmd_sft(cfg: Config, resume: bool = False) -> int:
 
 
 def load_model(cfg: Config, stack: Stack, run_dir: Path) -> GPT:
-    """The run's latest weights: RL checkpoint if there is one, else the SFT one."""
+    """The run's final weights: RL's (its best evaluation's with rl.keep_best) if it has any, else SFT's."""
     from minisapo.runs import load_checkpoint
 
-    model = new_model(cfg, stack)
-    rl_ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", map_location=pick_device(cfg.device), need=("model",))
-    if rl_ckpt is not None:
-        load_weights(model, rl_ckpt["model"], run_dir / "rl_checkpoint.pt")
-    else:
-        load_sft_weights(model, run_dir, device=pick_device(cfg.device))
+    model, device = new_model(cfg, stack), pick_device(cfg.device)
+    for name in (["rl_best.pt"] if cfg.rl.keep_best else []) + ["rl_checkpoint.pt"]:
+        ckpt = load_checkpoint(run_dir / name, map_location=device, need=("model",))
+        if ckpt is not None:
+            load_weights(model, ckpt["model"], run_dir / name)
+            return model
+    load_sft_weights(model, run_dir, device=device)
     return model
 
 

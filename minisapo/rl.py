@@ -86,6 +86,7 @@ class RLConfig:
     eval_every: int = 25  # evaluate every this many steps (0 = only at start and end)
     save_every: int = 25  # checkpoint every this many steps (the final step is always saved)
     eval_prompts: int = 128  # held-out (validation) prompts for the eval/sampled_reward curve
+    keep_best: bool = False  # leave RL with the evaluated weights of best eval/valid_hit@10 (step 0 = the SFT model)
 
 
 ALGOS: dict[str, dict[str, object]] = {
@@ -391,8 +392,9 @@ def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int
 # ----------------------------------------------------------------------------------------------
 # The loop (bookkeeping: trainer.Trainer; metrics: rl_metrics)
 
-CHECKPOINT = "rl_checkpoint.pt"
-SHOW_EVAL = ("eval/valid_hit@10",)  # shown on the progress bar / log line when logged
+CHECKPOINT = "rl_checkpoint.pt"  # the last step's (for --resume); with keep_best also rl_best.pt
+SELECT = "eval/valid_hit@10"  # what keep_best selects by
+SHOW_EVAL = (SELECT, "eval/sampled_reward", "eval/distinct_top1")  # printed at every evaluation
 
 
 def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, prompts: Sequence[Sequence[int]],
@@ -415,7 +417,8 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         ref_model = (copy.deepcopy(model) if ref_model is None else ref_model).to(device).eval().requires_grad_(False)
     opt = (torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
            if cfg.optimizer == "adamw" else torch.optim.SGD(model.parameters(), lr=cfg.learning_rate))
-    trainer = Trainer(run_dir, "rl", CHECKPOINT, cfg.max_steps, cfg.eval_every, cfg.save_every, progress)
+    trainer = Trainer(run_dir, "rl", CHECKPOINT, cfg.max_steps, cfg.eval_every, cfg.save_every, progress,
+                      keep_best=SELECT if cfg.keep_best else None)
     write_json(trainer.run_dir / "rl_config.json", asdict(cfg))
     start = trainer.resume(model, opt, device)[0] if resume else trainer.fresh()
 
@@ -441,5 +444,6 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
             trainer.save(step + 1, model, opt, rl_config=asdict(cfg), seed=seed)
     if start < cfg.max_steps:
         trainer.evaluate(cfg.max_steps, model, eval_fn, show=SHOW_EVAL)
+    trainer.use_best(model, device)
     model.eval()
     return last

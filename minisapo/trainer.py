@@ -12,15 +12,14 @@ the evaluation schedule and the progress display. The loops themselves stay in s
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from minisapo import distributed
+from minisapo.progress import bar as progress_bar
 from minisapo.runs import (MetricsLogger, check_finite_weights, load_checkpoint, load_optimizer, load_weights,
                            nonfinite_context, save_checkpoint, trim_metrics)
 
@@ -75,18 +74,23 @@ class Trainer:
     """metrics.jsonl, one checkpoint file, resume and the step loop's progress, for one stage of a run."""
 
     def __init__(self, run_dir: str | Path, stage: str, checkpoint: str, max_steps: int, eval_every: int = 0,
-                 save_every: int = 0, progress: bool = True):
+                 save_every: int = 0, progress: bool = True, keep_best: str | None = None):
         self.run_dir, self.stage, self.max_steps = Path(run_dir), stage, max_steps
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.run_dir / checkpoint
+        # keep_best: the logged metric (e.g. "eval/valid_hit@10") whose best evaluation's weights are kept in
+        # <stage>_best.pt and handed back by `use_best` (ties: the later step)
+        self.keep_best, self.best_path, self.best = keep_best, self.run_dir / f"{stage}_best.pt", {}
         self.eval_every, self.save_every = eval_every, save_every
         self.progress = progress and distributed.is_main()  # torchrun: rank 0 shows the progress
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
         self.bar = None
 
     def fresh(self) -> int:
-        """A fresh start: drop this stage's records of an earlier attempt (other stages' records stay)."""
+        """A fresh start: drop this stage's records (and best weights) of an earlier attempt."""
         trim_metrics(self.logger.path, self.stage, None)
+        if distributed.is_main():
+            self.best_path.unlink(missing_ok=True)
         return 0
 
     def resume(self, model, optimizer, device="cpu") -> tuple[int, dict]:
@@ -97,33 +101,50 @@ class Trainer:
         load_weights(model, ckpt["model"], self.ckpt_path)
         load_optimizer(optimizer, ckpt["optimizer"], self.ckpt_path)
         trim_metrics(self.logger.path, self.stage, ckpt["step"])  # records after it are logged again
+        self.best = ckpt.get("best", {})
         print(f"{self.stage}: resumed from {self.ckpt_path} at step {ckpt['step']}/{self.max_steps}")
         return ckpt["step"], ckpt
 
     def steps(self, start: int) -> Iterator[int]:
-        """range(start, max_steps), with a progress bar on a terminal (plain log lines otherwise)."""
-        self.bar = tqdm(range(start, self.max_steps), desc=self.stage, initial=start, total=self.max_steps,
-                        disable=not (self.progress and sys.stderr.isatty()))
+        """range(start, max_steps), with a tqdm bar on a terminal (a plain line per 10 % otherwise)."""
+        self.bar = progress_bar(range(start, self.max_steps), total=self.max_steps, desc=self.stage, initial=start,
+                                enabled=self.progress)
         return iter(self.bar)
 
     def log(self, record: dict, show: tuple[str, ...] = ()) -> None:
-        """One JSON line in metrics.jsonl (tagged with the stage); `show` keys go to the bar or the log."""
+        """One JSON line in metrics.jsonl (tagged with the stage); `show` keys go to the progress display."""
         self.logger.log({"stage": self.stage, **record})
         shown = {k: f"{record[k]:.3f}" for k in show if isinstance(record.get(k), (int, float))}
-        if shown and self.bar is not None and not self.bar.disable:
-            self.bar.set_postfix(shown)
-        elif shown and self.progress:
-            print(f"{self.stage} step {record.get('step')}: " + " ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+        if shown and self.bar is not None:
+            self.bar.set_postfix(**shown)
 
     def evaluate(self, step: int, model, eval_fn, show: tuple[str, ...] = ()) -> None:
-        """Log `eval_fn(model)` as eval/<key> at `step` (model in eval mode; NaN named with the step). Under
-        torchrun rank 0 evaluates and the other ranks wait."""
+        """Log `eval_fn(model)` as eval/<key> at `step` (model in eval mode; NaN named with the step), printed
+        as one line; with keep_best, keep the weights if it is the best so far. Under torchrun rank 0
+        evaluates and the other ranks wait."""
         if eval_fn is not None and distributed.is_main():
             model.eval()
             with nonfinite_context(f"{self.stage} evaluation", step):
                 record = flat("eval/", eval_fn(model))
-            self.log({"step": step, **record}, show=show)
+            self.log({"step": step, **record})
+            if self.progress:
+                print(f"{self.stage} step {step}: " + " ".join(f"{k}={record[k]:.3f}" for k in show if k in record),
+                      flush=True)
+            value = record.get(self.keep_best) if self.keep_best else None
+            if value is not None and value >= self.best.get(self.keep_best, float("-inf")):
+                self.best = {"step": step, self.keep_best: value}  # written before a checkpoint refers to it
+                save_checkpoint(self.best_path, {"model": model.state_dict(), **self.best})
         distributed.barrier()
+
+    def use_best(self, model, device="cpu") -> None:
+        """With keep_best: load the best evaluation's weights into `model` and say which step they are."""
+        if not self.keep_best or not self.best:
+            return
+        ckpt = load_checkpoint(self.best_path, map_location=device, need=("model",))
+        if ckpt is not None:
+            load_weights(model, ckpt["model"], self.best_path)
+            print(f"{self.stage}: continuing with the best checkpoint by {self.keep_best}: step {self.best['step']}/"
+                  f"{self.max_steps} ({self.keep_best} {self.best[self.keep_best]:.4f}; {self.best_path.name})")
 
     def eval_due(self, step: int) -> bool:
         return due(step, self.eval_every, self.max_steps)
@@ -135,4 +156,4 @@ class Trainer:
         """Write the checkpoint atomically (refused if a weight is NaN/inf: the last good one stays)."""
         check_finite_weights(model, self.stage, step)
         save_checkpoint(self.ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "step": step, **extra})
+                                         "step": step, "best": self.best, **extra})

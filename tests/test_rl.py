@@ -399,6 +399,35 @@ def test_resume_continues_from_checkpoint(world, tmp_path):
     assert [r["step"] for r in read_metrics(d2 / "metrics.jsonl") if "reward" in r] == [1, 2]
 
 
+def test_keep_best_leaves_rl_with_the_best_evaluated_weights(world, tmp_path, capsys):
+    """keep_best: validation peaks at step 2 of 4 (evaluated every step): RL ends with step 2's weights (not the
+    last), a resumed finished run hands them back again, and step 0 (the SFT model) is a candidate too."""
+    table, tok, grammar, model, samples, prompts = _tiny_setup(world)
+    cfg = rl.rl_config("sapo", num_generations=2, batch_size=2, max_steps=4, save_every=1, eval_every=1, beta=0.0,
+                       rollout="sample", learning_rate=1e-2, keep_best=True)
+    curve, snaps = {0: .1, 1: .2, 2: .5, 3: .3, 4: .4}, {}
+
+    def eval_fn(m):
+        step = len(snaps)
+        snaps[step] = {k: v.clone() for k, v in m.state_dict().items()}
+        return {"valid_hit@10": curve[step]}
+
+    rl.train_rl(model, None, grammar, tok, table, samples, prompts, cfg, tmp_path, eval_fn=eval_fn, progress=False)
+    assert "best checkpoint by eval/valid_hit@10: step 2/4" in capsys.readouterr().out
+    assert all(torch.equal(v, snaps[2][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, snaps[4][k]) for k, v in model.state_dict().items())
+    _, _, _, again, _, _ = _tiny_setup(world)
+    rl.train_rl(again, None, grammar, tok, table, samples, prompts, cfg, tmp_path, resume=True, progress=False)
+    assert all(torch.equal(v, snaps[2][k]) for k, v in again.state_dict().items())
+    # nothing better than the start: the SFT weights come back
+    _, _, _, flat_model, _, _ = _tiny_setup(world)
+    snaps.clear()
+    curve.update({1: .0, 2: .0, 3: .0, 4: .0})
+    rl.train_rl(flat_model, None, grammar, tok, table, samples, prompts, cfg, tmp_path / "c", eval_fn=eval_fn,
+                progress=False)
+    assert all(torch.equal(v, snaps[0][k]) for k, v in flat_model.state_dict().items())
+
+
 def test_batch_indices_cover_epochs():
     from minisapo.trainer import batch_indices
 
