@@ -236,7 +236,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
             print(f"{stage}: resumed from {ckpt_path} at step {step}/{n_total}")
             if ckpt.get("done") and step >= n_total:  # finished (more --sft.max_steps on resume continue it)
                 if cfg.keep_best:
-                    _use_best(model, best_path, best, step, device)
+                    _use_best(model, best_path, best, step, device, stage=stage)
                 return last_eval
     if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
         trim_metrics(metrics_path, stage, None)
