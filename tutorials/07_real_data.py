@@ -24,7 +24,6 @@ from pathlib import Path
 
 import _common as C
 import matplotlib.pyplot as plt
-import numpy as np
 
 from minisapo.config import parse_overrides
 from minisapo.pipeline import load_stack, make_run_config, stage_eval, stage_sft, start_run
