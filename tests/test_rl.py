@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from minisapo import rl
+from minisapo.rl_metrics import step_matches
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_step_matches_dedup_in_last_step_and_invalid():
     t = [10, 20, 30, 40]  # a, b, c, dedup
     preds = [[10, 20, 30, 40], [10, 20, 30, 41], [10, 21, 30, 40], None, [], [11, 20, 30]]
     targets = [t] * 5 + [[10, 20, 30]]
-    m = rl.step_matches(preds, targets, 3)
+    m = step_matches(preds, targets, 3)
     assert m.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 1], [0, 0, 0], [0, 0, 0], [0, 1, 1]]
 
 
