@@ -38,6 +38,7 @@ from minisapo.model import autocast
 from minisapo.runs import (MetricsLogger, check_finite, check_finite_weights, load_checkpoint, load_optimizer,
                            load_weights, rng_state, save_checkpoint, set_rng_state, trim_metrics)
 from minisapo.trainer import batch_indices as shared_batch_indices
+from minisapo.trainer import keep_if_best, load_best
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
 BEST = "sft_best.pt"  # in the run directory: the weights with the best validation SELECT_METRIC so far
@@ -264,9 +265,7 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
             return out
 
         record.update(distributed.from_main(measure))  # torchrun: rank 0 validates, every rank gets its numbers
-        if SELECT_METRIC in record and record[SELECT_METRIC] >= best.get(SELECT_METRIC, -1.0):
-            best = {"step": step, SELECT_METRIC: record[SELECT_METRIC]}  # written before sft.pt refers to it
-            save_checkpoint(best_path, {"model": model.state_dict(), **best})
+        best = keep_if_best(best, SELECT_METRIC, record, step, model, best_path)  # before sft.pt refers to it
         logger.log(record)
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "step": step, "rng": _rng_state(), "last_eval": record, "done": done,
@@ -280,7 +279,6 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     t0, tokens_seen = time.time(), 0
     if validate_first and step == 0 and (valid_examples or valid_fn is not None):
         last_eval = validate_and_checkpoint(done=False)
-        model.train()
     while step < n_total:
         if stop_after is not None and step >= stop_after:
             break
@@ -336,10 +334,7 @@ def _use_best(model: torch.nn.Module, best_path: Path, best: dict, last_step: in
     if logger is not None:  # one record that names the model the run continues with
         logger.log({"stage": stage, "step": last_step, "selected_step": best["step"],
                     f"selected_{SELECT_METRIC}": best[SELECT_METRIC]})
-    if best["step"] != last_step:
-        load_weights(model, load_checkpoint(best_path, map_location=device)["model"], best_path)
-    print(f"{stage}: continuing with the best checkpoint by {SELECT_METRIC}: step {best['step']}/{last_step} "
-          f"({SELECT_METRIC} {best[SELECT_METRIC]:.4f}; {best_path.name})")
+    load_best(model, best_path, best, SELECT_METRIC, stage, last_step, device)
 
 
 def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> dict:

@@ -65,6 +65,29 @@ def warmup_lr(optimizer, lr: float, step: int, warmup_steps: int) -> float:
     return lr
 
 
+def keep_if_best(best: dict, metric: str, record: dict, step: int, model, path: Path) -> dict:
+    """The best evaluation so far: `best` ({"step", metric}, {} at first) or, when `record[metric]` is at least
+    as good (higher is better; a tie goes to the later step), this one, whose weights are then saved to `path`
+    (before a checkpoint refers to them)."""
+    value = record.get(metric)
+    if value is None or value < best.get(metric, float("-inf")):
+        return best
+    best = {"step": step, metric: value}
+    save_checkpoint(path, {"model": model.state_dict(), **best})
+    return best
+
+
+def load_best(model, path: Path, best: dict, metric: str, stage: str, last_step: int, device="cpu") -> None:
+    """Leave a stage with its best evaluation's weights (`keep_if_best`): load them into `model` unless the last
+    step was the best, and say which checkpoint the run continues with. Nothing to do without a best."""
+    if not best:
+        return
+    if best["step"] != last_step:
+        load_weights(model, load_checkpoint(path, map_location=device, need=("model",))["model"], path)
+    print(f"{stage}: continuing with the best checkpoint by {metric}: step {best['step']}/{last_step} "
+          f"({metric} {best[metric]:.4f}; {Path(path).name})")
+
+
 def due(step: int, every: int, last: int) -> bool:
     """True at every `every`-th step and at the last one (every = 0: only the last)."""
     return step == last or (every > 0 and step % every == 0)
@@ -130,21 +153,14 @@ class Trainer:
             if self.progress:
                 print(f"{self.stage} step {step}: " + " ".join(f"{k}={record[k]:.3f}" for k in show if k in record),
                       flush=True)
-            value = record.get(self.keep_best) if self.keep_best else None
-            if value is not None and value >= self.best.get(self.keep_best, float("-inf")):
-                self.best = {"step": step, self.keep_best: value}  # written before a checkpoint refers to it
-                save_checkpoint(self.best_path, {"model": model.state_dict(), **self.best})
+            if self.keep_best:
+                self.best = keep_if_best(self.best, self.keep_best, record, step, model, self.best_path)
         distributed.barrier()
 
     def use_best(self, model, device="cpu") -> None:
         """With keep_best: load the best evaluation's weights into `model` and say which step they are."""
-        if not self.keep_best or not self.best:
-            return
-        ckpt = load_checkpoint(self.best_path, map_location=device, need=("model",))
-        if ckpt is not None:
-            load_weights(model, ckpt["model"], self.best_path)
-            print(f"{self.stage}: continuing with the best checkpoint by {self.keep_best}: step {self.best['step']}/"
-                  f"{self.max_steps} ({self.keep_best} {self.best[self.keep_best]:.4f}; {self.best_path.name})")
+        if self.keep_best:
+            load_best(model, self.best_path, self.best, self.keep_best, self.stage, self.max_steps, device)
 
     def eval_due(self, step: int) -> bool:
         return due(step, self.eval_every, self.max_steps)
