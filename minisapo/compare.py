@@ -89,9 +89,13 @@ def paired_tests(hits: dict[str, list[int]]) -> dict[str, dict]:
     return out
 
 
+def _hits(report: dict) -> list[int]:
+    """1 per test sample whose target the model ranked in its top 10 (from the report's per-sample ranks)."""
+    return [int(0 < r <= 10) for r in report.get("ranks", [])]
+
+
 def _row(report: dict, records: list[dict]) -> dict:
     row = {k: report[k] for k in METRICS if k in report}
-    row["hits@10"] = [int(0 < r <= 10) for r in report.get("ranks", [])]
     zs = [r["frac_reward_zero_std"] for r in records if "frac_reward_zero_std" in r]
     if zs:
         row["frac_reward_zero_std"] = float(np.mean(zs))
@@ -168,7 +172,7 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
     results: dict[str, list[dict]] = {"sft": [], **{a: [] for a in algos}}
     hits: dict[str, list[int]] = {a: [] for a in results}  # per test sample, seeds pooled: 1 if in the top 10
     curves: dict[str, list[dict]] = {}
-    shared = None  # with from_run: (stack, model, SFT row), the same for every seed
+    shared = None  # with from_run: (stack, model, SFT report), the same for every seed
     if from_run:
         stack = load_stack(base, Path(from_run), reuse_run_sids=True)  # the run's own SIDs and tokenizer
         sft_model = new_model(base, stack)
@@ -176,14 +180,13 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
         print(f"compare: every seed starts from the SFT model of {from_run}")
         sft_dir = root / "sft"
         save_config(base, sft_dir)
-        shared = (stack, sft_model, _row(_final_eval(base, stack, sft_model, sft_dir,
-                                                     fresh=not (sft_dir / "eval_test.json").exists()), []))
+        shared = (stack, sft_model, _final_eval(base, stack, sft_model, sft_dir,
+                                                fresh=not (sft_dir / "eval_test.json").exists()))
     for s in range(seeds):
         cfg = _seeded(base, s)
         seed_dir = root / f"seed{s}"
         if shared:
-            stack, sft_model, sft_row = shared
-            results["sft"].append(sft_row)
+            stack, sft_model, sft_report = shared
         else:
             sft_dir = seed_dir / "sft"
             stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # every algorithm of this seed uses the SFT's SIDs
@@ -191,8 +194,9 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
             snapshot_sids(stack, sft_dir)
             fresh_sft = not (sft_dir / "eval_test.json").exists()
             sft_model = stage_sft(cfg, stack, sft_dir, resume=True)
-            results["sft"].append(_row(_final_eval(cfg, stack, sft_model, sft_dir, fresh_sft), []))
-        hits["sft"] += results["sft"][-1]["hits@10"]
+            sft_report = _final_eval(cfg, stack, sft_model, sft_dir, fresh_sft)
+        results["sft"].append(_row(sft_report, []))
+        hits["sft"] += _hits(sft_report)
         for algo in algos:
             acfg = _seeded(per_algo[algo], s)
             run_dir = seed_dir / folder(algo)
@@ -205,14 +209,12 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
                 fresh = ckpt is None or ckpt["step"] < acfg.rl.max_steps
                 stage_rl(acfg, stack, model, run_dir, resume=True)  # a finished run just loads its weights
             records = read_metrics(run_dir / "metrics.jsonl")
-            results[algo].append(_row(_final_eval(acfg, stack, model, run_dir, fresh=fresh), records))
-            hits[algo] += results[algo][-1]["hits@10"]
+            report = _final_eval(acfg, stack, model, run_dir, fresh=fresh)
+            results[algo].append(_row(report, records))
+            hits[algo] += _hits(report)
             if s == 0 and algo != CONTROL:
                 curves[algo] = records
     tests = paired_tests(hits)
-    for rows in results.values():
-        for r in rows:
-            r.pop("hits@10", None)
     summary = summarize(results)
     write_json(root / "compare.json", {"config": overrides, "algos": algos, "seeds": seeds,
                                        "from": str(from_run) if from_run else None,
