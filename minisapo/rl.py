@@ -438,12 +438,10 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         last = {"step": step + 1, **rollout_metrics(rows, mask, cfg.num_generations), **scored["stats"],
                 "grad_norm": scored["grad_norm"], "lr": lr, "step_time": time.time() - t0}
         trainer.log(last, show=("reward", "hit_rate", "frac_reward_zero_std"))
-        if step + 1 < cfg.max_steps and trainer.eval_due(step + 1):
+        if trainer.eval_due(step + 1):
             trainer.evaluate(step + 1, model, eval_fn, show=SHOW_EVAL)
         if trainer.save_due(step + 1):
             trainer.save(step + 1, model, opt, rl_config=asdict(cfg), seed=seed)
-    if start < cfg.max_steps:
-        trainer.evaluate(cfg.max_steps, model, eval_fn, show=SHOW_EVAL)
     trainer.use_best(model, device)
     model.eval()
     return last

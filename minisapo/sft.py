@@ -35,10 +35,9 @@ import torch.nn.functional as F
 
 from minisapo import distributed
 from minisapo.model import autocast
-from minisapo.runs import (MetricsLogger, check_finite, check_finite_weights, load_checkpoint, load_optimizer,
-                           load_weights, rng_state, save_checkpoint, set_rng_state, trim_metrics)
+from minisapo.runs import check_finite, load_checkpoint, load_weights
+from minisapo.trainer import Trainer
 from minisapo.trainer import batch_indices as shared_batch_indices
-from minisapo.trainer import keep_if_best, load_best
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
 BEST = "sft_best.pt"  # in the run directory: the weights with the best validation SELECT_METRIC so far
@@ -176,14 +175,6 @@ def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bat
 # ----------------------------------------------------------------------------------------------
 
 
-def _rng_state() -> dict:
-    return rng_state()  # tensors and plain values only, so the checkpoint loads with weights_only=True
-
-
-def _set_rng_state(state: dict) -> None:
-    set_rng_state(state)
-
-
 def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SFTConfig, run_dir: str | Path,
               valid_examples: Sequence[Example] | None = None, valid_fn: Callable[[torch.nn.Module], dict] | None = None,
               resume: bool = False, device: str | torch.device = "cpu", pad_id: int = 0, seed: int = 0,
@@ -201,85 +192,44 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     resume: continue from run_dir/sft.pt if it exists (a finished run returns at once).
     seed: seeds the data order (the model was initialised by the caller).
     stop_after: stop after this many steps, as if interrupted (for tests; None = run to the end).
-    validate_first: also validate (and checkpoint) before the first step, so the starting weights (e.g. a
-        pretrained model) are a candidate for the best checkpoint.
+    validate_first: also validate before the first step, so the starting weights (e.g. a pretrained
+        model) are a candidate for the best checkpoint.
     """
-    from minisapo.progress import bar as progress_bar
-
-    run_dir = Path(run_dir)
     device = torch.device(device)
     model.to(device)
     if len(train_examples) == 0:
         raise ValueError("no SFT training examples: is the train split empty?")
     if cfg.batch_size < distributed.world_size():  # torchrun: every rank needs a share of each micro-batch
         raise ValueError(f"sft.batch_size={cfg.batch_size} is smaller than the {distributed.world_size()} processes")
-    progress = progress and distributed.is_main()
     n_total = total_steps(cfg, len(train_examples))
     optimizer = _optimizer(model, cfg)
-    ckpt_path = run_dir / (CHECKPOINT if stage == "sft" else f"{stage}.pt")
-    best_path = run_dir / (BEST if stage == "sft" else f"{stage}_best.pt")
-    metrics_path = run_dir / "metrics.jsonl"
-    step, last_eval, best = 0, {}, {}  # best: {"step", SELECT_METRIC} of the best validation so far
-    running, running_n = 0.0, 0  # the training loss summed since the last log record (checkpointed too)
-    if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device, need=("model", "optimizer", "step", "rng"))
-        if ckpt is not None:
-            load_weights(model, ckpt["model"], ckpt_path)
-            load_optimizer(optimizer, ckpt["optimizer"], ckpt_path)
-            step, last_eval, best = ckpt["step"], ckpt.get("last_eval", {}), ckpt.get("best", {})
-            running, running_n = ckpt.get("running_loss", (0.0, 0))
-            try:
-                _set_rng_state(ckpt["rng"])
-            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
-                raise ValueError(f"checkpoint {ckpt_path}: its RNG state is unreadable (made by an older minisapo?); "
-                                 f"delete it to start {stage} afresh") from None
-            trim_metrics(metrics_path, stage, step)
-            print(f"{stage}: resumed from {ckpt_path} at step {step}/{n_total}")
-            if ckpt.get("done") and step >= n_total:  # finished (more --sft.max_steps on resume continue it)
-                if cfg.keep_best:
-                    _use_best(model, best_path, best, step, device, stage=stage)
-                return last_eval
-    if step == 0:  # a fresh start overwrites sft.pt: drop SFT records of an earlier attempt in this run dir
-        trim_metrics(metrics_path, stage, None)
-        if distributed.is_main():
-            best_path.unlink(missing_ok=True)
-    logger = MetricsLogger(metrics_path)
+    # a checkpoint at every validation; the best validation hit@10 is always tracked (sft_best.pt)
+    trainer = Trainer(run_dir, stage, f"{stage}.pt", n_total, cfg.eval_every, cfg.eval_every, progress,
+                      keep_best=SELECT_METRIC, eval_prefix="",
+                      hint="lower --sft.learning_rate (or raise --sft.warmup_steps, keep --sft.grad_clip > 0)")
+    start, ckpt = trainer.resume(model, optimizer, device) if resume else (trainer.fresh(), {})
+    last_eval, (running, running_n) = ckpt.get("last_eval", {}), ckpt.get("running_loss", (0.0, 0))
+    if ckpt.get("done") and start >= n_total:  # finished (more --sft.max_steps on resume continue it)
+        if cfg.keep_best:
+            trainer.use_best(model, device)
+        return last_eval
     valid_examples = list(valid_examples or [])
     valid_examples = valid_examples[:cfg.eval_samples] if cfg.eval_samples > 0 else valid_examples
 
-    hint = "lower --sft.learning_rate (or raise --sft.warmup_steps, keep --sft.grad_clip > 0)"
+    def validate(m) -> dict:  # the validation loss, then valid_fn's numbers (e.g. a quick beam hit@10)
+        out = {}
+        if valid_examples:
+            out["valid_loss"] = validation_loss(m, valid_examples, pad_id, device, cfg.batch_size)
+            check_finite(stage, done, trainer.hint, **{"validation loss": out["valid_loss"]})
+        return {**out, **(valid_fn(m) if valid_fn is not None else {})}
 
-    def validate_and_checkpoint(done: bool) -> dict:
-        nonlocal best
-        check_finite_weights(model, stage, step, hint)
-        record = {"stage": stage, "step": step}
-
-        def measure() -> dict:
-            out = {}
-            if valid_examples:
-                out["valid_loss"] = validation_loss(model, valid_examples, pad_id, device, cfg.batch_size)
-                check_finite(stage, step, hint, **{"validation loss": out["valid_loss"]})
-            if valid_fn is not None:
-                out.update(valid_fn(model))
-                model.train()
-            return out
-
-        record.update(distributed.from_main(measure))  # torchrun: rank 0 validates, every rank gets its numbers
-        best = keep_if_best(best, SELECT_METRIC, record, step, model, best_path)  # before sft.pt refers to it
-        logger.log(record)
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "step": step, "rng": _rng_state(), "last_eval": record, "done": done,
-                                    "best": best, "config": asdict(cfg), "seed": seed,
-                                    "running_loss": [running, running_n]})
-        distributed.barrier()  # torchrun: the checkpoints exist before any rank reads them (_use_best)
-        return record
-
+    eval_fn = validate if valid_examples or valid_fn is not None else None
+    done = start  # optimiser steps done
+    if validate_first and start == 0:
+        last_eval = trainer.evaluate(0, model, eval_fn)
     model.train()
-    bar = progress_bar(total=n_total, initial=step, desc=stage, enabled=progress)
     t0, tokens_seen = time.time(), 0
-    if validate_first and step == 0 and (valid_examples or valid_fn is not None):
-        last_eval = validate_and_checkpoint(done=False)
-    while step < n_total:
+    for step in trainer.steps(start):
         if stop_after is not None and step >= stop_after:
             break
         lr = lr_at(step, cfg, n_total)
@@ -300,41 +250,25 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         distributed.sum_grads(model)  # torchrun: the global batch's gradient (each loss has the global normaliser)
         step_loss = distributed.sum_over_ranks(step_loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        check_finite(stage, step + 1, hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
+        check_finite(stage, step + 1, trainer.hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        running += step_loss
-        running_n += 1
-        tokens_seen += n_tokens
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.1e}")
-        if step % cfg.log_every == 0 or step == n_total:
-            dt = max(time.time() - t0, 1e-9)
-            logger.log({"stage": stage, "step": step, "loss": running / running_n, "lr": lr,
-                        "grad_norm": float(grad_norm), "tokens_per_s": tokens_seen / dt})
+        done = step + 1
+        running, running_n, tokens_seen = running + step_loss, running_n + 1, tokens_seen + n_tokens
+        if done % cfg.log_every == 0 or done == n_total:
+            trainer.log({"step": done, "loss": running / running_n, "lr": lr, "grad_norm": float(grad_norm),
+                         "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}, show=("loss", "lr"))
             running, running_n, tokens_seen, t0 = 0.0, 0, 0, time.time()
-        if step == n_total or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
-            last_eval = validate_and_checkpoint(done=step == n_total)
-            shown = {k: round(v, 4) for k, v in last_eval.items() if isinstance(v, float)}
-            if progress and shown:
-                bar.write(f"{stage} step {step}: {shown}")
-    bar.close()
-    if step == n_total and cfg.keep_best:
-        _use_best(model, best_path, best, step, device, logger, stage)
+        if trainer.eval_due(done):  # every validation is also a checkpoint
+            last_eval = trainer.evaluate(done, model, eval_fn) or last_eval
+            model.train()
+            trainer.save(done, model, optimizer, last_eval=last_eval, done=done == n_total, config=asdict(cfg),
+                         seed=seed, running_loss=[running, running_n])
+    if done == n_total and cfg.keep_best and trainer.best:  # one record names the model the run continues with
+        trainer.log({"step": done, "selected_step": trainer.best["step"],
+                     f"selected_{SELECT_METRIC}": trainer.best[SELECT_METRIC]})
+        trainer.use_best(model, device)
     return last_eval
-
-
-def _use_best(model: torch.nn.Module, best_path: Path, best: dict, last_step: int, device,
-              logger: MetricsLogger | None = None, stage: str = "sft") -> None:
-    """Load the best validation checkpoint's weights into `model` (nothing to do if the last step is the best,
-    or there was no validation hit@10); say which checkpoint the run continues with."""
-    if not best:
-        return
-    if logger is not None:  # one record that names the model the run continues with
-        logger.log({"stage": stage, "step": last_step, "selected_step": best["step"],
-                    f"selected_{SELECT_METRIC}": best[SELECT_METRIC]})
-    load_best(model, best_path, best, SELECT_METRIC, stage, last_step, device)
 
 
 def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> dict:

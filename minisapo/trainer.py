@@ -1,13 +1,15 @@
 """What the SFT and RL loops share: the data order, seeds, metrics.jsonl, checkpoints and resume,
-the evaluation schedule and the progress display. The loops themselves stay in sft.py and rl.py.
+the evaluation schedule, the best checkpoint and the progress display. The loops themselves stay in
+sft.py and rl.py, and both read the same way:
 
-    trainer = Trainer(run_dir, "rl", "rl_checkpoint.pt", max_steps, eval_every, save_every)
-    start = trainer.resume(model, optimizer) if resume else trainer.fresh()
+    trainer = Trainer(run_dir, "rl", "rl_checkpoint.pt", max_steps, eval_every, save_every, keep_best=...)
+    start = trainer.resume(model, optimizer)[0] if resume else trainer.fresh()
     for step in trainer.steps(start):            # a progress bar on a terminal, log lines otherwise
         ...one optimiser step...
         trainer.log({"step": step + 1, ...})     # one JSON line in metrics.jsonl, tagged with the stage
-        if trainer.eval_due(step + 1): ...
+        if trainer.eval_due(step + 1): trainer.evaluate(step + 1, model, eval_fn)
         if trainer.save_due(step + 1): trainer.save(step + 1, model, optimizer)
+    trainer.use_best(model)                      # with keep_best: the best evaluation's weights
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from minisapo import distributed
 from minisapo.progress import bar as progress_bar
 from minisapo.runs import (MetricsLogger, check_finite_weights, load_checkpoint, load_optimizer, load_weights,
-                           nonfinite_context, save_checkpoint, trim_metrics)
+                           nonfinite_context, rng_state, save_checkpoint, set_rng_state, trim_metrics)
 
 
 # Random streams of a run: mix_seed(seed, STREAM, ...) keeps them apart (same seed, unrelated numbers).
@@ -94,10 +96,12 @@ def due(step: int, every: int, last: int) -> bool:
 
 
 class Trainer:
-    """metrics.jsonl, one checkpoint file, resume and the step loop's progress, for one stage of a run."""
+    """metrics.jsonl, one checkpoint file, resume, the evaluations and the step loop's progress, for one stage
+    of a run (SFT, its pretraining, RL)."""
 
     def __init__(self, run_dir: str | Path, stage: str, checkpoint: str, max_steps: int, eval_every: int = 0,
-                 save_every: int = 0, progress: bool = True, keep_best: str | None = None):
+                 save_every: int = 0, progress: bool = True, keep_best: str | None = None,
+                 eval_prefix: str = "eval/", hint: str = ""):
         self.run_dir, self.stage, self.max_steps = Path(run_dir), stage, max_steps
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.run_dir / checkpoint
@@ -105,6 +109,8 @@ class Trainer:
         # <stage>_best.pt and handed back by `use_best` (ties: the later step)
         self.keep_best, self.best_path, self.best = keep_best, self.run_dir / f"{stage}_best.pt", {}
         self.eval_every, self.save_every = eval_every, save_every
+        self.eval_prefix = eval_prefix  # put before the keys of an evaluation in metrics.jsonl
+        self.hint = hint  # what to change, added to the error when a weight or an evaluation is NaN
         self.progress = progress and distributed.is_main()  # torchrun: rank 0 shows the progress
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
         self.bar = None
@@ -117,12 +123,18 @@ class Trainer:
         return 0
 
     def resume(self, model, optimizer, device="cpu") -> tuple[int, dict]:
-        """Load the last checkpoint (weights, optimizer, step) -> (step, checkpoint); (0, {}) when none."""
-        ckpt = load_checkpoint(self.ckpt_path, map_location=device, need=("model", "optimizer", "step"))
+        """Load the last checkpoint (weights, optimizer, step, best so far, RNG) -> (step, checkpoint); a fresh
+        start, (0, {}), when there is none."""
+        ckpt = load_checkpoint(self.ckpt_path, map_location=device, need=("model", "optimizer", "step", "rng"))
         if ckpt is None:
             return self.fresh(), {}
         load_weights(model, ckpt["model"], self.ckpt_path)
         load_optimizer(optimizer, ckpt["optimizer"], self.ckpt_path)
+        try:
+            set_rng_state(ckpt["rng"])  # dropout draws continue as if never interrupted
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+            raise ValueError(f"checkpoint {self.ckpt_path}: its RNG state is unreadable (made by an older minisapo?); "
+                             f"delete it to start {self.stage} afresh") from None
         trim_metrics(self.logger.path, self.stage, ckpt["step"])  # records after it are logged again
         self.best = ckpt.get("best", {})
         print(f"{self.stage}: resumed from {self.ckpt_path} at step {ckpt['step']}/{self.max_steps}")
@@ -137,25 +149,33 @@ class Trainer:
     def log(self, record: dict, show: tuple[str, ...] = ()) -> None:
         """One JSON line in metrics.jsonl (tagged with the stage); `show` keys go to the progress display."""
         self.logger.log({"stage": self.stage, **record})
-        shown = {k: f"{record[k]:.3f}" for k in show if isinstance(record.get(k), (int, float))}
+        shown = {k: f"{record[k]:.3g}" for k in show if isinstance(record.get(k), (int, float))}
         if shown and self.bar is not None:
             self.bar.set_postfix(**shown)
 
-    def evaluate(self, step: int, model, eval_fn, show: tuple[str, ...] = ()) -> None:
-        """Log `eval_fn(model)` as eval/<key> at `step` (model in eval mode; NaN named with the step), printed
-        as one line; with keep_best, keep the weights if it is the best so far. Under torchrun rank 0
-        evaluates and the other ranks wait."""
-        if eval_fn is not None and distributed.is_main():
+    def evaluate(self, step: int, model, eval_fn, show: tuple[str, ...] | None = None) -> dict:
+        """Log `eval_fn(model)` (keys prefixed with eval_prefix) at `step`, with the model in eval mode, and
+        print it in one line (the `show` keys; None: every key); with keep_best, keep the weights if they are
+        the best so far. Returns the record. Under torchrun rank 0 evaluates and every rank gets the record."""
+        if eval_fn is None:
+            return {}
+        check_finite_weights(model, self.stage, step, self.hint)
+
+        def measure() -> dict:
             model.eval()
             with nonfinite_context(f"{self.stage} evaluation", step):
-                record = flat("eval/", eval_fn(model))
-            self.log({"step": step, **record})
-            if self.progress:
-                print(f"{self.stage} step {step}: " + " ".join(f"{k}={record[k]:.3f}" for k in show if k in record),
-                      flush=True)
-            if self.keep_best:
-                self.best = keep_if_best(self.best, self.keep_best, record, step, model, self.best_path)
-        distributed.barrier()
+                return flat(self.eval_prefix, eval_fn(model))
+
+        record = {"step": step, **distributed.from_main(measure)}
+        if self.keep_best:  # before a checkpoint refers to the best weights
+            self.best = keep_if_best(self.best, self.keep_best, record, step, model, self.best_path)
+        self.log(record)
+        if self.progress:
+            shown = [k for k in (record if show is None else show) if k != "step" and k in record]
+            line = f"{self.stage} step {step}: " + " ".join(f"{k}={record[k]:.4g}" for k in shown)
+            (self.bar.write if self.bar is not None else print)(line)
+        distributed.barrier()  # torchrun: the best weights exist before any rank reads them
+        return record
 
     def use_best(self, model, device="cpu") -> None:
         """With keep_best: load the best evaluation's weights into `model` and say which step they are."""
@@ -170,6 +190,6 @@ class Trainer:
 
     def save(self, step: int, model, optimizer, **extra) -> None:
         """Write the checkpoint atomically (refused if a weight is NaN/inf: the last good one stays)."""
-        check_finite_weights(model, self.stage, step)
+        check_finite_weights(model, self.stage, step, self.hint)
         save_checkpoint(self.ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "step": step, "best": self.best, **extra})
+                                         "step": step, "best": self.best, "rng": rng_state(), **extra})
