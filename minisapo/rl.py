@@ -421,13 +421,11 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
                       keep_best=SELECT if cfg.keep_best else None)
     write_json(trainer.run_dir / "rl_config.json", asdict(cfg))
     start = trainer.resume(model, opt, device)[0] if resume else trainer.fresh()
-
-    if start == 0:
-        trainer.evaluate(0, model, eval_fn, show=SHOW_EVAL)
     last: dict = {}
-    for step in trainer.steps(start):
-        t0 = time.time()
-        lr = warmup_lr(opt, cfg.learning_rate, step, cfg.warmup_steps)
+
+    def one_step(step: int) -> dict:
+        nonlocal last
+        t0, lr = time.time(), warmup_lr(opt, cfg.learning_rate, step, cfg.warmup_steps)
         idx = batch_indices(len(samples), cfg.batch_size, step, seed)
         gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_ROLLOUTS, step, j)) for j in range(len(idx))]  # one per group
         idx, gens = distributed.my_slice(idx), distributed.my_slice(gens)  # torchrun: this rank's whole groups
@@ -437,11 +435,9 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         mask = distributed.cat_over_ranks(mask)  # torchrun: the metrics of the global batch (every rank's groups)
         last = {"step": step + 1, **rollout_metrics(rows, mask, cfg.num_generations), **scored["stats"],
                 "grad_norm": scored["grad_norm"], "lr": lr, "step_time": time.time() - t0}
-        trainer.log(last, show=("reward", "hit_rate", "frac_reward_zero_std"))
-        if trainer.eval_due(step + 1):
-            trainer.evaluate(step + 1, model, eval_fn, show=SHOW_EVAL)
-        if trainer.save_due(step + 1):
-            trainer.save(step + 1, model, opt, rl_config=asdict(cfg), seed=seed)
-    trainer.use_best(model, device)
+        return last
+
+    trainer.run(start, model, opt, one_step, eval_fn, show=("reward", "hit_rate", "frac_reward_zero_std"),
+                show_eval=SHOW_EVAL, extra=lambda: {"rl_config": asdict(cfg), "seed": seed})
     model.eval()
     return last

@@ -203,16 +203,17 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         raise ValueError(f"sft.batch_size={cfg.batch_size} is smaller than the {distributed.world_size()} processes")
     n_total = total_steps(cfg, len(train_examples))
     optimizer = _optimizer(model, cfg)
-    # a checkpoint at every validation; the best validation hit@10 is always tracked (sft_best.pt)
+    # a checkpoint at every validation; the best validation hit@10 is always tracked (sft_best.pt) and
+    # becomes the model when cfg.keep_best
     trainer = Trainer(run_dir, stage, f"{stage}.pt", n_total, cfg.eval_every, cfg.eval_every, progress,
                       keep_best=SELECT_METRIC, eval_prefix="",
                       hint="lower --sft.learning_rate (or raise --sft.warmup_steps, keep --sft.grad_clip > 0)")
     start, ckpt = trainer.resume(model, optimizer, device) if resume else (trainer.fresh(), {})
-    last_eval, (running, running_n) = ckpt.get("last_eval", {}), ckpt.get("running_loss", (0.0, 0))
+    running, running_n = ckpt.get("running_loss", (0.0, 0))  # the training loss summed since the last record
     if ckpt.get("done") and start >= n_total:  # finished (more --sft.max_steps on resume continue it)
         if cfg.keep_best:
             trainer.use_best(model, device)
-        return last_eval
+        return trainer.last_eval
     valid_examples = list(valid_examples or [])
     valid_examples = valid_examples[:cfg.eval_samples] if cfg.eval_samples > 0 else valid_examples
 
@@ -220,18 +221,14 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         out = {}
         if valid_examples:
             out["valid_loss"] = validation_loss(m, valid_examples, pad_id, device, cfg.batch_size)
-            check_finite(stage, done, trainer.hint, **{"validation loss": out["valid_loss"]})
+            check_finite(stage, "validation", trainer.hint, **{"validation loss": out["valid_loss"]})
         return {**out, **(valid_fn(m) if valid_fn is not None else {})}
 
-    eval_fn = validate if valid_examples or valid_fn is not None else None
-    done = start  # optimiser steps done
-    if validate_first and start == 0:
-        last_eval = trainer.evaluate(0, model, eval_fn)
-    model.train()
     t0, tokens_seen = time.time(), 0
-    for step in trainer.steps(start):
-        if stop_after is not None and step >= stop_after:
-            break
+
+    def one_step(step: int) -> dict | None:
+        nonlocal running, running_n, tokens_seen, t0
+        model.train()
         lr = lr_at(step, cfg, n_total)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -253,22 +250,22 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         check_finite(stage, step + 1, trainer.hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        done = step + 1
         running, running_n, tokens_seen = running + step_loss, running_n + 1, tokens_seen + n_tokens
-        if done % cfg.log_every == 0 or done == n_total:
-            trainer.log({"step": done, "loss": running / running_n, "lr": lr, "grad_norm": float(grad_norm),
-                         "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}, show=("loss", "lr"))
-            running, running_n, tokens_seen, t0 = 0.0, 0, 0, time.time()
-        if trainer.eval_due(done):  # every validation is also a checkpoint
-            last_eval = trainer.evaluate(done, model, eval_fn) or last_eval
-            model.train()
-            trainer.save(done, model, optimizer, last_eval=last_eval, done=done == n_total, config=asdict(cfg),
-                         seed=seed, running_loss=[running, running_n])
+        if (step + 1) % cfg.log_every and step + 1 < n_total:
+            return None
+        record = {"loss": running / running_n, "lr": lr, "grad_norm": float(grad_norm),
+                  "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}
+        running, running_n, tokens_seen, t0 = 0.0, 0, 0, time.time()
+        return record
+
+    done = trainer.run(start, model, optimizer, one_step, validate if valid_examples or valid_fn else None,
+                       first_eval=validate_first, show=("loss", "lr"), stop_after=stop_after, use_best=False,
+                       extra=lambda: {"config": asdict(cfg), "seed": seed, "running_loss": [running, running_n]})
     if done == n_total and cfg.keep_best and trainer.best:  # one record names the model the run continues with
         trainer.log({"step": done, "selected_step": trainer.best["step"],
                      f"selected_{SELECT_METRIC}": trainer.best[SELECT_METRIC]})
         trainer.use_best(model, device)
-    return last_eval
+    return trainer.last_eval
 
 
 def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> dict:

@@ -1,21 +1,18 @@
 """What the SFT and RL loops share: the data order, seeds, metrics.jsonl, checkpoints and resume,
-the evaluation schedule, the best checkpoint and the progress display. The loops themselves stay in
-sft.py and rl.py, and both read the same way:
+the evaluation schedule, the best checkpoint and the progress display. A stage supplies one optimiser
+step; `Trainer.run` does the rest, the same way for SFT, its pretraining and RL:
 
     trainer = Trainer(run_dir, "rl", "rl_checkpoint.pt", max_steps, eval_every, save_every, keep_best=...)
     start = trainer.resume(model, optimizer)[0] if resume else trainer.fresh()
-    for step in trainer.steps(start):            # a progress bar on a terminal, log lines otherwise
-        ...one optimiser step...
-        trainer.log({"step": step + 1, ...})     # one JSON line in metrics.jsonl, tagged with the stage
-        if trainer.eval_due(step + 1): trainer.evaluate(step + 1, model, eval_fn)
-        if trainer.save_due(step + 1): trainer.save(step + 1, model, optimizer)
-    trainer.use_best(model)                      # with keep_best: the best evaluation's weights
+    trainer.run(start, model, optimizer, one_step, eval_fn)
+        # evaluate the starting weights; then for each step: record = one_step(step) -> metrics.jsonl,
+        # evaluate when due, checkpoint when due; finally load the best evaluation's weights (keep_best)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -108,6 +105,7 @@ class Trainer:
         # keep_best: the logged metric (e.g. "eval/valid_hit@10") whose best evaluation's weights are kept in
         # <stage>_best.pt and handed back by `use_best` (ties: the later step)
         self.keep_best, self.best_path, self.best = keep_best, self.run_dir / f"{stage}_best.pt", {}
+        self.last_eval: dict = {}  # the last evaluation's record (kept in the checkpoint)
         self.eval_every, self.save_every = eval_every, save_every
         self.eval_prefix = eval_prefix  # put before the keys of an evaluation in metrics.jsonl
         self.hint = hint  # what to change, added to the error when a weight or an evaluation is NaN
@@ -136,7 +134,7 @@ class Trainer:
             raise ValueError(f"checkpoint {self.ckpt_path}: its RNG state is unreadable (made by an older minisapo?); "
                              f"delete it to start {self.stage} afresh") from None
         trim_metrics(self.logger.path, self.stage, ckpt["step"])  # records after it are logged again
-        self.best = ckpt.get("best", {})
+        self.best, self.last_eval = ckpt.get("best", {}), ckpt.get("last_eval", {})
         print(f"{self.stage}: resumed from {self.ckpt_path} at step {ckpt['step']}/{self.max_steps}")
         return ckpt["step"], ckpt
 
@@ -170,6 +168,7 @@ class Trainer:
         if self.keep_best:  # before a checkpoint refers to the best weights
             self.best = keep_if_best(self.best, self.keep_best, record, step, model, self.best_path)
         self.log(record)
+        self.last_eval = record
         if self.progress:
             shown = [k for k in (record if show is None else show) if k != "step" and k in record]
             line = f"{self.stage} step {step}: " + " ".join(f"{k}={record[k]:.4g}" for k in shown)
@@ -192,4 +191,30 @@ class Trainer:
         """Write the checkpoint atomically (refused if a weight is NaN/inf: the last good one stays)."""
         check_finite_weights(model, self.stage, step, self.hint)
         save_checkpoint(self.ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "step": step, "best": self.best, "rng": rng_state(), **extra})
+                                         "step": step, "done": step == self.max_steps, "best": self.best,
+                                         "last_eval": self.last_eval, "rng": rng_state(), **extra})
+
+    def run(self, start: int, model, optimizer, one_step: Callable[[int], dict | None], eval_fn=None,
+            first_eval: bool = True, show: tuple[str, ...] = (), show_eval: tuple[str, ...] | None = None,
+            extra: Callable[[], dict] = dict, stop_after: int | None = None, use_best: bool = True) -> int:
+        """The loop from step `start`: evaluate the starting weights (first_eval, on a fresh start); then for
+        each step `record = one_step(step)` (0-based; None: nothing to log), logged with `show` on the progress
+        display; evaluate when due, checkpoint when due (with `extra()`); at the end, with keep_best and
+        use_best, the best evaluation's weights. stop_after: stop there as if interrupted (tests).
+        Returns the number of steps done."""
+        if first_eval and start == 0:
+            self.evaluate(0, model, eval_fn, show_eval)
+        done = start
+        for step in self.steps(start):
+            if stop_after is not None and step >= stop_after:
+                break
+            record, done = one_step(step), step + 1
+            if record:
+                self.log({"step": done, **record}, show)
+            if self.eval_due(done):
+                self.evaluate(done, model, eval_fn, show_eval)
+            if self.save_due(done):
+                self.save(done, model, optimizer, **extra())
+        if done == self.max_steps and use_best:
+            self.use_best(model, next(model.parameters()).device)
+        return done
