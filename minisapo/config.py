@@ -28,9 +28,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minisapo import rl
 from minisapo.data import DataConfig
 from minisapo.evaluate import EvalConfig
+from minisapo.generate import ROLLOUTS
 from minisapo.model import ModelConfig
+from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES
 from minisapo.reasoning import ReasoningConfig
 from minisapo.rl import RLConfig
 from minisapo.sft import SFTConfig
@@ -256,13 +259,11 @@ def apply_algo(cfg: Config, algo: str) -> None:
     """Set the rl keys of an algorithm on `cfg`: a preset of `minisapo.rl.ALGOS` (`--algo=grpo`), optionally
     followed by `+key=value` rl settings, e.g. `--algo=sapo+advantage=my_algos.py:reward_to_go` (your own
     advantage with SAPO's rewards) or `--algos=grpo,sapo,sapo+reward=prefix` in `minisapo compare`."""
-    from minisapo.rl import ALGOS
-
     name, *mods = algo.split("+")
-    if name not in ALGOS:
-        raise ConfigError(f"unknown --algo={algo}{did_you_mean(name, list(ALGOS))}; choose one of {', '.join(ALGOS)}, "
+    if name not in rl.ALGOS:
+        raise ConfigError(f"unknown --algo={algo}{did_you_mean(name, list(rl.ALGOS))}; choose one of {', '.join(rl.ALGOS)}, "
                           f"optionally with +key=value rl settings (e.g. sapo+advantage=my_algos.py:fn)")
-    for k, v in ALGOS[name].items():
+    for k, v in rl.ALGOS[name].items():
         set_value(cfg, f"rl.{k}", v)
     for mod in mods:
         key, eq, value = mod.partition("=")
@@ -286,11 +287,40 @@ def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None 
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Every section's own checks (`__post_init__`, `rl.check_config`) and every range check below, so a bad
-    setting is refused when the config is made, before any stage runs. Messages name the key."""
-    from minisapo.rl import check_config as check_rl
+def check_rl(cfg: RLConfig) -> None:
+    """A ValueError that says what to change about RL's names and group (`validate` adds the range checks of
+    every number): every option one of rl.py's names, a plug-in tried on an example now, not at step 1."""
+    for key, allowed in (("scale_rewards", rl.SCALE_REWARDS), ("loss_type", rl.LOSS_TYPES), ("rollout", ROLLOUTS),
+                         ("optimizer", rl.OPTIMIZERS), ("reward", rl.REWARDS), ("advantage", rl.ADVANTAGES)):
+        if getattr(cfg, key) not in allowed and not (key in ("reward", "advantage") and ":" in getattr(cfg, key)):
+            raise ValueError(f"rl.{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}"
+                             + (" (or module:function)" if key in ("reward", "advantage") else ""))
+    rewards = rl.compute_rewards(EXAMPLE_MATCHES, cfg.reward, cfg.advantage, EXAMPLE_GROUP)  # a plug-in is tried now
+    rl.advantage_function(cfg.advantage)(rewards, EXAMPLE_GROUP, cfg.scale_rewards)
+    if cfg.reward == "rank" and cfg.rollout != "beam":
+        raise ValueError("rl.reward=rank ranks the group, so it needs --rl.rollout=beam")
+    if cfg.num_generations < 2:
+        raise ValueError("rl.num_generations must be >= 2: group-relative advantages need a group")
+    if min(cfg.num_iterations, cfg.batch_size, cfg.gradient_accumulation_steps) < 1:
+        raise ValueError("rl.num_iterations, rl.batch_size and rl.gradient_accumulation_steps must be >= 1")
+    if (cfg.batch_size * cfg.num_generations) % cfg.gradient_accumulation_steps:
+        raise ValueError(f"rl.gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide "
+                         f"batch_size * num_generations = {cfg.batch_size * cfg.num_generations}")
 
+
+def rl_config(algo: str | None = None, **overrides) -> RLConfig:
+    """An RLConfig for a preset in `rl.ALGOS`, with keyword overrides on top, checked (`check_rl`): how a
+    library user makes one (e.g. `rl_config("grpo", num_generations=8)`)."""
+    if algo is not None and algo not in rl.ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; choose one of {', '.join(rl.ALGOS)}")
+    cfg = RLConfig(**{**rl.ALGOS.get(algo, {}), **overrides})
+    check_rl(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Every section's own checks (`__post_init__`, `check_rl`) and every range check below, so a bad
+    setting is refused when the config is made, before any stage runs. Messages name the key."""
     for s in SECTIONS:
         post = getattr(getattr(cfg, s), "__post_init__", None)
         if post is not None:
@@ -432,7 +462,7 @@ def _range_errors(cfg: Config):
             (hi is not None and (v > hi or (key != "min_lr_ratio" and v == hi)))
         if bad:
             yield f"sft.{key}", f"must be {text}"
-    # --- rl (enums, num_generations, batch_size, ... are rl.check_config's)
+    # --- rl (enums, num_generations, batch_size, ... are check_rl's)
     q = cfg.rl
     for key, lo in (("max_steps", 0), ("eval_every", 0), ("save_every", 0)):
         if getattr(q, key) < lo:

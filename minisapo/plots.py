@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from minisapo import distributed  # noqa: E402
 from minisapo.generate import sample as sample_rollouts  # noqa: E402
-from minisapo.rl import rl_config, score_rollouts  # noqa: E402
+from minisapo.rl import ALGOS, RLConfig, score_rollouts  # noqa: E402
 
 
 def _save(fig, path, dpi: int = 110, **layout) -> Path:
@@ -291,7 +291,7 @@ def token_credit(responses: torch.Tensor, mask: torch.Tensor, parsed: Sequence, 
     out: dict = {}
     for algo in algos:
         scored = score_rollouts(responses, mask, parsed, [list(target_sids)] * responses.size(0), tokenizer,
-                                rl_config(algo, num_generations=responses.size(0), think_credit=think_credit), num_steps)
+                                RLConfig(**ALGOS[algo], num_generations=responses.size(0), think_credit=think_credit), num_steps)
         out.update({algo: scored["token_adv"], "matches": scored["matches"], "steps": scored["steps"]})
     return out
 

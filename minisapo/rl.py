@@ -1,8 +1,8 @@
 """Reinforcement learning after SFT: GRPO and SAPO in one loop, differing only in reward and advantage.
 
-Top to bottom: rewards -> advantages -> per-token credit -> PPO-clip loss -> one step -> the loop.
-Everything before `score_rollouts` is a pure tensor function; bookkeeping is in trainer.py (metrics.jsonl,
-checkpoints, resume, evaluation schedule), what is measured in rl_metrics.py. One RL step:
+Top to bottom: rewards -> advantages -> per-token credit -> PPO-clip loss -> one step -> the loop, pure
+tensor functions up to `score_rollouts`. trainer.py keeps the books (metrics.jsonl, checkpoints, resume,
+evaluation schedule), rl_metrics.py measures, config.py checks settings (`rl_config`). One RL step:
 
     batch_size prompts --rollout--> G = num_generations responses each          (B = batch_size * G rows)
     responses --parse--> per-step matches m[i, k] = 1[SID token k of response i == target token k]
@@ -11,8 +11,7 @@ checkpoints, resume, evaluation schedule), what is measured in rl_metrics.py. On
     num_iterations x PPO-clip update on  -min(w A, clip(w, 1-eps, 1+eps_high) A) + beta * KL_k3
 
 `ALGOS`: `grpo` is textbook GRPO (DeepSeekMath), reward 1[whole SID right]; `sapo` is the paper (arXiv
-2605.17648): per-step rewards m[i,k], a group-relative advantage per step, applied only to that step's
-tokens; the others are the papers' ablations and baselines.
+2605.17648): per-step rewards m[i,k], a group-relative advantage per step, credited to that step's tokens.
 
 How the loop departs from textbook GRPO (each is a switch; the defaults are the recipe README measured):
 1) The group is a choice (`rollout`): G samples at temperature 1 (textbook), greedy thinking + G sampled
@@ -27,9 +26,8 @@ How the loop departs from textbook GRPO (each is a switch; the defaults are the 
    rescaled so a response keeps its total token weight; every `loss_type` then scales SAPO as GRPO.
 5) Loss normalisers count the whole batch, so gradient accumulation (and torchrun ranks) sum to exactly
    the gradient of one big batch. No value net, no reward model; an invalid response gets reward 0.
-`frac_reward_zero_std` counts groups whose advantage is zero everywhere; `groups/*` says why. Option and
-metric names follow TRL's GRPOTrainer. NOT TRL's `loss_type="sapo"` (Qwen's Soft Adaptive PO, a clip):
-SAPO here is an advantage estimator (`advantage="step"`) that works with any `loss_type`.
+Option and metric names follow TRL's GRPOTrainer. NOT TRL's `loss_type="sapo"` (Qwen's Soft Adaptive PO,
+a clip): SAPO here is an advantage estimator (`advantage="step"`) that works with any `loss_type`.
 """
 
 from __future__ import annotations
@@ -43,8 +41,8 @@ from typing import Callable, Sequence
 import torch
 
 from minisapo import distributed
-from minisapo.generate import ROLLOUTS, response_logprobs, rollouts
-from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES, plugin
+from minisapo.generate import response_logprobs, rollouts
+from minisapo.plugins import plugin
 from minisapo.reasoning import step_index
 from minisapo.rl_metrics import add_chunk_stats, clip_stats, rollout_metrics, step_matches
 from minisapo.files import write_json
@@ -103,9 +101,8 @@ EPS = 1e-4  # added to a reward std before dividing (TRL's value)
 
 
 # ----------------------------------------------------------------------------------------------
-# ALGO LOGIC 1: rewards. A reward maps the per-step matches m (B, K) (rl_metrics.step_matches: m[i, k] = 1
-# if SID token k of response i is the target's) and the group size G to (B,) or (B, K); rows of one group
-# are contiguous (and ranked best first for rollout="beam").
+# ALGO LOGIC 1: rewards: per-step matches m (B, K) (m[i, k] = 1 if SID token k of response i is the target's,
+# rl_metrics.step_matches) and the group size G -> (B,) or (B, K); a group's rows are contiguous (best first for beams)
 
 
 def reward_exact(m: torch.Tensor, group_size: int = 1) -> torch.Tensor:
@@ -144,6 +141,23 @@ REWARDS: dict[str, Callable] = {"exact": reward_exact, "position": reward_positi
                                 "sidreasoner": reward_sidreasoner, "rank": reward_rank}
 
 
+def reward_function(name: str) -> Callable:
+    """A built-in by name or yours (`--rl.reward=my_pkg.my_mod:fn`): fn(m (B, K), G) -> (B,) or (B, K)."""
+    return REWARDS[name] if name in REWARDS else plugin("rl.reward", name)
+
+
+def compute_rewards(m: torch.Tensor, reward: str, advantage: str, group_size: int | None = None) -> torch.Tensor:
+    """Rewards in the shape the advantage needs: (B,) for "sequence", (B, K) for "step" (a per-step
+    reward is averaged over steps for a sequence advantage; a scalar one is given to every step).
+    A plug-in advantage gets the reward as it comes."""
+    r = reward_function(reward)(m, group_size or m.size(0))  # (B,) or (B, K)
+    if advantage == "sequence":
+        return r.mean(dim=-1) if r.dim() == 2 else r
+    if advantage == "step":
+        return r if r.dim() == 2 else r.unsqueeze(-1).expand_as(m).clone()
+    return r
+
+
 # ----------------------------------------------------------------------------------------------
 # ALGO LOGIC 2: advantages, group-relative, per response (GRPO) or per step (SAPO)
 
@@ -179,6 +193,11 @@ def step_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str =
 
 
 ADVANTAGES: dict[str, Callable] = {"sequence": sequence_advantages, "step": step_advantages}
+
+
+def advantage_function(name: str) -> Callable:
+    """A built-in by name or yours (`--rl.advantage=module:fn`): fn(rewards, G, scale_rewards) -> advantages."""
+    return ADVANTAGES[name] if name in ADVANTAGES else plugin("rl.advantage", name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,61 +280,6 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 
 
 # ----------------------------------------------------------------------------------------------
-# Names -> functions: a built-in above, or your own (plugins.py): `--rl.reward=my_pkg.my_mod:fn`
-
-
-def reward_function(name: str) -> Callable:
-    """fn(matches (B, K), group_size) -> rewards (B,) or (B, K)."""
-    return REWARDS[name] if name in REWARDS else plugin("rl.reward", name)
-
-
-def advantage_function(name: str) -> Callable:
-    """fn(rewards (B,) or (B, K), group_size, scale_rewards) -> advantages (B,) or (B, K)."""
-    return ADVANTAGES[name] if name in ADVANTAGES else plugin("rl.advantage", name)
-
-
-def compute_rewards(m: torch.Tensor, reward: str, advantage: str, group_size: int | None = None) -> torch.Tensor:
-    """Rewards in the shape the advantage needs: (B,) for "sequence", (B, K) for "step" (a per-step
-    reward is averaged over steps for a sequence advantage; a scalar one is given to every step).
-    A plug-in advantage gets the reward as it comes."""
-    r = reward_function(reward)(m, group_size or m.size(0))  # (B,) or (B, K)
-    if advantage == "sequence":
-        return r.mean(dim=-1) if r.dim() == 2 else r
-    if advantage == "step":
-        return r if r.dim() == 2 else r.unsqueeze(-1).expand_as(m).clone()
-    return r
-
-
-def check_config(cfg: RLConfig) -> None:
-    """A ValueError that says what to change (config.py adds the range checks of every number)."""
-    for key, allowed in (("scale_rewards", SCALE_REWARDS), ("loss_type", LOSS_TYPES), ("rollout", ROLLOUTS),
-                         ("optimizer", OPTIMIZERS), ("reward", REWARDS), ("advantage", ADVANTAGES)):
-        if getattr(cfg, key) not in allowed and not (key in ("reward", "advantage") and ":" in getattr(cfg, key)):
-            raise ValueError(f"rl.{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}"
-                             + (" (or module:function)" if key in ("reward", "advantage") else ""))
-    rewards = compute_rewards(EXAMPLE_MATCHES, cfg.reward, cfg.advantage, EXAMPLE_GROUP)  # a plug-in is tried now
-    advantage_function(cfg.advantage)(rewards, EXAMPLE_GROUP, cfg.scale_rewards)
-    if cfg.reward == "rank" and cfg.rollout != "beam":
-        raise ValueError("rl.reward=rank ranks the group, so it needs --rl.rollout=beam")
-    if cfg.num_generations < 2:
-        raise ValueError("rl.num_generations must be >= 2: group-relative advantages need a group")
-    if min(cfg.num_iterations, cfg.batch_size, cfg.gradient_accumulation_steps) < 1:
-        raise ValueError("rl.num_iterations, rl.batch_size and rl.gradient_accumulation_steps must be >= 1")
-    if (cfg.batch_size * cfg.num_generations) % cfg.gradient_accumulation_steps:
-        raise ValueError(f"rl.gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide "
-                         f"batch_size * num_generations = {cfg.batch_size * cfg.num_generations}")
-
-
-def rl_config(algo: str | None = None, **overrides) -> RLConfig:
-    """An RLConfig for a preset in `ALGOS`, with keyword overrides on top (checked)."""
-    if algo is not None and algo not in ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
-    cfg = RLConfig(**{**ALGOS.get(algo, {}), **overrides})
-    check_config(cfg)
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------------
 # ALGO LOGIC 5: one step of the loop
 
 
@@ -364,8 +328,7 @@ def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int
         if cfg.beta != 0.0:
             ref_lp = response_logprobs(ref_model, grammar, ro.prompts, ro.responses, cfg.temperature)[0].float()
     B = ro.responses.size(0)  # 4) num_iterations optimiser steps, each over the whole batch in chunks
-    chunks = torch.arange(B).chunk(cfg.gradient_accumulation_steps)
-    # torchrun: the normalisers count the rows, tokens and chunks of every rank (the global batch)
+    chunks = torch.arange(B).chunk(cfg.gradient_accumulation_steps)  # normalisers: every rank's rows, tokens, chunks
     num_rows, num_tokens, num_chunks = distributed.sum_over_ranks(B, int(lmask.sum()), len(chunks))
     stats: dict = {}
     for _ in range(cfg.num_iterations):
@@ -400,14 +363,10 @@ SHOW_EVAL = (SELECT, "eval/sampled_reward", "eval/distinct_top1")  # printed at 
 def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, prompts: Sequence[Sequence[int]],
              cfg: RLConfig, run_dir: str | Path, eval_fn: Callable | None = None, resume: bool = False,
              device: str | torch.device = "cpu", seed: int = 0, progress: bool = True) -> dict:
-    """RL fine-tuning of `model` (in place) from its SFT weights; returns the last step's metrics.
-
-    samples[i] is a `Sample` (its `.target` is rewarded), prompts[i] its prompt ids. `ref_model` is the
-    frozen SFT model for the KL term (None: a copy of `model` as it is now). `eval_fn(model) -> dict` runs
-    at step 0, every `eval_every` steps and at the end, logged as `eval/<key>`. Writes metrics.jsonl,
-    rl_config.json and rl_checkpoint.pt (atomic) in run_dir; `resume=True` continues from the checkpoint.
-    """
-    check_config(cfg)
+    """RL fine-tuning of `model` (in place) from its SFT weights; returns the last step's metrics. samples[i]
+    is a `Sample` (its `.target` is rewarded), prompts[i] its prompt ids; `ref_model` the frozen model of the
+    KL term (None: a copy of `model` now); `eval_fn(model) -> dict` is logged as `eval/<key>` at step 0,
+    every `eval_every` steps and at the end. Writes metrics.jsonl, rl_config.json and rl_checkpoint.pt."""
     if cfg.batch_size < distributed.world_size() or len(samples) != len(prompts) or not samples:
         raise ValueError(f"need one prompt per sample ({len(samples)} samples, {len(prompts)} prompts) and "
                          f"rl.batch_size={cfg.batch_size} >= the {distributed.world_size()} torchrun processes")
@@ -421,10 +380,8 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
                       keep_best=SELECT if cfg.keep_best else None)
     write_json(trainer.run_dir / "rl_config.json", asdict(cfg))
     start = trainer.resume(model, opt, device)[0] if resume else trainer.fresh()
-    last: dict = {}
 
     def one_step(step: int) -> dict:
-        nonlocal last
         t0, lr = time.time(), warmup_lr(opt, cfg.learning_rate, step, cfg.warmup_steps)
         idx = batch_indices(len(samples), cfg.batch_size, step, seed)
         gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_ROLLOUTS, step, j)) for j in range(len(idx))]  # one per group
@@ -433,11 +390,10 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
                                cfg, gens, step)
         rows = distributed.cat_over_ranks({k: scored[k] for k in ("matches", "rewards", "valid", "sids")})
         mask = distributed.cat_over_ranks(mask)  # torchrun: the metrics of the global batch (every rank's groups)
-        last = {"step": step + 1, **rollout_metrics(rows, mask, cfg.num_generations), **scored["stats"],
+        return {**rollout_metrics(rows, mask, cfg.num_generations), **scored["stats"],
                 "grad_norm": scored["grad_norm"], "lr": lr, "step_time": time.time() - t0}
-        return last
 
     trainer.run(start, model, opt, one_step, eval_fn, show=("reward", "hit_rate", "frac_reward_zero_std"),
                 show_eval=SHOW_EVAL, extra=lambda: {"rl_config": asdict(cfg), "seed": seed})
     model.eval()
-    return last
+    return trainer.last_record

@@ -106,6 +106,7 @@ class Trainer:
         # <stage>_best.pt and handed back by `use_best` (ties: the later step)
         self.keep_best, self.best_path, self.best = keep_best, self.run_dir / f"{stage}_best.pt", {}
         self.last_eval: dict = {}  # the last evaluation's record (kept in the checkpoint)
+        self.last_record: dict = {}  # the last step's record `run` logged
         self.eval_every, self.save_every = eval_every, save_every
         self.eval_prefix = eval_prefix  # put before the keys of an evaluation in metrics.jsonl
         self.hint = hint  # what to change, added to the error when a weight or an evaluation is NaN
@@ -210,7 +211,8 @@ class Trainer:
                 break
             record, done = one_step(step), step + 1
             if record:
-                self.log({"step": done, **record}, show)
+                self.last_record = {"step": done, **record}
+                self.log(self.last_record, show)
             if self.eval_due(done):
                 self.evaluate(done, model, eval_fn, show_eval)
             if self.save_due(done):

@@ -34,13 +34,13 @@ import _common as C
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minisapo.config import make_config, parse_overrides
+from minisapo.config import make_config, parse_overrides, rl_config
 from minisapo.evaluate import quick_hit_fn
 from minisapo.pipeline import load_stack, new_model
 from minisapo.plugins import load_function
 from minisapo.reasoning import build_examples, build_prompt
 from minisapo.rl import (ADVANTAGES, ALGOS, REWARDS, advantage_function, reward_exact, reward_function,
-                         reward_position, rl_config, sequence_advantages, step_advantages, step_matches, train_rl)
+                         reward_position, sequence_advantages, step_advantages, step_matches, train_rl)
 from minisapo.runs import read_metrics
 from minisapo.sft import train_sft
 
@@ -361,13 +361,13 @@ def first_difference(name: str) -> str:
     """When a plug-in run's update first differs from the built-in's, and why not earlier."""
     for a, b in zip(steps_of["sapo"], steps_of[name]):
         if not math.isclose(a["grad_norm"], b["grad_norm"], rel_tol=1e-6):
-            why = (f" (until then no rollout was an exact hit, hit_rate 0, so the bonus never paid)"
+            why = (" (until then no rollout was an exact hit, hit_rate 0, so the bonus never paid)"
                    if all(r["hit_rate"] == 0 for r in steps_of["sapo"][:a["step"] - 1]) and a["step"] > 1 else "")
             return f"{name} from step {a['step']}{why}"
     return f"{name} never in these {len(steps_of[name])} steps"
 
 
-grad = (f"grad norm at step 1: " + ", ".join(f"{name} {r['grad_norm']:.3f}" for name, r in first.items())
+grad = ("grad norm at step 1: " + ", ".join(f"{name} {r['grad_norm']:.3f}" for name, r in first.items())
         + "; the update first differs from SAPO's: " + "; ".join(first_difference(n) for n in RUNS if n != "sapo"))
 se_valid = max(math.sqrt(h[-1] * (1 - h[-1]) / n_valid) for h in hits.values())
 spread = max(h[-1] for h in hits.values()) - min(h[-1] for h in hits.values())
@@ -377,7 +377,7 @@ verdict = (f"the spread {spread:.3f} is under 2 standard errors ({2 * math.sqrt(
 C.takeaway(
     "A new reward or advantage is one function in a file of yours with the built-ins' signature, named by "
     "--rl.reward= / --rl.advantage= as path.py:function (or module:function); nothing in minisapo is edited.",
-    f"Check it first where it must equal a baseline: "
+    "Check it first where it must equal a baseline: "
     + (f"all {len(checks)} hand checks agree (largest difference {worst:.1e}): " if worst < 1e-5 else
        f"the hand checks DISAGREE (largest difference {worst:.1e}): ")
     + "gamma = 0 is SAPO exactly, gamma = 1 gives step 0 GRPO's advantage of the number of matches.",

@@ -716,15 +716,15 @@ def check_range_by_hand(ctx: Ctx) -> None:
 
 
 def check_range_wiring(ctx: Ctx) -> None:
-    from minisapo import rl
+    from minisapo import config, rl
     from minisapo.config import make_config
 
     wiring(ctx, "range" in rl.SCALE_REWARDS, '"range" is not in rl.SCALE_REWARDS')
     try:
-        rl.rl_config("sapo", scale_rewards="range")
+        config.rl_config("sapo", scale_rewards="range")
         with contextlib.redirect_stdout(io.StringIO()):
             cfg = make_config({"scale_rewards": "range"}, preset="tiny")  # what `--scale_rewards=range` does
-            rl.check_config(cfg.rl)
+            config.check_rl(cfg.rl)
     except Exception as e:
         raise Fail(f"library wiring: the config does not accept scale_rewards='range': {type(e).__name__}: {e}")
     for r_np, G in range_cases(ctx.rng):
@@ -737,7 +737,7 @@ def check_range_wiring(ctx: Ctx) -> None:
     for algo in ("sapo", "grpo"):  # the run: score_rollouts with the new mode, as tutorial 5 calls it
         batch = synthetic_batch(ctx.rng, G=4)
         responses, mask, parsed, targets, tok, K = batch
-        cfg = rl.rl_config(algo, num_generations=4, scale_rewards="range")
+        cfg = config.rl_config(algo, num_generations=4, scale_rewards="range")
         s = rl.score_rollouts(responses, mask, parsed, targets, tok, cfg, K)
         rew = s["rewards"].double()
         want = ref_range_advantages(rew.reshape(len(rew), -1).tolist(), 4)
@@ -767,7 +767,7 @@ def check_reward_to_go(ctx: Ctx) -> None:
 
 
 def check_reward_to_go_wiring(ctx: Ctx) -> None:
-    from minisapo import rl
+    from minisapo import config, rl
     from minisapo.config import field_comments, make_config
 
     fields = {f.name: f for f in dataclasses.fields(rl.RLConfig)}
@@ -786,12 +786,12 @@ def check_reward_to_go_wiring(ctx: Ctx) -> None:
         responses, mask, parsed, targets, tok, K = synthetic_batch(ctx.rng, G=4, layout=layout)
         gamma = round(float(ctx.rng.uniform(0.3, 0.9)), 3)
         args = (responses, mask, parsed, targets, tok)
-        plain = rl.score_rollouts(*args, rl.rl_config("sapo", num_generations=4), K)
-        zero = rl.score_rollouts(*args, rl.rl_config("sapo", num_generations=4, step_gamma=0.0), K)
+        plain = rl.score_rollouts(*args, config.rl_config("sapo", num_generations=4), K)
+        zero = rl.score_rollouts(*args, config.rl_config("sapo", num_generations=4, step_gamma=0.0), K)
         for key in ("advantages", "token_adv"):
             compare(f"library wiring: score_rollouts with step_gamma=0.0, '{key}' (must equal plain SAPO)",
                     zero[key], plain[key].double().numpy(), show_arrays=False)
-        cfg = rl.rl_config("sapo", num_generations=4, step_gamma=gamma)
+        cfg = config.rl_config("sapo", num_generations=4, step_gamma=gamma)
         s = rl.score_rollouts(*args, cfg, K)
         want = ref_reward_to_go(plain["advantages"].double().tolist(), gamma)
         compare(f"library wiring: score_rollouts(.., step_gamma={gamma})['advantages'] (reward-to-go of plain "
@@ -800,8 +800,8 @@ def check_reward_to_go_wiring(ctx: Ctx) -> None:
                                   cfg.step_token_mean)
         compare(f"library wiring: score_rollouts(.., step_gamma={gamma})['token_adv'] (the credit of the new "
                 "advantages)", s["token_adv"], credit, index_names=("row", "token"), show_arrays=False)
-        g0 = rl.score_rollouts(*args, rl.rl_config("grpo", num_generations=4), K)
-        g1 = rl.score_rollouts(*args, rl.rl_config("grpo", num_generations=4, step_gamma=gamma), K)
+        g0 = rl.score_rollouts(*args, config.rl_config("grpo", num_generations=4), K)
+        g1 = rl.score_rollouts(*args, config.rl_config("grpo", num_generations=4, step_gamma=gamma), K)
         compare("library wiring: GRPO (advantage='sequence') must ignore step_gamma", g1["token_adv"],
                 g0["token_adv"].double().numpy(), show_arrays=False)
 
