@@ -1,0 +1,63 @@
+"""trainer.Trainer.run, the loop SFT and RL share: its schedule, checkpoints, resume and best weights,
+checked on a one-parameter model whose "evaluation" is a scripted list of numbers."""
+
+import json
+
+import torch
+
+from minisapo.runs import load_checkpoint
+from minisapo.trainer import Trainer
+
+
+def _setup(tmp_path, scores, **kw):
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer = Trainer(tmp_path, "toy", "toy.pt", max_steps=6, eval_every=2, save_every=3, progress=False, **kw)
+    evals = []
+
+    def eval_fn(m):  # the weight after step s is s: a scripted score per evaluation
+        evals.append(round(m.weight.item()))
+        return {"hit@10": scores[round(m.weight.item())]}
+
+    def one_step(step):
+        opt.zero_grad()
+        (-model.weight.sum()).backward()  # SGD lr 1: the weight grows by exactly 1 per step
+        opt.step()
+        return {"loss": float(step)} if step % 2 == 0 else None  # records on some steps only
+    return model, opt, trainer, evals, eval_fn, one_step
+
+
+def test_run_schedule_records_and_best_weights(tmp_path):
+    scores = [0.1, 0.0, 0.5, 0.0, 0.2, 0.0, 0.3]  # by step: the best evaluation is step 2
+    model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, scores, keep_best="eval/hit@10")
+    assert trainer.run(trainer.fresh(), model, opt, one_step, eval_fn) == 6
+    assert evals == [0, 2, 4, 6]  # the starting weights, every eval_every steps, the last step
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], "loss" in r) for r in records] == [(0, False), (1, True), (2, False), (3, True), (4, False),
+                                                           (5, True), (6, False)]
+    assert all(r["stage"] == "toy" for r in records) and records[2]["eval/hit@10"] == 0.5
+    assert model.weight.item() == 2.0  # left with the best evaluation's weights, not the last
+    ckpt = load_checkpoint(tmp_path / "toy.pt")
+    assert ckpt["step"] == 6 and ckpt["done"] and ckpt["best"] == {"step": 2, "eval/hit@10": 0.5}
+    assert ckpt["last_eval"]["step"] == 6  # the last evaluation comes before the last checkpoint
+
+
+def test_run_resumes_where_it_stopped(tmp_path):
+    scores = [0.0, 0.0, 0.1, 0.0, 0.4, 0.0, 0.3]
+    model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, scores, keep_best="eval/hit@10")
+    assert trainer.run(trainer.fresh(), model, opt, one_step, eval_fn, stop_after=4) == 4  # "killed" after step 4
+    assert load_checkpoint(tmp_path / "toy.pt")["step"] == 3  # checkpoints every 3 steps: the last one is step 3
+    model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, scores, keep_best="eval/hit@10")
+    start = trainer.resume(model, opt)[0]
+    assert start == 3 and model.weight.item() == 3.0 and trainer.best == {"step": 2, "eval/hit@10": 0.1}
+    trainer.run(start, model, opt, one_step, eval_fn)
+    assert evals == [4, 6] and model.weight.item() == 4.0  # no evaluation of step 0 again; best is step 4
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4, 5, 6]  # step 4's records logged once, not twice
+
+
+def test_run_without_keep_best_ends_with_the_last_weights(tmp_path):
+    model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, [0.9, 0, 0, 0, 0, 0, 0.1])
+    trainer.run(trainer.fresh(), model, opt, one_step, eval_fn, first_eval=False)
+    assert evals == [2, 4, 6] and model.weight.item() == 6.0 and not (tmp_path / "toy_best.pt").exists()
