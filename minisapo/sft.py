@@ -221,13 +221,13 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         out = {}
         if valid_examples:
             out["valid_loss"] = validation_loss(m, valid_examples, pad_id, device, cfg.batch_size)
-            check_finite(stage, "validation", trainer.hint, **{"validation loss": out["valid_loss"]})
+            check_finite(stage, done, trainer.hint, **{"validation loss": out["valid_loss"]})
         return {**out, **(valid_fn(m) if valid_fn is not None else {})}
 
-    t0, tokens_seen = time.time(), 0
+    t0, tokens_seen, done = time.time(), 0, start  # done: optimiser steps done
 
     def one_step(step: int) -> dict | None:
-        nonlocal running, running_n, tokens_seen, t0
+        nonlocal running, running_n, tokens_seen, t0, done
         model.train()
         lr = lr_at(step, cfg, n_total)
         for group in optimizer.param_groups:
@@ -250,8 +250,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         check_finite(stage, step + 1, trainer.hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        running, running_n, tokens_seen = running + step_loss, running_n + 1, tokens_seen + n_tokens
-        if (step + 1) % cfg.log_every and step + 1 < n_total:
+        running, running_n, tokens_seen, done = running + step_loss, running_n + 1, tokens_seen + n_tokens, step + 1
+        if done % cfg.log_every and done < n_total:  # a record every log_every steps and at the last
             return None
         record = {"loss": running / running_n, "lr": lr, "grad_norm": float(grad_norm),
                   "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}
