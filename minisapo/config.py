@@ -107,10 +107,12 @@ PRESETS: dict[str, dict[str, object]] = {
     # per token (measured). Validation on 500 users steers both stages' kept checkpoints.
     # Reasoning mode `sid_only`: on MovieLens-100k the data-built thinking blocks cost 2 points of hit@10
     # (.106 vs .125, measured), so the real preset writes SIDs only.
+    # 12 pretraining epochs with dropout 0.1: the best validation hit@10 of those tried on MovieLens-100k
+    # (.134 on 500 validation users; 7 epochs without dropout .120, 12 without .118, 12 with dropout 0.2 .122).
     "real": {
         "sid.unique_last": True, "reasoning.mode": "sid_only",
-        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
-        "sft.pretrain_epochs": 7.0, "sft.pretrain_stride": 4, "sft.max_steps": 0, "sft.epochs": 0.3,
+        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96, "model.dropout": 0.1,
+        "sft.pretrain_epochs": 12.0, "sft.pretrain_stride": 4, "sft.max_steps": 0, "sft.epochs": 0.3,
         "sft.batch_size": 16, "sft.learning_rate": 3e-3, "sft.eval_every": 2000, "sft.eval_samples": 500,
         "sft.log_every": 50,
         "rl.max_steps": 30, "rl.eval_every": 15, "rl.keep_best": True,
