@@ -99,7 +99,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "rl.max_steps": 400, "rl.batch_size": 32, "rl.num_generations": 16,
         "eval.max_samples": 0,
     },
-    # real data of about 100k interactions (MovieLens-100k, an Amazon 5-core category), ~30 min on a CPU.
+    # real data of about 100k interactions (MovieLens-100k, an Amazon 5-core category), ~20 min on a CPU thread.
     # A real catalog's SIDs (codebook auto-sized to it: 64 codes per level for ~1.3k items) get distinct
     # last codes (sid.unique_last). Training is sized in epochs, not steps: first next-item pretraining on
     # overlapping windows of the training sequences (a window every 4 items: cheap, every item of a window is a
