@@ -447,7 +447,7 @@ def _range_errors(cfg: Config):
     # --- sft
     t = cfg.sft
     for key, lo in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0), ("eval_every", 0),
-                    ("eval_samples", 1), ("log_every", 1)):
+                    ("eval_samples", 0), ("log_every", 1)):
         if getattr(t, key) < lo:
             yield f"sft.{key}", f"must be >= {lo}"
     if not (_finite(t.user_fraction) and 0 < t.user_fraction <= 1):

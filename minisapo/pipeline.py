@@ -145,9 +145,10 @@ def _check_lengths(cfg: Config, stack: Stack, examples) -> None:
 
 
 def eval_fn(cfg: Config, stack: Stack):
-    """`model -> {"valid_hit@10", "valid_ndcg@10"}` on the first sft.eval_samples validation samples."""
+    """`model -> {"valid_hit@10", "valid_ndcg@10"}` on the first sft.eval_samples validation samples
+    (0 = all)."""
     return quick_hit_fn(stack.grammar, stack.dataset, stack.table, stack.tokenizer,
-                        stack.dataset.splits["valid"][: cfg.sft.eval_samples], k=10, reasoning=cfg.reasoning,
+                        stack.dataset.splits["valid"][: cfg.sft.eval_samples or None], k=10, reasoning=cfg.reasoning,
                         batch_size=cfg.eval.batch_size)
 
 
@@ -214,7 +215,7 @@ def sft_examples(cfg: Config, stack: Stack) -> tuple[list, list]:
                                      strict=cfg.data.strict)
         print(report.summary())
     train = build_examples(ds, stack.table, stack.tokenizer, train_samples(cfg, stack, "sft"), r, traces=traces)
-    valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples], r,
+    valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples or None], r,
                            traces=traces, verbose=False)
     _check_lengths(cfg, stack, train + valid)
     return train, valid

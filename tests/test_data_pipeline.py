@@ -123,3 +123,14 @@ def test_cache_survives_a_moved_working_folder_and_a_deleted_raw_file(tmp_path, 
     (raw / "Toy_5.json").unlink()  # e.g. `minisapo eval --run=..` where the raw file is out of reach
     assert main([*flags, "--reviews=raw/Toy_5.json"]) == 0
     assert "using the processed copy" in capsys.readouterr().out
+
+
+def test_eval_samples_0_validates_on_every_validation_user(tmp_path):
+    """sft.eval_samples=0 means all validation samples (the `real` preset's setting), not none."""
+    from minisapo import pipeline as P
+    from minisapo.config import make_config
+
+    cfg = make_config({"preset": "tiny", "data_dir": str(tmp_path / "data"), "sft.eval_samples": "0"})
+    stack = P.load_stack(cfg)
+    _, valid = P.sft_examples(cfg, stack)
+    assert len(valid) == len(stack.dataset.splits["valid"]) > 0
