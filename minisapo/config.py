@@ -459,7 +459,8 @@ def _range_errors(cfg: Config):
     for key, lo, hi, text in (("learning_rate", 0, None, "a finite number > 0"),
                               ("weight_decay", 0, None, "a finite number >= 0"),
                               ("grad_clip", 0, None, "a finite number >= 0 (0 = no clipping)"),
-                              ("min_lr_ratio", 0, 1, "in [0, 1]"), ("beta1", 0, 1, "in [0, 1)"), ("beta2", 0, 1, "in [0, 1)")):
+                              ("min_lr_ratio", 0, 1, "in [0, 1]"), ("beta1", 0, 1, "in [0, 1)"), ("beta2", 0, 1, "in [0, 1)"),
+                              ("ema", 0, 1, "in [0, 1) (0 = off)")):
         v = getattr(t, key)
         bad = not _finite(v) or v < lo or (key == "learning_rate" and v == 0) or \
             (hi is not None and (v > hi or (key != "min_lr_ratio" and v == hi)))

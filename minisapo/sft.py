@@ -66,6 +66,8 @@ class SFTConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
     eval_every: int = 100  # validate and checkpoint every this many steps (and at the end; 0 = only at the end)
     eval_samples: int = 64  # validation examples for the validation loss / quick hit@10 (0 = all)
+    ema: float = 0.0  # > 0: evaluate, keep and end with the exponential moving average of the weights
+    #   (avg <- ema * avg + (1 - ema) * weights after every step; 0.999 averages over ~1,000 steps); 0 = off
     keep_best: bool = True  # after training use the checkpoint with the best validation hit@10 (sft_best.pt), not the last
     log_every: int = 10  # write a training record to metrics.jsonl every this many steps
     user_fraction: float = 1.0  # SFT sees only this fraction of the training users; RL prompts come from the others
@@ -207,7 +209,8 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     # becomes the model when cfg.keep_best
     trainer = Trainer(run_dir, stage, f"{stage}.pt", n_total, cfg.eval_every, cfg.eval_every, progress,
                       keep_best=SELECT_METRIC, eval_prefix="",
-                      hint="lower --sft.learning_rate (or raise --sft.warmup_steps, keep --sft.grad_clip > 0)")
+                      hint="lower --sft.learning_rate (or raise --sft.warmup_steps, keep --sft.grad_clip > 0)",
+                      ema=cfg.ema)
     start, ckpt = trainer.resume(model, optimizer, device) if resume else (trainer.fresh(), {})
     running, running_n = ckpt.get("running_loss", (0.0, 0))  # the training loss summed since the last record
     if ckpt.get("done") and start >= n_total:  # finished (more --sft.max_steps on resume continue it)

@@ -11,6 +11,7 @@ step; `Trainer.run` does the rest, the same way for SFT, its pretraining and RL:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -87,6 +88,13 @@ def load_best(model, path: Path, best: dict, metric: str, stage: str, last_step:
           f"({metric} {best[metric]:.4f}; {Path(path).name})")
 
 
+@torch.no_grad()
+def set_weights(model, tensors) -> None:
+    """Copy `tensors` (one per parameter, in `model.parameters()` order) into the model's parameters."""
+    for p, t in zip(model.parameters(), tensors):
+        p.copy_(t)
+
+
 def due(step: int, every: int, last: int) -> bool:
     """True at every `every`-th step and at the last one (every = 0: only the last)."""
     return step == last or (every > 0 and step % every == 0)
@@ -98,7 +106,7 @@ class Trainer:
 
     def __init__(self, run_dir: str | Path, stage: str, checkpoint: str, max_steps: int, eval_every: int = 0,
                  save_every: int = 0, progress: bool = True, keep_best: str | None = None,
-                 eval_prefix: str = "eval/", hint: str = ""):
+                 eval_prefix: str = "eval/", hint: str = "", ema: float = 0.0):
         self.run_dir, self.stage, self.max_steps = Path(run_dir), stage, max_steps
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.run_dir / checkpoint
@@ -113,6 +121,34 @@ class Trainer:
         self.progress = progress and distributed.is_main()  # torchrun: rank 0 shows the progress
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl")
         self.bar = None
+        # ema > 0: an exponential moving average of the weights, avg <- ema * avg + (1 - ema) * weights after
+        # every step, is what evaluations see, what the best checkpoint keeps, and the stage's final model;
+        # training continues on the weights themselves (the checkpoint holds both)
+        self.ema, self.average = ema, None
+
+    def update_average(self, model) -> None:
+        """Fold the weights after an optimiser step into the moving average (ema > 0; the first step starts it)."""
+        if not self.ema:
+            return
+        with torch.no_grad():
+            if self.average is None:
+                self.average = [p.detach().clone() for p in model.parameters()]
+            else:
+                for a, p in zip(self.average, model.parameters()):
+                    a.lerp_(p.detach(), 1.0 - self.ema)
+
+    @contextmanager
+    def averaged(self, model):
+        """Inside: the model holds the moving average of its weights (a no-op without one); after: its own."""
+        if self.average is None:
+            yield
+            return
+        own = [p.detach().clone() for p in model.parameters()]
+        set_weights(model, self.average)
+        try:
+            yield
+        finally:
+            set_weights(model, own)
 
     def fresh(self) -> int:
         """A fresh start: drop this stage's records (and best weights) of an earlier attempt."""
@@ -136,6 +172,8 @@ class Trainer:
                              f"delete it to start {self.stage} afresh") from None
         trim_metrics(self.logger.path, self.stage, ckpt["step"])  # records after it are logged again
         self.best, self.last_eval = ckpt.get("best", {}), ckpt.get("last_eval", {})
+        if ckpt.get("average") is not None:
+            self.average = [a.to(p.device) for a, p in zip(ckpt["average"], model.parameters())]
         print(f"{self.stage}: resumed from {self.ckpt_path} at step {ckpt['step']}/{self.max_steps}")
         return ckpt["step"], ckpt
 
@@ -165,9 +203,10 @@ class Trainer:
             with nonfinite_context(f"{self.stage} evaluation", step):
                 return flat(self.eval_prefix, eval_fn(model))
 
-        record = {"step": step, **distributed.from_main(measure)}
-        if self.keep_best:  # before a checkpoint refers to the best weights
-            self.best = keep_if_best(self.best, self.keep_best, record, step, model, self.best_path)
+        with self.averaged(model):  # ema: the moving average is evaluated and kept
+            record = {"step": step, **distributed.from_main(measure)}
+            if self.keep_best:  # before a checkpoint refers to the best weights
+                self.best = keep_if_best(self.best, self.keep_best, record, step, model, self.best_path)
         self.log(record)
         self.last_eval = record
         if self.progress:
@@ -193,7 +232,8 @@ class Trainer:
         check_finite_weights(model, self.stage, step, self.hint)
         save_checkpoint(self.ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "step": step, "done": step == self.max_steps, "best": self.best,
-                                         "last_eval": self.last_eval, "rng": rng_state(), **extra})
+                                         "last_eval": self.last_eval, "rng": rng_state(), "average": self.average,
+                                         **extra})
 
     def run(self, start: int, model, optimizer, one_step: Callable[[int], dict | None], eval_fn=None,
             first_eval: bool = True, show: tuple[str, ...] = (), show_eval: tuple[str, ...] | None = None,
@@ -210,6 +250,9 @@ class Trainer:
             if stop_after is not None and step >= stop_after:
                 break
             record, done = one_step(step), step + 1
+            self.update_average(model)
+            if done == self.max_steps and self.average is not None:  # the stage ends with the averaged weights
+                set_weights(model, self.average)
             if record:
                 self.last_record = {"step": done, **record}
                 self.log(self.last_record, show)

@@ -380,7 +380,7 @@ CASES = [
           ("sft.grad_accum", "0"), ("sft.batch_size", "0"), ("sft.log_every", "0"), ("sft.learning_rate", "nan"),
           ("sft.learning_rate", "0"), ("sft.learning_rate", "-1"), ("sft.warmup_steps", "-1"), ("sft.grad_clip", "nan"),
           ("sft.grad_clip", "-1"), ("sft.beta2", "1"), ("sft.min_lr_ratio", "2"), ("sft.max_steps", "-5"),
-          ("sft.eval_every", "-1"), ("sft.eval_samples", "-1"), ("sft.weight_decay", "inf"), ("sft.epochs", "inf"),
+          ("sft.eval_every", "-1"), ("sft.eval_samples", "-1"), ("sft.ema", "1"), ("sft.ema", "-0.5"), ("sft.weight_decay", "inf"), ("sft.epochs", "inf"),
           ("rl.epsilon", "-1"), ("rl.epsilon", "1"), ("rl.epsilon_high", "-0.1"), ("rl.beta", "-1"), ("rl.beta", "nan"),
           ("rl.temperature", "0"), ("rl.temperature", "-1"), ("rl.temperature", "inf"), ("rl.num_generations", "1"),
           ("rl.batch_size", "0"), ("rl.max_completion_length", "2"), ("rl.learning_rate", "0"),

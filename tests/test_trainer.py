@@ -61,3 +61,33 @@ def test_run_without_keep_best_ends_with_the_last_weights(tmp_path):
     model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, [0.9, 0, 0, 0, 0, 0, 0.1])
     trainer.run(trainer.fresh(), model, opt, one_step, eval_fn, first_eval=False)
     assert evals == [2, 4, 6] and model.weight.item() == 6.0 and not (tmp_path / "toy_best.pt").exists()
+
+
+def test_ema_evaluates_keeps_and_ends_with_the_moving_average(tmp_path):
+    """With ema, evaluations and the best checkpoint see avg <- ema * avg + (1 - ema) * weight (started at the first
+    step's weights); training goes on with the weights themselves; an interrupted run resumed ends the same."""
+    decay, seen = 0.5, []
+    reference, avg = {0: 0.0}, None  # the weight after step s is s; its moving average, computed by hand
+    for s in range(1, 7):
+        avg = float(s) if avg is None else decay * avg + (1 - decay) * s
+        reference[s] = avg
+
+    def scored(m):
+        seen.append(m.weight.item())
+        return {"hit@10": 1.0 if len(seen) == 3 else 0.0}  # the third evaluation (step 4) is the best
+
+    model, opt, trainer, _, _, one_step = _setup(tmp_path / "a", [], keep_best="eval/hit@10", ema=decay)
+    trainer.run(trainer.fresh(), model, opt, one_step, scored)
+    assert seen == [reference[s] for s in (0, 2, 4, 6)]
+    assert model.weight.item() == reference[4]  # the kept best is an average, not a raw weight
+    assert load_checkpoint(tmp_path / "a" / "toy_best.pt")["model"]["weight"].item() == reference[4]
+
+    seen.clear()
+    model, opt, trainer, _, _, one_step = _setup(tmp_path / "b", [], ema=decay)
+    trainer.run(trainer.fresh(), model, opt, one_step, scored, stop_after=4)  # "killed" after step 4
+    model, opt, trainer, _, _, one_step = _setup(tmp_path / "b", [], ema=decay)
+    start = trainer.resume(model, opt)[0]
+    assert start == 3 and model.weight.item() == 3.0  # training resumes on the weights, not on their average
+    trainer.run(start, model, opt, one_step, scored)
+    assert seen == [reference[s] for s in (0, 2, 4, 4, 6)]  # step 4 evaluated again after the resume
+    assert model.weight.item() == reference[6]  # without keep_best the stage ends with the average
