@@ -104,7 +104,10 @@ PRESETS: dict[str, dict[str, object]] = {
     # last codes (sid.unique_last). Training is sized in epochs, not steps: first next-item pretraining on
     # overlapping windows of the training sequences (a window every 4 items: cheap, every item of a window is a
     # target; measured best of strides 11/4 and windows 11/31/101), then SFT; small batches (16) learned the most
-    # per token (measured). Validation on 500 users steers both stages' kept checkpoints.
+    # per token (measured). Validation on every validation user (943 on MovieLens-100k) steers both stages'
+    # kept checkpoints, which are moving averages of the weights (sft.ema 0.999): between two checkpoints 2,000
+    # steps apart the raw weights' validation hit@10 swung by up to 3 points; the average's loss is lower
+    # (1.47-1.48 vs 1.49-1.51) and its test hit@10 over 3 seeds .1269 +- .0072 (raw weights: .1220, .1241).
     # Reasoning mode `sid_only`: on MovieLens-100k the data-built thinking blocks cost 2 points of hit@10
     # (.106 vs .125, measured), so the real preset writes SIDs only.
     # 12 pretraining epochs with dropout 0.1: the best validation hit@10 of those tried on MovieLens-100k
@@ -113,8 +116,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "sid.unique_last": True, "reasoning.mode": "sid_only",
         "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96, "model.dropout": 0.1,
         "sft.pretrain_epochs": 12.0, "sft.pretrain_stride": 4, "sft.max_steps": 0, "sft.epochs": 0.3,
-        "sft.batch_size": 16, "sft.learning_rate": 3e-3, "sft.eval_every": 2000, "sft.eval_samples": 500,
-        "sft.log_every": 50,
+        "sft.batch_size": 16, "sft.learning_rate": 3e-3, "sft.eval_every": 2000, "sft.eval_samples": 0,
+        "sft.ema": 0.999, "sft.log_every": 50,
         "rl.max_steps": 30, "rl.eval_every": 15, "rl.keep_best": True,
         "eval.max_samples": 0,
     },

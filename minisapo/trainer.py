@@ -7,6 +7,9 @@ step; `Trainer.run` does the rest, the same way for SFT, its pretraining and RL:
     trainer.run(start, model, optimizer, one_step, eval_fn)
         # evaluate the starting weights; then for each step: record = one_step(step) -> metrics.jsonl,
         # evaluate when due, checkpoint when due; finally load the best evaluation's weights (keep_best)
+
+With `ema` the evaluations, the best checkpoint and the stage's final weights are a moving average of the
+weights (SFT's `sft.ema`); the optimiser keeps stepping the weights themselves.
 """
 
 from __future__ import annotations

@@ -71,5 +71,5 @@ def test_real_preset_is_sized_in_epochs_and_validates_on_enough_users():
     cfg = make_config(preset="real")
     assert cfg.sft.max_steps == 0 and cfg.sft.epochs > 0 and cfg.sft.pretrain_epochs > 0
     assert total_steps(cfg.sft, 96458) == int(-(-cfg.sft.epochs * 96458 // cfg.sft.batch_size))  # from the data
-    assert cfg.sft.eval_samples >= 500 and cfg.sft.keep_best and cfg.sid.unique_last
+    assert cfg.sft.eval_samples == 0 and cfg.sft.keep_best and cfg.sid.unique_last  # every validation user
     assert cfg.eval.beam_width == 10 and cfg.eval.max_samples == 0  # the paper's beam, every test user
