@@ -99,10 +99,11 @@ def test_grad_accum_matches_big_batch(tmp_path):
         assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
 
 
-def test_resume_gives_identical_weights(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])  # with sft.ema the moving average is resumed too
+def test_resume_gives_identical_weights(tmp_path, ema):
     ex, valid = make_examples(20, seed=0), make_examples(6, seed=1)
     cfg = SFTConfig(max_steps=12, batch_size=4, grad_accum=2, warmup_steps=3, eval_every=4, log_every=2,
-                    eval_samples=6)
+                    eval_samples=6, ema=ema)
     calls = []
 
     def valid_fn(model):
