@@ -144,12 +144,15 @@ def _check_lengths(cfg: Config, stack: Stack, examples) -> None:
                           f"raise --max_seq_len or lower --max_history / --max_think_tokens")
 
 
+def valid_samples(cfg: Config, stack: Stack) -> list:
+    """The validation samples SFT validates on: the first sft.eval_samples (0 = all)."""
+    return stack.dataset.splits["valid"][: cfg.sft.eval_samples or None]
+
+
 def eval_fn(cfg: Config, stack: Stack):
-    """`model -> {"valid_hit@10", "valid_ndcg@10"}` on the first sft.eval_samples validation samples
-    (0 = all)."""
-    return quick_hit_fn(stack.grammar, stack.dataset, stack.table, stack.tokenizer,
-                        stack.dataset.splits["valid"][: cfg.sft.eval_samples or None], k=10, reasoning=cfg.reasoning,
-                        batch_size=cfg.eval.batch_size)
+    """`model -> {"valid_hit@10", "valid_ndcg@10"}` on `valid_samples`."""
+    return quick_hit_fn(stack.grammar, stack.dataset, stack.table, stack.tokenizer, valid_samples(cfg, stack), k=10,
+                        reasoning=cfg.reasoning, batch_size=cfg.eval.batch_size)
 
 
 def save_config(cfg: Config, run_dir: Path) -> None:
@@ -215,8 +218,8 @@ def sft_examples(cfg: Config, stack: Stack) -> tuple[list, list]:
                                      strict=cfg.data.strict)
         print(report.summary())
     train = build_examples(ds, stack.table, stack.tokenizer, train_samples(cfg, stack, "sft"), r, traces=traces)
-    valid = build_examples(ds, stack.table, stack.tokenizer, ds.splits["valid"][: cfg.sft.eval_samples or None], r,
-                           traces=traces, verbose=False)
+    valid = build_examples(ds, stack.table, stack.tokenizer, valid_samples(cfg, stack), r, traces=traces,
+                           verbose=False)
     _check_lengths(cfg, stack, train + valid)
     return train, valid
 
