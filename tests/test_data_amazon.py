@@ -64,7 +64,7 @@ def test_temporal_split_by_hand(tmp_path):
     # 9 samples by target time: A3 d12, A3 d13, A3 d13, A2 d15, A1 d20, A1 d20, A2 d25 | A1 d40 | A2 d40
     assert [len(sp[k]) for k in ("train", "valid", "test")] == [7, 1, 1]
     assert sp["valid"][0].user == 0 and sp["test"][0].user == 1
-    assert sp["train"][0] == (2, (1,), 0)
+    assert sp["train"][0][:3] == (2, (1,), 0) and sp["train"][0].pos == 1
 
 
 def test_window_and_description(tmp_path):

@@ -134,7 +134,7 @@ def test_bad_synthetic_settings(tmp_path):
 
 def test_sample_is_a_namedtuple():
     s = Sample(3, (1, 2), 5)
-    assert s.user == 3 and s.history == (1, 2) and s.target == 5 and tuple(s) == (3, (1, 2), 5)
+    assert s.user == 3 and s.history == (1, 2) and s.target == 5 and s.pos == -1 and tuple(s) == (3, (1, 2), 5, -1)
 
 
 def test_titles_carry_the_hierarchy(tiny):

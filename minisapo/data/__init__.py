@@ -31,17 +31,21 @@ class DataConfig:
     source: str = "synthetic"  # where the data comes from: "synthetic" | "amazon" | "atomic"
     name: str | None = None  # processed dataset name (folder under <data_dir>/processed/); None = world / file name
     # --- synthetic world (source=synthetic) ---
-    world: str = "default"  # preset: "tiny" | "default" | "easy" | "sparse" (see synthetic.PRESETS)
+    world: str = "default"  # preset: "tiny" | "default" | "easy" | "sparse" | "compose" | "compose_tiny" (synthetic.PRESETS)
+    rule: str | None = None  # "markov" (the taxonomy world) | "mode_latin" | "coupled" (compose worlds: reasoning computes)
     depth: int | None = None  # taxonomy depth (levels of categories); None = preset's (3)
     branching: int | None = None  # children per taxonomy node; None = preset's
     items_per_leaf: int | None = None  # catalog size knob: items under each leaf (more = sparser exact match)
     num_users: int | None = None  # number of users (= sequences); None = preset's
     seq_len: int | None = None  # longest sequence; lengths are uniform in [seq_len // 2, seq_len]
     zipf: float | None = None  # popularity exponent within a leaf (0 = uniform, larger = more peaked)
-    noise: float | None = None  # chance each title hierarchy word is swapped for another node's word
+    noise: float | None = None  # markov: chance a title word is swapped for another node's; compose: chance of a random leaf
     stay: float | None = None  # chance the next item stays in the last item's leaf
     jump: float | None = None  # chance the next item jumps to a top category drawn from the user's preference
     focus: float | None = None  # weight of a user's home top category in their preference (0 = none)
+    window: int | None = None  # compose: the rule's facts come from the last `window` items (keep <= max_history)
+    alpha: float | None = None  # compose: share of SID levels that follow the two-fact rule (0 = all one-fact)
+    facts: int | None = None  # compose: facts a composite level combines, 2 (often, recent) or 3 (+ first)
     world_seed: int = 0  # seed of the synthetic world (same seed -> byte-identical files)
     # --- real data ---
     reviews: str | None = None  # source=amazon: reviews file (reviews_X_5.json.gz | X_5.json.gz | X.jsonl.gz ...)
@@ -77,8 +81,8 @@ def _default_name(cfg: DataConfig) -> str:
     return cfg.source
 
 
-_SYNTHETIC_ONLY = ("world", "depth", "branching", "items_per_leaf", "num_users", "seq_len", "zipf", "noise",
-                   "stay", "jump", "focus", "world_seed")
+_SYNTHETIC_ONLY = ("world", "rule", "depth", "branching", "items_per_leaf", "num_users", "seq_len", "zipf", "noise",
+                   "stay", "jump", "focus", "window", "alpha", "facts", "world_seed")
 _REAL_ONLY = {"amazon": ("reviews", "meta", "with_description"), "atomic": ("path",)}
 _PATHS = ("reviews", "meta", "path")  # input files: compared as absolute paths
 

@@ -28,6 +28,7 @@ class Sample(NamedTuple):
     user: int
     history: tuple[int, ...]
     target: int
+    pos: int = -1  # the target's index in the user's sequence (-1: unknown)
 
 
 @dataclass
@@ -94,7 +95,7 @@ def make_splits(sequences: list[list[int]], timestamps: list[list[float]], split
 
     def sample(u: int, pos: int) -> Sample:
         seq = sequences[u]
-        return Sample(u, tuple(seq[max(0, pos - max_history):pos]), seq[pos])
+        return Sample(u, tuple(seq[max(0, pos - max_history):pos]), seq[pos], pos)
 
     splits: dict[str, list[Sample]] = {"train": [], "valid": [], "test": []}
     if split == "loo":

@@ -46,6 +46,8 @@ class SIDConfig:
     """Settings of the SID stage (`minisapo sid`, keys `--sid.<field>`)."""
 
     levels: int = 3  # K: semantic SID levels (= reasoning steps); at most 7
+    method: str = "rqkmeans"  # "rqkmeans" (item vectors -> residual k-means) | "latent" (synthetic worlds: the
+    #   designed codes, i.e. each item's latent path; no vectors, no k-means)
     codebook_size: int = 0  # codes per level; 0 = auto: smallest power of two >= 4*N^(1/K), in [4, 256], <= N
     dedup: str = "token"  # "token": colliding items get an extra <d_i> token; "none": keep shared SIDs
     #   (then a hit on a shared SID counts as a hit for every item sharing it)
@@ -70,6 +72,8 @@ class SIDConfig:
                              f"got {self.embedding!r}")
         if self.codebook_size < 0:
             raise ValueError("codebook_size must be >= 0 (0 = auto)")
+        if self.method not in ("rqkmeans", "latent"):
+            raise ValueError(f"method must be 'rqkmeans' or 'latent', got {self.method!r}")
 
 
 # ------------------------------------------------------------------ helpers
@@ -90,6 +94,21 @@ def item_vectors(texts: list, cfg: SIDConfig) -> np.ndarray:
     else:
         x = tfidf_svd(texts, dim=cfg.embed_dim, seed=cfg.sid_seed)
     return l2_normalise(x).astype(np.float32) if cfg.normalize else x
+
+
+def latent_codes(dataset, levels: int) -> tuple[np.ndarray, list[int]]:
+    """Designed SIDs of a synthetic world: item j's codes are its latent path (`item_categories`, the last
+    node "n2.1.4" -> codes (1, 0, 3)). Returns codes (N, K) and the codebook sizes (the world's branching)."""
+    cats = getattr(dataset, "item_categories", None)
+    if not cats or (dataset.info or {}).get("source") != "synthetic":
+        raise ValueError("sid.method=latent needs a synthetic world (its items carry their latent codes); "
+                         "use sid.method=rqkmeans for other data")
+    codes = np.array([[int(d) - 1 for d in str(c).split()[-1][1:].split(".")] for c in cats], dtype=np.int64)
+    if codes.shape[1] != levels:
+        raise ValueError(f"sid.levels={levels} but the world has {codes.shape[1]} latent levels (its depth): "
+                         f"set --sid.levels={codes.shape[1]}")
+    branching = int(dataset.info["generator"]["branching"])
+    return codes, [branching] * levels
 
 
 def codebook_sizes(num_items: int, cfg: SIDConfig) -> list[int]:
@@ -130,7 +149,7 @@ def _fingerprint(dataset, cfg: SIDConfig) -> str:
     h = hashlib.sha1()
     h.update(f"v{CACHE_VERSION}".encode())
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
-    for field in ("item_ids", "item_titles", "item_text"):
+    for field in ("item_ids", "item_titles", "item_text", "item_categories"):
         h.update("\x1e".join(map(str, getattr(dataset, field, None) or [])).encode())
         h.update(b"\x1d")
     for name, vals in (getattr(dataset, "item_fields", None) or {}).items():  # the text split into fields
@@ -149,10 +168,15 @@ def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device
     t0 = time.time()
     texts = item_texts(dataset)
     n = len(texts)
-    x = torch.from_numpy(item_vectors(texts, cfg)).to(device)  # (N, d)
-    sizes = codebook_sizes(n, cfg)
-    rq = rq_kmeans(x, sizes, iters=cfg.kmeans_iters, seed=cfg.sid_seed)
-    codes = (spread_last_level(rq) if cfg.unique_last else rq.codes).cpu().numpy().astype(np.int64)  # (N, K)
+    if cfg.method == "latent":
+        codes, sizes = latent_codes(dataset, cfg.levels)
+        quantisation_error = 0.0
+    else:
+        x = torch.from_numpy(item_vectors(texts, cfg)).to(device)  # (N, d)
+        sizes = codebook_sizes(n, cfg)
+        rq = rq_kmeans(x, sizes, iters=cfg.kmeans_iters, seed=cfg.sid_seed)
+        codes = (spread_last_level(rq) if cfg.unique_last else rq.codes).cpu().numpy().astype(np.int64)  # (N, K)
+        quantisation_error = float((rq.residual ** 2).sum(1).mean())
     dedup = dedup_codes(codes) if cfg.dedup == "token" else np.full(n, -1, dtype=np.int64)
     descriptors = build_descriptors(codes, list(dataset.item_text), cfg.descriptor_words)
     table = SIDTable(codes, dedup, sizes, descriptors, [str(i) for i in (getattr(dataset, "item_ids", None) or range(n))])
@@ -161,7 +185,7 @@ def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device
              "num_items": n, "num_unique_sids": int(len(np.unique(codes, axis=0))),
              "max_items_per_sid": int(np.unique(codes, axis=0, return_counts=True)[1].max()) if n else 0,
              "dedup": cfg.dedup, "dedup_size": table.dedup_size,
-             "quantisation_error": float((rq.residual ** 2).sum(1).mean())}
+             "quantisation_error": quantisation_error}
     cats = getattr(dataset, "item_categories", None)
     if cats:  # top-level category = first whitespace token of the category path
         stats["purity_level1"] = purity(codes[:, 0], [str(c).split()[0] if str(c).split() else "" for c in cats])
