@@ -14,10 +14,11 @@ Formats (token strings; ids come from the Tokenizer):
                   <a_x> <b_y> <c_z> [<d_i>] <eos>
 
 A *reasoning step* k (k = 0..K-1) is thinking block k plus SID token k. The dedup token <d_i>
-has no block of its own: it belongs to the last step. `step_index` maps every token of a
-sequence to its step (or -1); SFT analysis and the SAPO loss both use it.
+(which item among those that share all K codes) has no block of its own: it is a step of its own,
+K, rewarded by the exact match. `step_index` maps every token of a sequence to its step (or -1);
+SFT analysis and the SAPO loss both use it.
 
-Teacher thinking blocks are built from data, one per step, in one of two styles (reasoning.teacher):
+Teacher thinking blocks are built from data, one per step, in one of these styles (reasoning.teacher):
 
   "history" (the default): block k says what the user's history shows at SID level k, using only what
       the model knows when it writes the block: "recent <descriptor of the last recent item's level-k
@@ -34,7 +35,14 @@ Teacher thinking blocks are built from data, one per step, in one of two styles 
           <think> recent trail running shoes next trail running shoes </think>
 
       It knows the answer: greedy thinking at evaluation then commits to one item before the beam
-      search over SIDs runs (on the synthetic default it ranked below sid_only at the same budget).
+      search over SIDs runs (on the taxonomy world it ranked below sid_only at the same budget).
+
+  "world" (compose worlds only): block k states the two facts of the history the world computes the
+      target's level-k code from, and nothing else (`world_blocks`); the thinking computes:
+
+          <think> often ladder recent wool </think>
+
+      "world_misaligned" is its control: the same blocks, each in another step.
 
 External traces (e.g. written by an LLM) can replace them: see `minisapo.traces`.
 """
@@ -60,7 +68,7 @@ class ReasoningConfig:
     recent: int = 5  # teacher blocks look at the user's last `recent` history items
     descriptor_words: int = 3  # words kept from each descriptor inside a teacher block
     traces: str | None = None  # optional JSONL of external traces (see minisapo.traces); None = teacher blocks
-    teacher: str = "history"  # teacher blocks: "history" (what the history shows at level k, no target; in interleaved also the SID so far) or "target" (names the target's level-k descriptor: the paper-style rationale)
+    teacher: str = "history"  # teacher blocks: "history" (what the history shows at level k, no target; in interleaved also the SID so far), "target" (names the target's level-k descriptor: the paper-style rationale), "world" (compose worlds: the two facts level k's code is computed from) or "world_misaligned" (the same facts, block k carrying level k+1's: a control)
 
     def __post_init__(self):
         check_config(self)
@@ -68,7 +76,7 @@ class ReasoningConfig:
 
 MODES = ("reasoning", "sid_only")
 LAYOUTS = ("blocks_first", "interleaved")
-TEACHERS = ("history", "target")
+TEACHERS = ("history", "target", "world", "world_misaligned")
 
 
 def check_config(cfg: ReasoningConfig) -> None:
@@ -212,6 +220,36 @@ def teacher_blocks(history: Sequence[int], target: int, table, tokenizer,
     return blocks
 
 
+def world_blocks(history: Sequence[int], orc, tokenizer, misaligned: bool = False) -> list[str]:
+    """K thinking-block texts from a compose world's own facts (`reasoning.teacher=world`): block k states the
+    facts the world computes the target's level-k code from (`ComposeWorld.facts`, `block_text`), from the
+    history alone: "often <word of z_k> recent <word of r_k>" (z_k the most frequent level-k code of the
+    window, r_k the last window item's), or for rule=track the states of the walk. `orc`: the `Oracle`.
+    misaligned=True (`world_misaligned`, a control): the same blocks rotated, block k states level k+1's
+    facts (the last block level 0's): the same words, each in another step."""
+    w = orc.world
+    blocks = [w.block_text(k, f) for k, f in enumerate(w.facts([int(orc.to_world[i]) for i in history]))]
+    return blocks[1:] + blocks[:1] if misaligned else blocks
+
+
+def teacher(dataset, table, tokenizer, cfg: ReasoningConfig):
+    """`blocks(history, target) -> K block texts` for `cfg.teacher` (the world's facts need a compose world)."""
+    if cfg.teacher.startswith("world"):
+        from minisapo.data import oracle
+
+        orc = oracle(dataset)
+        if orc is None or not hasattr(orc.world, "facts"):
+            raise ValueError(f"reasoning.teacher={cfg.teacher} states a compose world's facts: use a compose world "
+                             f"(--data.world=compose), or --reasoning.teacher=history")
+        if table.num_levels != orc.world.K:
+            raise ValueError(f"reasoning.teacher={cfg.teacher}: the SIDs have {table.num_levels} levels, the world "
+                             f"{orc.world.K}: use --sid.method=latent (the world's own codes)")
+        misaligned = cfg.teacher == "world_misaligned"
+        return lambda history, target: world_blocks(history, orc, tokenizer, misaligned)
+    cache: dict = {}
+    return lambda history, target: teacher_blocks(history, target, table, tokenizer, cfg, cache)
+
+
 # ----------------------------------------------------------------------------------------------
 # External traces (JSONL)
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +300,8 @@ def build_examples(dataset, table, tokenizer, samples, cfg: ReasoningConfig | No
     cfg = cfg or ReasoningConfig()
     check_config(cfg)
     titles = dataset.item_titles if cfg.prompt_titles else None
-    examples, from_traces, cache = [], 0, {}
+    examples, from_traces = [], 0
+    blocks_of = teacher(dataset, table, tokenizer, cfg) if cfg.mode == "reasoning" else None
     for s in samples:
         prompt = build_prompt(s.history, table, tokenizer, cfg, titles=titles)
         blocks = None
@@ -271,7 +310,7 @@ def build_examples(dataset, table, tokenizer, samples, cfg: ReasoningConfig | No
             if blocks is not None:
                 from_traces += 1
             else:
-                blocks = teacher_blocks(s.history, s.target, table, tokenizer, cfg, cache)
+                blocks = blocks_of(s.history, s.target)
         response = build_response(s.target, blocks, table, tokenizer, cfg.layout, cfg.mode, cfg.max_think_tokens)
         examples.append((prompt, response))
     if verbose and traces:
@@ -299,7 +338,8 @@ def build_sequence_examples(dataset, table, tokenizer, samples, window: int, str
     if window < 2 or stride < 1:
         raise ValueError(f"need window >= 2 items and stride >= 1, got window={window}, stride={stride}")
     counts = Counter(s.user for s in samples)
-    examples, cache = [], {}
+    examples = []
+    blocks_of = teacher(dataset, table, tokenizer, cfg) if cfg is not None and cfg.mode == "reasoning" else None
     for user in sorted(counts):
         items = dataset.sequences[user][:counts[user] + 1]
         for start in range(0, len(items) - 1, stride):
@@ -309,7 +349,7 @@ def build_sequence_examples(dataset, table, tokenizer, samples, window: int, str
                 if cfg is None or cfg.mode == "sid_only":
                     response = tokenizer.sid_ids(table, chunk[-1]) + [tokenizer.eos_id]
                 else:
-                    blocks = teacher_blocks(chunk[:-1], chunk[-1], table, tokenizer, cfg, cache)
+                    blocks = blocks_of(chunk[:-1], chunk[-1])
                     response = build_response(chunk[-1], blocks, table, tokenizer, cfg.layout, cfg.mode,
                                               cfg.max_think_tokens)
                 examples.append(([tokenizer.bos_id], history + [tokenizer.sep_id] + response))
@@ -322,13 +362,15 @@ def build_sequence_examples(dataset, table, tokenizer, samples, window: int, str
 
 
 def step_index(tokens: torch.Tensor, tokenizer, num_steps: int, has_prompt: bool = True) -> torch.Tensor:
-    """The reasoning step of every token: (B, T) token ids -> (B, T) long, values in {-1, 0, .., K-1}.
+    """The reasoning step of every token: (B, T) token ids -> (B, T) long, values in {-1, 0, .., K}.
 
     Reading each row left to right:
       - with has_prompt=True, everything up to and including the first <sep> is the prompt: -1;
       - a thinking block, from <think> to </think> inclusive, is step b where b = the number of thinking
         blocks before it (blocks beyond the K-th, a malformed response, get -1);
-      - a SID token of level l is step min(l, K-1): the dedup token (level K) belongs to the last step;
+      - a SID token of level l is step l; the dedup token (level K: which item among those sharing the K
+        codes) is a step of its own, K, with no thinking block, so the within-SID lottery never blurs the
+        credit of step K-1;
       - <eos>, everything after it, padding anywhere, and any other token outside a block: -1.
     Works for both layouts and for sid_only responses (no blocks; SID tokens only).
     """
@@ -355,6 +397,6 @@ def step_index(tokens: torch.Tensor, tokenizer, num_steps: int, has_prompt: bool
                 if tok == tokenizer.end_think_id:
                     in_block = False
                     blocks_before += 1
-            elif level[tok] >= 0:  # a SID token outside a block
-                out[b, t] = min(level[tok], K - 1)
+            elif level[tok] >= 0:  # a SID token outside a block (the dedup token: step K)
+                out[b, t] = min(level[tok], K)
     return out.to(tokens.device)
