@@ -220,6 +220,16 @@ class Grammar:
 
     # ------------------------------------------------------------------ sizes
     @property
+    def dedup(self) -> bool:
+        """True when SIDs have a dedup level (items sharing all K codes): its token is step K."""
+        return self.trie.max_depth > self.K
+
+    @property
+    def num_steps(self) -> int:
+        """Reward steps of a response: the K reasoning steps, plus the dedup token's step if SIDs have one."""
+        return self.K + int(self.dedup)
+
+    @property
     def max_length(self) -> int:
         """Longest possible response (incl. <eos>): room to allocate for generation."""
         sid_len = self.trie.max_depth

@@ -28,7 +28,7 @@ from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_override
 from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
-from minisapo.reasoning import build_examples, build_prompt, build_sequence_examples
+from minisapo.reasoning import build_examples, build_prompt, build_sequence_examples, teacher, vocab_words
 from minisapo.files import read_json, same_path, swap_dir, write_json
 from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
 from minisapo.sft import load_sft_weights, train_sft
@@ -118,7 +118,7 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.runs_dir) / cfg.name
 
 
-def _prompts(cfg: Config, stack: Stack, samples) -> list[list[int]]:
+def prompts_for(cfg: Config, stack: Stack, samples) -> list[list[int]]:
     titles = stack.dataset.item_titles if cfg.reasoning.prompt_titles else None
     return [build_prompt(s.history, stack.table, stack.tokenizer, cfg.reasoning, titles=titles) for s in samples]
 
@@ -261,7 +261,7 @@ def rl_eval_fn(cfg: Config, stack: Stack):
     from minisapo.rl_metrics import heldout_rewards
 
     held = stack.dataset.splits["valid"][: cfg.rl.eval_prompts]
-    prompts, targets = _prompts(cfg, stack, held), [stack.tokenizer.sid_ids(stack.table, s.target) for s in held]
+    prompts, targets = prompts_for(cfg, stack, held), [stack.tokenizer.sid_ids(stack.table, s.target) for s in held]
     beam = eval_fn(cfg, stack)
     return lambda model: {**beam(model), **heldout_rewards(model, stack.grammar, prompts, targets, cfg.rl, cfg.seed)}
 
@@ -271,9 +271,20 @@ def stage_rl(cfg: Config, stack: Stack, model: GPT, run_dir: Path, resume: bool 
     from minisapo.rl import train_rl
 
     samples = train_samples(cfg, stack, "rl")
-    return train_rl(model, None, stack.grammar, stack.tokenizer, stack.table, samples, _prompts(cfg, stack, samples),
+    return train_rl(model, None, stack.grammar, stack.tokenizer, stack.table, samples, prompts_for(cfg, stack, samples),
                     cfg.rl, run_dir, eval_fn=rl_eval_fn(cfg, stack), resume=resume, device=pick_device(cfg.device),
-                    seed=cfg.seed)
+                    seed=cfg.seed, teacher_blocks=teacher_word_ids(cfg, stack, samples))
+
+
+def teacher_word_ids(cfg: Config, stack: Stack, samples) -> list | None:
+    """The teacher's K thinking blocks of each sample as word ids (what RL's think_acc/step_k compares the
+    sampled thinking with); None without thinking or with external traces."""
+    r = cfg.reasoning
+    if r.mode != "reasoning" or r.traces:
+        return None
+    blocks_of = teacher(stack.dataset, stack.table, stack.tokenizer, r)
+    return [[tuple(vocab_words(b, stack.tokenizer, r.max_think_tokens)) for b in blocks_of(s.history, s.target)]
+            for s in samples]
 
 
 def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str = "test",
@@ -420,7 +431,7 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
         model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples)
         stage_eval(cfg, stack, model, run_dir, tag="_sft")
         test = stack.dataset.splits["test"]
-        token_credit_figure(model, stack.grammar, stack.table, test, _prompts(cfg, stack, test[:32]),
+        token_credit_figure(model, stack.grammar, stack.table, test, prompts_for(cfg, stack, test[:32]),
                             run_dir / "token_credit.png",
                             num_generations=min(cfg.rl.num_generations, 8), seed=cfg.seed)
         if cfg.rl.max_steps > 0:

@@ -164,11 +164,12 @@ def plot_response_steps(token_ids, tokenizer, num_steps: int, path, has_prompt: 
         fc = STEP_COLORS[s % len(STEP_COLORS)] if s >= 0 else "white"
         ax.add_patch(plt.Rectangle((x + 0.03, y - 0.35), 0.94, 0.7, fc=fc, ec="#888888", lw=0.5))
         ax.text(x + 0.5, y, tok if len(tok) <= 9 else tok[:8] + ".", ha="center", va="center", fontsize=7)
-    handles = [plt.Rectangle((0, 0), 1, 1, fc=STEP_COLORS[k % len(STEP_COLORS)], ec="#888888") for k in range(num_steps)]
+    shown = num_steps + int(num_steps in steps)  # the dedup token's step K, when the sequence has one
+    handles = [plt.Rectangle((0, 0), 1, 1, fc=STEP_COLORS[k % len(STEP_COLORS)], ec="#888888") for k in range(shown)]
     handles.append(plt.Rectangle((0, 0), 1, 1, fc="white", ec="#888888"))
     ax.set_title(title or "a response coloured by reasoning step (thinking block k + SID token k)", fontsize=9)
-    fig.legend(handles, [f"step {k}" for k in range(num_steps)] + ["outside steps (-1)"], ncol=num_steps + 1,
-               loc="lower center", fontsize=7, frameon=False)
+    labels = [f"step {k}" + (" (dedup)" if k == num_steps else "") for k in range(shown)]
+    fig.legend(handles, labels + ["outside steps (-1)"], ncol=shown + 1, loc="lower center", fontsize=7, frameon=False)
     return _save(fig, path, dpi=130, rect=(0, 0.12, 1, 1))
 
 
@@ -284,14 +285,16 @@ def plot_sweep(rows: list[dict], knob: str, a: str, b: str, path) -> Path:
 
 
 def token_credit(responses: torch.Tensor, mask: torch.Tensor, parsed: Sequence, target_sids: Sequence[int],
-                 tokenizer, num_steps: int, algos: Sequence[str] = ("grpo", "sapo"), think_credit: bool = True) -> dict:
+                 tokenizer, num_levels: int, algos: Sequence[str] = ("grpo", "sapo"), think_credit: bool = True,
+                 dedup: bool = False) -> dict:
     """The advantage every token of ONE group (G, T) receives under each algorithm (`rl.score_rollouts`):
-    {algo: (G, T)} plus "matches" (G, K) and "steps" (G, T), ready for `plot_token_credit`. By default with
+    {algo: (G, T)} plus "matches" (G, S) and "steps" (G, T), ready for `plot_token_credit`. By default with
     credit on thinking tokens, as the paper defines SAPO (the recipe's `think_credit=False` leaves them 0)."""
     out: dict = {}
     for algo in algos:
         scored = score_rollouts(responses, mask, parsed, [list(target_sids)] * responses.size(0), tokenizer,
-                                RLConfig(**ALGOS[algo], num_generations=responses.size(0), think_credit=think_credit), num_steps)
+                                RLConfig(**ALGOS[algo], num_generations=responses.size(0), think_credit=think_credit),
+                                num_levels, dedup=dedup)
         out.update({algo: scored["token_adv"], "matches": scored["matches"], "steps": scored["steps"]})
     return out
 
@@ -309,7 +312,7 @@ def token_credit_figure(model, grammar, table, samples, prompts, path, num_gener
         ro = sample_rollouts(model, grammar, [prompt], num_generations=num_generations, generator=gen)
         responses, mask = ro.responses.cpu(), ro.mask.cpu()
         parsed = [grammar.parse(r[m].tolist()) for r, m in zip(responses, mask)]
-        credit = token_credit(responses, mask, parsed, tok.sid_ids(table, s.target), tok, K)
+        credit = token_credit(responses, mask, parsed, tok.sid_ids(table, s.target), tok, K, dedup=grammar.dedup)
         if credit["sapo"].abs().sum() == 0:
             continue  # every rollout got every step equally right: no signal for anyone
         tokens = [[tok.id_to_token(int(t)) for t in r[m]] for r, m in zip(responses, mask)]

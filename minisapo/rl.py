@@ -6,12 +6,14 @@ evaluation schedule), rl_metrics.py measures, config.py checks settings (`rl_con
 
     batch_size prompts --rollout--> G = num_generations responses each          (B = batch_size * G rows)
     responses --parse--> per-step matches m[i, k] = 1[SID token k of response i == target token k]
-    m --reward--> rewards, (B,) or (B, K);  --advantage--> A, (B,) "sequence" (GRPO) or (B, K) "step" (SAPO)
+    m --reward--> rewards, (B,) or (B, S);  --advantage--> A, (B,) "sequence" (GRPO) or (B, S) "step" (SAPO)
     A --token_advantages--> one number per response token, (B, T)
     num_iterations x PPO-clip update on  -min(w A, clip(w, 1-eps, 1+eps_high) A) + beta * KL_k3
 
 `ALGOS`: `grpo` is textbook GRPO (DeepSeekMath), reward 1[whole SID right]; `sapo` is the paper (arXiv
 2605.17648): per-step rewards m[i,k], a group-relative advantage per step, credited to that step's tokens.
+S = K reasoning steps, plus one when SIDs have a dedup token: that token (which of the items sharing all K
+codes) is step K, rewarded by the exact match, so the within-SID lottery never blurs step K-1's reward.
 
 How the loop departs from textbook GRPO (each is a switch; the defaults are the recipe README measured):
 1) The group is a choice (`rollout`): G samples at temperature 1 (textbook), greedy thinking + G sampled
@@ -19,7 +21,8 @@ How the loop departs from textbook GRPO (each is a switch; the defaults are the 
    (`beam`, MiniOneRec; the default): the group is then the ranking hit@K scores (`reward="rank"` adds
    MiniOneRec's penalty for wrong items ranked high).
 2) `think_credit=False` (default) credits SID tokens (and <eos>) only; greedy thinking was not sampled and
-   is treated like the prompt.
+   is treated like the prompt. With sampled thinking, `think_credit=True` gives step k's thinking block
+   step k's advantage too (the paper); `sid_credit=False` then credits the thinking only.
 3) Dropout is off (TRL's disable_dropout), so with num_iterations = 1 the ratio is exactly 1 and PPO-clip
    is REINFORCE with a group baseline, plus the k3 KL to the frozen SFT model (`beta`, 0 by default).
 4) `step_token_mean` gives step k's tokens weight n_i / (K_i |y_i^(k)|): the paper's per-step mean,
@@ -47,7 +50,7 @@ from minisapo.reasoning import step_index
 from minisapo.rl_metrics import add_chunk_stats, clip_stats, rollout_metrics, step_matches
 from minisapo.files import write_json
 from minisapo.runs import check_finite, nonfinite_context
-from minisapo.trainer import STREAM_ROLLOUTS, Trainer, batch_indices, mix_seed, warmup_lr
+from minisapo.trainer import STREAM_EXTRA, STREAM_ROLLOUTS, Trainer, batch_indices, mix_seed, warmup_lr
 
 
 @dataclass
@@ -60,6 +63,7 @@ class RLConfig:
     step_token_mean: bool = True  # step advantage: each step weighs the same whatever its length (1/|y_i^(k)|)
     scale_rewards: str = "group"  # group (group std) | batch (std over batch) | none; the mean is always per group
     think_credit: bool = False  # thinking tokens get their step's advantage (False: only SID tokens and <eos>)
+    sid_credit: bool = True  # SID tokens get their step's advantage (False with think_credit: the thinking only)
     # --- the group
     rollout: str = "beam"  # sample (G samples) | greedy_think (greedy thinking, G sampled SIDs) | beam (top G beams)
     num_generations: int = 16  # G: responses per prompt (the group); the paper uses 16
@@ -71,6 +75,8 @@ class RLConfig:
     epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
     epsilon_high: float | None = None  # upper clip: ratio <= 1 + epsilon_high (None = epsilon; DAPO: 0.28)
     beta: float = 0.0  # KL(pi || pi_ref) coefficient, k3 estimator; 0 = no reference model needed
+    dynamic_sampling: bool = False  # DAPO: drop groups without signal (all rewards equal) and draw more prompts
+    #   (at most 3 extra batches) until the step has batch_size groups that carry one
     num_iterations: int = 1  # mu: PPO updates per batch of rollouts (1 = on-policy, ratio == 1)
     # --- optimisation
     optimizer: str = "adamw"  # adamw | sgd (plain, no momentum)
@@ -85,6 +91,8 @@ class RLConfig:
     save_every: int = 25  # checkpoint every this many steps (the final step is always saved)
     eval_prompts: int = 128  # held-out (validation) prompts for the eval/sampled_reward curve
     keep_best: bool = False  # leave RL with the evaluated weights of best eval/valid_hit@10 (step 0 = the SFT model)
+    keep_best_p: float = 0.05  # with keep_best, an evaluation replaces the SFT model only if its gain is significant:
+    #   a paired sign test over the validation users at p < keep_best_p (1 = any gain counts)
 
 
 ALGOS: dict[str, dict[str, object]] = {
@@ -101,27 +109,28 @@ EPS = 1e-4  # added to a reward std before dividing (TRL's value)
 
 
 # ----------------------------------------------------------------------------------------------
-# ALGO LOGIC 1: rewards: per-step matches m (B, K) (m[i, k] = 1 if SID token k of response i is the target's,
-# rl_metrics.step_matches) and the group size G -> (B,) or (B, K); a group's rows are contiguous (best first for beams)
+# ALGO LOGIC 1: rewards: per-step matches m (B, S) (m[i, k] = 1 if SID token k of response i is the target's; with a
+# dedup level m[i, K] = 1 if the whole SID is; rl_metrics.step_matches) and the group size G -> (B,) or (B, S);
+# a group's rows are contiguous (best first for beams)
 
 
 def reward_exact(m: torch.Tensor, group_size: int = 1) -> torch.Tensor:
-    """1 if every step matches (the whole SID incl. dedup), else 0: (B, K) -> (B,)."""
+    """1 if every step matches (the whole SID incl. dedup), else 0: (B, S) -> (B,)."""
     return m.prod(dim=-1)
 
 
 def reward_position(m: torch.Tensor, group_size: int = 1) -> torch.Tensor:
-    """The paper's per-step reward m[i,k], not gated by earlier steps: (B, K) -> (B, K)."""
+    """The paper's per-step reward m[i,k], not gated by earlier steps: (B, S) -> (B, S)."""
     return m.clone()
 
 
 def reward_prefix(m: torch.Tensor, group_size: int = 1) -> torch.Tensor:
-    """Prefix-gated step reward prod_{j<=k} m[i,j]: (B, K) -> (B, K)."""
+    """Prefix-gated step reward prod_{j<=k} m[i,j]: (B, S) -> (B, S)."""
     return m.cumprod(dim=-1)
 
 
 def reward_sidreasoner(m: torch.Tensor, group_size: int = 1) -> torch.Tensor:
-    """SIDReasoner: n leading matched levels -> 0 if n == 0 else 2^-(K-n) (0/.25/.5/1 for K=3). (B,)"""
+    """SIDReasoner: n leading matched steps -> 0 if n == 0 else 2^-(S-n) (0/.25/.5/1 for S=3). (B,)"""
     n = m.cumprod(dim=-1).sum(dim=-1)  # (B,)
     return torch.where(n > 0, torch.pow(2.0, n - m.size(-1)), torch.zeros_like(n))
 
@@ -129,7 +138,7 @@ def reward_sidreasoner(m: torch.Tensor, group_size: int = 1) -> torch.Tensor:
 def reward_rank(m: torch.Tensor, group_size: int) -> torch.Tensor:
     """MiniOneRec's rank-aware reward for a ranked group (rollout="beam"): the target 1; when the
     target is in the group, the wrong item at rank j (0-based) gets -(1/log2(j+2)) / sum_j' 1/log2(j'+2),
-    so wrong items ranked high are pushed down hardest. (B, K) -> (B,)"""
+    so wrong items ranked high are pushed down hardest. (B, S) -> (B,)"""
     exact = m.prod(dim=-1).view(-1, group_size)  # (groups, G)
     d = 1.0 / torch.log2(torch.arange(group_size, dtype=torch.float) + 2.0)  # (G,) the ndcg discount
     penalty = (-d / d.sum()).expand_as(exact)
@@ -142,15 +151,15 @@ REWARDS: dict[str, Callable] = {"exact": reward_exact, "position": reward_positi
 
 
 def reward_function(name: str) -> Callable:
-    """A built-in by name or yours (`--rl.reward=my_pkg.my_mod:fn`): fn(m (B, K), G) -> (B,) or (B, K)."""
+    """A built-in by name or yours (`--rl.reward=my_pkg.my_mod:fn`): fn(m (B, S), G) -> (B,) or (B, S)."""
     return REWARDS[name] if name in REWARDS else plugin("rl.reward", name)
 
 
 def compute_rewards(m: torch.Tensor, reward: str, advantage: str, group_size: int | None = None) -> torch.Tensor:
-    """Rewards in the shape the advantage needs: (B,) for "sequence", (B, K) for "step" (a per-step
+    """Rewards in the shape the advantage needs: (B,) for "sequence", (B, S) for "step" (a per-step
     reward is averaged over steps for a sequence advantage; a scalar one is given to every step).
     A plug-in advantage gets the reward as it comes."""
-    r = reward_function(reward)(m, group_size or m.size(0))  # (B,) or (B, K)
+    r = reward_function(reward)(m, group_size or m.size(0))  # (B,) or (B, S)
     if advantage == "sequence":
         return r.mean(dim=-1) if r.dim() == 2 else r
     if advantage == "step":
@@ -186,9 +195,9 @@ def sequence_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: s
 
 
 def step_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group") -> torch.Tensor:
-    """SAPO: A_ik = (r_ik - mean_group r_.k) / (std_group r_.k + 1e-4), each step k on its own. (B, K) -> (B, K)"""
+    """SAPO: A_ik = (r_ik - mean_group r_.k) / (std_group r_.k + 1e-4), each step k on its own. (B, S) -> (B, S)"""
     if rewards.dim() != 2:
-        raise ValueError(f"step rewards must be (B, K), got shape {tuple(rewards.shape)}")
+        raise ValueError(f"step rewards must be (B, S), got shape {tuple(rewards.shape)}")
     return _group_advantages(rewards, group_size, scale_rewards)
 
 
@@ -209,7 +218,7 @@ def token_advantages(advantages: torch.Tensor, steps: torch.Tensor, mask: torch.
     """Spread advantages over response tokens -> (B, T).
 
     advantages (B,)   (GRPO): every credited token (mask) gets A_i.
-    advantages (B, K) (SAPO): token t gets A[i, steps[i, t]]; tokens with step -1 get 0. With
+    advantages (B, S) (SAPO): token t gets A[i, steps[i, t]]; tokens with step -1 get 0. With
         `step_token_mean` (the paper's 1/|y_i^(k)|) step k's tokens get A[i, k] * n_i / (K_i |y_i^(k)|)
         (|y_i^(k)| = credited tokens of step k, n_i = credited tokens in steps, K_i = steps present).
     steps (B, T) from `reasoning.step_index`; mask (B, T) bool: the tokens that may get credit.
@@ -218,7 +227,7 @@ def token_advantages(advantages: torch.Tensor, steps: torch.Tensor, mask: torch.
     if advantages.dim() == 1:
         return advantages[:, None].expand(mask.shape) * mask  # (B, T)
     B, K = advantages.shape
-    inside = (steps >= 0) & mask  # (B, T)
+    inside = (steps >= 0) & (steps < K) & mask  # (B, T) a step without an advantage column gets nothing
     idx = steps.clamp(min=0, max=K - 1)  # (B, T)
     tok = advantages.gather(1, idx)  # (B, T) the advantage of each token's step
     if step_token_mean:
@@ -284,57 +293,68 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 
 
 def score_rollouts(responses: torch.Tensor, mask: torch.Tensor, parsed: Sequence, target_sids: Sequence[Sequence[int]],
-                   tokenizer, cfg: RLConfig, num_steps: int, given: torch.Tensor | None = None) -> dict:
+                   tokenizer, cfg: RLConfig, num_levels: int, given: torch.Tensor | None = None,
+                   dedup: bool = False) -> dict:
     """Rewards, advantages and per-token credit of B = prompts * G responses (rows of a group contiguous).
 
     responses, mask (B, T) (response tokens only); parsed[i] = grammar.parse(response i); target_sids[i]
-    = row i's target SID ids; given (B, T): greedy thinking (no loss, no credit). Returns matches (B, K),
-    rewards, advantages, steps (B, T), loss_mask (B, T), token_adv (B, T), valid (B,).
+    = row i's target SID ids; num_levels = K; given (B, T): greedy thinking (no loss, no credit); dedup: the
+    SIDs have a dedup level (step K). Returns matches (B, S), rewards, advantages, steps (B, T), loss_mask
+    (B, T), token_adv (B, T), valid (B,).
     """
-    G = cfg.num_generations
+    G, S = cfg.num_generations, num_levels + int(dedup)
     valid = torch.tensor([bool(p.valid) for p in parsed])  # (B,)
-    m = step_matches([p.sid_ids if p.valid else None for p in parsed], target_sids, num_steps)  # (B, K)
-    rewards = compute_rewards(m, cfg.reward, cfg.advantage, G)  # (B,) or (B, K)
-    adv = advantage_function(cfg.advantage)(rewards, G, cfg.scale_rewards)  # (B,) or (B, K)
-    if adv.dim() == 2 and adv.size(1) != num_steps:
-        raise ValueError(f"--rl.advantage={cfg.advantage} returned {adv.size(1)} steps, the SIDs have {num_steps}")
+    m = step_matches([p.sid_ids if p.valid else None for p in parsed], target_sids, num_levels, dedup)  # (B, S)
+    rewards = compute_rewards(m, cfg.reward, cfg.advantage, G)  # (B,) or (B, S)
+    adv = advantage_function(cfg.advantage)(rewards, G, cfg.scale_rewards)  # (B,) or (B, S)
+    if adv.dim() == 2 and adv.size(1) != S:
+        raise ValueError(f"--rl.advantage={cfg.advantage} returned {adv.size(1)} steps, the responses have {S}")
     responses, mask = responses.cpu(), mask.cpu().bool()
     loss_mask = mask if given is None else mask & ~given.cpu()  # greedy thinking is part of the prompt
     thinking = torch.as_tensor(tokenizer.token_level)[responses] < 0  # <think>, words, </think> (and <eos>)
-    credited = loss_mask & (~thinking | (responses == tokenizer.eos_id) if not cfg.think_credit else loss_mask)
-    steps = step_index(responses, tokenizer, num_steps, has_prompt=False)  # (B, T)
+    eos = responses == tokenizer.eos_id
+    credited = loss_mask & ((thinking & ~eos & cfg.think_credit) | ((~thinking | eos) & cfg.sid_credit))
+    steps = step_index(responses, tokenizer, num_levels, has_prompt=False)  # (B, T)
     token_adv = token_advantages(adv, steps, credited, cfg.step_token_mean and adv.dim() == 2)  # (B, T)
     return {"matches": m, "rewards": rewards, "advantages": adv, "steps": steps, "loss_mask": loss_mask,
-            "token_adv": token_adv, "valid": valid, "sids": [tuple(p.sid_ids) for p in parsed]}
+            "token_adv": token_adv, "valid": valid, "sids": [tuple(p.sid_ids) for p in parsed],
+            "blocks": [[tuple(b) for b in p.blocks] for p in parsed]}
 
 
-def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int]], target_sids: Sequence,
-            cfg: RLConfig, generators: Sequence[torch.Generator], step: int = 0) -> tuple[dict, torch.Tensor]:
-    """Rollouts for `prompts`, their rewards and advantages, and num_iterations PPO-clip updates.
-    Returns (the scored rollouts, the rollout mask); the caller logs the metrics."""
-    G, K, dev = cfg.num_generations, grammar.K, next(model.parameters()).device
+def score_groups(model, grammar, prompts: Sequence[Sequence[int]], target_sids: Sequence, cfg: RLConfig,
+                 generators: Sequence[torch.Generator], step: int = 0) -> dict:
+    """The G rollouts of every prompt and their rewards, advantages and credit (no gradient): `score_rollouts`'
+    dict plus each row's "prompts", "responses" (B, T) and "mask" (B, T)."""
+    G = cfg.num_generations
     model.eval()  # dropout off for sampling AND for the loss (so ratio == 1 when num_iterations == 1)
-    with torch.no_grad(), nonfinite_context("rl", step + 1):  # 1) the group of every prompt
+    with torch.no_grad(), nonfinite_context("rl", step + 1):
         ro = rollouts(model, grammar, prompts, G, cfg.rollout, cfg.temperature, list(generators),
                       cfg.max_completion_length)
     parsed = [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
-    rows_t = [t for t in target_sids for _ in range(G)]  # 2) rewards -> advantages -> token credit
-    scored = score_rollouts(ro.responses, ro.mask, parsed, rows_t, grammar.tok, cfg, K, ro.given)
+    rows_t = [t for t in target_sids for _ in range(G)]
+    scored = score_rollouts(ro.responses, ro.mask, parsed, rows_t, grammar.tok, cfg, grammar.K, ro.given, grammar.dedup)
+    return {**scored, "prompts": ro.prompts, "responses": ro.responses.cpu(), "mask": ro.mask.cpu()}
+
+
+def policy_update(model, ref_model, optimizer, grammar, scored: dict, cfg: RLConfig, step: int = 0) -> dict:
+    """num_iterations PPO-clip updates on scored rollouts (`score_groups`) -> {"stats", "grad_norm"}."""
+    dev = next(model.parameters()).device
+    prompts, responses = scored["prompts"], scored["responses"].to(dev)
     adv, lmask = scored["token_adv"].to(dev), scored["loss_mask"].to(dev)
-    old_lp = ref_lp = None  # 3) old and reference log-probs under the sampler's grammar (no grad)
+    old_lp = ref_lp = None  # old and reference log-probs under the sampler's grammar (no grad)
     with torch.no_grad():
         if cfg.num_iterations > 1:
-            old_lp = response_logprobs(model, grammar, ro.prompts, ro.responses, cfg.temperature)[0].float()
+            old_lp = response_logprobs(model, grammar, prompts, responses, cfg.temperature)[0].float()
         if cfg.beta != 0.0:
-            ref_lp = response_logprobs(ref_model, grammar, ro.prompts, ro.responses, cfg.temperature)[0].float()
-    B = ro.responses.size(0)  # 4) num_iterations optimiser steps, each over the whole batch in chunks
+            ref_lp = response_logprobs(ref_model, grammar, prompts, responses, cfg.temperature)[0].float()
+    B = responses.size(0)  # num_iterations optimiser steps, each over the whole batch in chunks
     chunks = torch.arange(B).chunk(cfg.gradient_accumulation_steps)  # normalisers: every rank's rows, tokens, chunks
     num_rows, num_tokens, num_chunks = distributed.sum_over_ranks(B, int(lmask.sum()), len(chunks))
     stats: dict = {}
     for _ in range(cfg.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         for c in chunks:
-            lp, ent = response_logprobs(model, grammar, [ro.prompts[i] for i in c], ro.responses[c], cfg.temperature)
+            lp, ent = response_logprobs(model, grammar, [prompts[i] for i in c], responses[c], cfg.temperature)
             old = lp.detach() if old_lp is None else old_lp[c]  # ratio exactly 1 when mu == 1
             loss, st = policy_loss(lp.float(), old, adv[c], lmask[c], cfg.loss_type, cfg.epsilon, cfg.epsilon_high,
                                    cfg.beta, None if ref_lp is None else ref_lp[c],
@@ -348,52 +368,116 @@ def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int
         check_finite("rl", step + 1, "lower --rl.learning_rate", loss=stats.get("loss"), **{"gradient norm": grad_norm})
         optimizer.step()
     stats = distributed.sum_stats(stats, maxed=("ratio_max",))  # torchrun: the global batch's (sum, max)
-    scored.update(stats=stats, grad_norm=float(grad_norm))
-    return scored, ro.mask.cpu()
+    return {"stats": stats, "grad_norm": float(grad_norm)}
+
+
+def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int]], target_sids: Sequence,
+            cfg: RLConfig, generators: Sequence[torch.Generator], step: int = 0) -> tuple[dict, torch.Tensor]:
+    """Rollouts for `prompts`, their rewards and advantages, and num_iterations PPO-clip updates.
+    Returns (the scored rollouts, the rollout mask); the caller logs the metrics."""
+    scored = score_groups(model, grammar, prompts, target_sids, cfg, generators, step)
+    scored.update(policy_update(model, ref_model, optimizer, grammar, scored, cfg, step))
+    return scored, scored["mask"]
+
+
+def groups_with_signal(scored: dict, group_size: int) -> list[int]:
+    """The groups whose advantages are not all zero (some reward differs within the group)."""
+    adv = scored["advantages"].reshape(-1, group_size, *scored["advantages"].shape[1:])  # (groups, G[, S])
+    return [g for g in range(adv.size(0)) if bool(adv[g].abs().sum() > 0)]
+
+
+def take_groups(parts: Sequence[tuple[dict, list[int]]], group_size: int, pad_id: int) -> dict:
+    """The rows of the chosen groups of several `score_groups` dicts, as one (responses padded to one length)."""
+    rows = [(d, g * group_size + j) for d, groups in parts for g in groups for j in range(group_size)]
+    T = max(d["responses"].size(1) for d, _ in rows)
+    fill = {"responses": pad_id, "steps": -1}  # the other (B, T) rows pad with 0 / False
+    out: dict = {}
+    for key, v in rows[0][0].items():
+        if key in ("responses", "mask", "loss_mask", "token_adv", "steps"):
+            out[key] = torch.stack([torch.nn.functional.pad(d[key][i], (0, T - d[key].size(1)), value=fill.get(key, 0))
+                                    for d, i in rows])
+        elif torch.is_tensor(v):
+            out[key] = torch.stack([d[key][i] for d, i in rows])
+        elif isinstance(v, list):
+            out[key] = [d[key][i] for d, i in rows]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop (bookkeeping: trainer.Trainer; metrics: rl_metrics)
 
 CHECKPOINT = "rl_checkpoint.pt"  # the last step's (for --resume); with keep_best also rl_best.pt
+MAX_EXTRA_DRAWS = 3  # dynamic sampling draws at most this many extra batches of prompts per step
 SELECT = "eval/valid_hit@10"  # what keep_best selects by
 SHOW_EVAL = (SELECT, "eval/sampled_reward", "eval/distinct_top1")  # printed at every evaluation
 
 
 def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, prompts: Sequence[Sequence[int]],
              cfg: RLConfig, run_dir: str | Path, eval_fn: Callable | None = None, resume: bool = False,
-             device: str | torch.device = "cpu", seed: int = 0, progress: bool = True) -> dict:
+             device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
+             teacher_blocks: Sequence | None = None) -> dict:
     """RL fine-tuning of `model` (in place) from its SFT weights; returns the last step's metrics. samples[i]
     is a `Sample` (its `.target` is rewarded), prompts[i] its prompt ids; `ref_model` the frozen model of the
     KL term (None: a copy of `model` now); `eval_fn(model) -> dict` is logged as `eval/<key>` at step 0,
-    every `eval_every` steps and at the end. Writes metrics.jsonl, rl_config.json and rl_checkpoint.pt."""
+    every `eval_every` steps and at the end; teacher_blocks[i] (optional): the teacher's K thinking blocks of
+    sample i as word ids, for the think_acc/step_k metrics. Writes metrics.jsonl, rl_config.json and
+    rl_checkpoint.pt."""
     if cfg.batch_size < distributed.world_size() or len(samples) != len(prompts) or not samples:
         raise ValueError(f"need one prompt per sample ({len(samples)} samples, {len(prompts)} prompts) and "
                          f"rl.batch_size={cfg.batch_size} >= the {distributed.world_size()} torchrun processes")
     targets = [tokenizer.sid_ids(table, s.target) for s in samples]
+    G = cfg.num_generations
     model.to(device)
     if cfg.beta != 0.0:
         ref_model = (copy.deepcopy(model) if ref_model is None else ref_model).to(device).eval().requires_grad_(False)
     opt = (torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
            if cfg.optimizer == "adamw" else torch.optim.SGD(model.parameters(), lr=cfg.learning_rate))
     trainer = Trainer(run_dir, "rl", CHECKPOINT, cfg.max_steps, cfg.eval_every, cfg.save_every, progress,
-                      keep_best=SELECT if cfg.keep_best else None)
+                      keep_best=SELECT if cfg.keep_best else None, keep_best_p=cfg.keep_best_p)
     write_json(trainer.run_dir / "rl_config.json", asdict(cfg))
     start = trainer.resume(model, opt, device)[0] if resume else trainer.fresh()
 
+    def groups(step: int, draw: int = 0) -> tuple[list[int], dict]:
+        """This rank's prompts of a batch (draw 0: the step's own; draw d > 0: dynamic sampling's d-th extra one),
+        rolled out and scored, each group with its own seeded generator."""
+        batch = batch_indices(len(samples), cfg.batch_size, step, seed if draw == 0 else mix_seed(seed, STREAM_EXTRA, draw))
+        gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_ROLLOUTS, step, j, *([draw] if draw else [])))
+                for j in range(len(batch))]  # one per group
+        idx, gens = distributed.my_slice(batch), distributed.my_slice(gens)  # torchrun: this rank's whole groups
+        return batch, score_groups(model, grammar, [prompts[i] for i in idx], [targets[i] for i in idx], cfg, gens, step)
+
     def one_step(step: int) -> dict:
         t0, lr = time.time(), warmup_lr(opt, cfg.learning_rate, step, cfg.warmup_steps)
-        idx = batch_indices(len(samples), cfg.batch_size, step, seed)
-        gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_ROLLOUTS, step, j)) for j in range(len(idx))]  # one per group
-        idx, gens = distributed.my_slice(idx), distributed.my_slice(gens)  # torchrun: this rank's whole groups
-        scored, mask = rl_step(model, ref_model, opt, grammar, [prompts[i] for i in idx], [targets[i] for i in idx],
-                               cfg, gens, step)
-        rows = distributed.cat_over_ranks({k: scored[k] for k in ("matches", "rewards", "valid", "sids")})
-        mask = distributed.cat_over_ranks(mask)  # torchrun: the metrics of the global batch (every rank's groups)
-        return {**rollout_metrics(rows, mask, cfg.num_generations), **scored["stats"],
-                "grad_norm": scored["grad_norm"], "lr": lr, "step_time": time.time() - t0}
+        batch, scored = groups(step)
+        train, extra = scored, {}
+        if cfg.dynamic_sampling:  # DAPO: keep the groups with a signal, draw more prompts until the batch is full
+            parts = [(scored, groups_with_signal(scored, G))]
+            need = len(scored["prompts"]) // G
+            for draw in range(1, MAX_EXTRA_DRAWS + 1):
+                if sum(len(g) for _, g in parts) >= need:
+                    break
+                more = groups(step, draw)[1]
+                parts.append((more, groups_with_signal(more, G)))
+            kept, left = [], need
+            for d, g in parts:
+                kept.append((d, g[:left]))
+                left -= len(kept[-1][1])
+            if need - left > 0:
+                train = take_groups(kept, G, tokenizer.pad_id)
+            extra = {"dynamic/draws": len(parts), "dynamic/groups": float(need - left) / need}
+        train.update(policy_update(model, ref_model, opt, grammar, train, cfg, step))
+        rows = distributed.cat_over_ranks({k: scored[k] for k in ("matches", "rewards", "valid", "sids", "blocks")})
+        mask = distributed.cat_over_ranks(scored["mask"])  # torchrun: the metrics of the global batch (every rank's)
+        ref = None if teacher_blocks is None else [teacher_blocks[i] for i in batch for _ in range(G)]
+        return {**rollout_metrics(rows, mask, G, ref), **train["stats"], **extra,
+                "grad_norm": train["grad_norm"], "lr": lr, "step_time": time.time() - t0}
 
-    trainer.run(start, model, opt, one_step, eval_fn, show=("reward", "hit_rate", "frac_reward_zero_std"),
-                show_eval=SHOW_EVAL, extra=lambda: {"rl_config": asdict(cfg), "seed": seed})
+    done = trainer.run(start, model, opt, one_step, eval_fn, show=("reward", "hit_rate", "frac_reward_zero_std"),
+                       show_eval=SHOW_EVAL, extra=lambda: {"rl_config": asdict(cfg), "seed": seed})
+    best = trainer.best
+    if done == cfg.max_steps and cfg.keep_best and best:  # one record names the model RL leaves with, and why
+        t = best.get("test") or {}
+        trainer.log({"step": done, "selected_step": best["step"], f"selected_{SELECT}": best[SELECT],
+                     **{f"selected_{k}": t[k] for k in ("up", "down", "p") if k in t}})
     model.eval()
     return trainer.last_record

@@ -3,7 +3,9 @@ held-out curve. Everything here reads what `rl.score_rollouts` returned; nothing
 
     reward, reward_std, frac_reward_zero_std    TRL's names (reward_std: mean of the per-group std)
     frac_exact_zero_std                          the same count for the exact-match reward (GRPO's silence)
-    hit_rate, hit_rate/step_k, reward/step_k     exact and per-level match of the rollouts, per-step rewards
+    hit_rate, hit_rate/step_k, reward/step_k     exact and per-step match of the rollouts, per-step rewards
+                                                 (step K, when SIDs have a dedup token: the whole SID)
+    think_acc/step_k                             thinking block k is word for word the teacher's
     groups/all_right, groups/collapsed,          every rollout right; all wrong on ONE same answer (the
     groups/all_wrong, groups/mixed               policy collapsed); all wrong and diverse; some right
     eval/sampled_reward, eval/sampled_hit_rate/step_k
@@ -23,21 +25,23 @@ from minisapo.trainer import STREAM_HELDOUT, mix_seed
 
 
 def step_matches(pred_sids: Sequence[Sequence[int] | None], target_sids: Sequence[Sequence[int]],
-                 num_steps: int) -> torch.Tensor:
-    """m[i, k] = 1[predicted SID token k == target SID token k]  ->  FloatTensor (B, K).
+                 num_levels: int, dedup: bool = False) -> torch.Tensor:
+    """m[i, k] = 1[predicted SID token k == target SID token k] for the K = num_levels semantic levels, plus,
+    with `dedup` (the SIDs have a dedup level), a last column m[i, K] = 1[the whole SID is right]: the
+    step of the dedup token, which picks the item among those sharing the K codes. -> FloatTensor (B, K [+1]).
 
-    `pred_sids[i]` is response i's SID token ids (None or [] for an invalid response: its row is
-    all 0). A dedup token (level K) belongs to the last step: step K-1 matches only if the last
-    semantic token AND the dedup tail match.
+    Per position, not gated by earlier levels (the paper's m_{i,k}). `pred_sids[i]` is response i's SID
+    token ids (None or [] for an invalid response: its row is all 0).
     """
-    m = torch.zeros(len(pred_sids), num_steps)  # (B, K)
+    m = torch.zeros(len(pred_sids), num_levels + int(dedup))  # (B, S)
     for i, (pred, tgt) in enumerate(zip(pred_sids, target_sids)):
         pred, tgt = list(pred or []), list(tgt)
         if not pred:
             continue
-        for k in range(num_steps - 1):
+        for k in range(num_levels):
             m[i, k] = float(len(pred) > k and len(tgt) > k and pred[k] == tgt[k])
-        m[i, -1] = float(len(tgt) >= num_steps and pred[num_steps - 1:] == tgt[num_steps - 1:])
+        if dedup:
+            m[i, num_levels] = float(pred == tgt)
     return m
 
 
@@ -61,8 +65,20 @@ def group_breakdown(matches: torch.Tensor, sids: Sequence[tuple], group_size: in
             "groups/mixed": (~right & ~wrong).float().mean().item()}
 
 
-def rollout_metrics(scored: dict, mask: torch.Tensor, group_size: int) -> dict:
-    """TRL-named metrics of one batch of scored rollouts (+ per-step rewards and hit rates, groups/*)."""
+def think_accuracy(blocks: Sequence[Sequence[Sequence[int]]], ref_blocks: Sequence[Sequence[Sequence[int]]],
+                   num_levels: int) -> torch.Tensor:
+    """(B, K) 1 where response i's thinking block k is word for word the teacher's block k (`ref_blocks[i]`):
+    did the sampled thinking state the right facts? A missing block counts as wrong."""
+    out = torch.zeros(len(blocks), num_levels)
+    for i, (got, want) in enumerate(zip(blocks, ref_blocks)):
+        for k in range(min(num_levels, len(got), len(want))):
+            out[i, k] = float(tuple(got[k]) == tuple(want[k]))
+    return out
+
+
+def rollout_metrics(scored: dict, mask: torch.Tensor, group_size: int, ref_blocks: Sequence | None = None) -> dict:
+    """TRL-named metrics of one batch of scored rollouts (+ per-step rewards and hit rates, groups/*); with
+    `ref_blocks` (the teacher's thinking blocks of each row, as word ids) also think_acc/step_k."""
     G = group_size
     m, r, valid = scored["matches"], scored["rewards"], scored["valid"]
     scalar = r if r.dim() == 1 else r.mean(dim=-1)  # (B,) one reward per response
@@ -79,6 +95,9 @@ def rollout_metrics(scored: dict, mask: torch.Tensor, group_size: int) -> dict:
         if r.dim() == 2:
             out[f"reward/step_{k}"] = r[:, k].mean().item()
             out[f"frac_reward_zero_std/step_{k}"] = zero_std_groups(r[:, k], G).float().mean().item()
+    if ref_blocks is not None and "blocks" in scored:
+        acc = think_accuracy(scored["blocks"], ref_blocks, len(ref_blocks[0]) if ref_blocks else 0)
+        out.update({f"think_acc/step_{k}": acc[:, k].mean().item() for k in range(acc.size(1))})
     return out
 
 
@@ -117,7 +136,7 @@ def heldout_rewards(model, grammar, prompts: Sequence[Sequence[int]], target_sid
                       cfg.max_completion_length)
     parsed = [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
     rows_t = [t for t in target_sids for _ in range(cfg.num_generations)]
-    m = step_matches([p.sid_ids if p.valid else None for p in parsed], rows_t, grammar.K)  # (B, K)
+    m = step_matches([p.sid_ids if p.valid else None for p in parsed], rows_t, grammar.K, grammar.dedup)  # (B, S)
     exact = m.prod(dim=-1)
     out = {"sampled_reward": (exact.view(-1, cfg.num_generations).max(1).values if cfg.rollout == "beam"
                               else exact).mean().item()}

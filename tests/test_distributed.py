@@ -12,7 +12,7 @@ import torch
 
 from minisapo import distributed
 
-ATOL = 1e-5
+ATOL = 1e-4  # float sums in another order, through 3 RL steps at lr 1e-2; a real difference is ~ one step, 1e-2
 S = namedtuple("S", "user history target")
 
 

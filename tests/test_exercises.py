@@ -154,12 +154,13 @@ BUGS = [
      "            if mask[i, t] and steps[i, t] >= 0:\n                count",
      "            if steps[i, t] >= 0:\n                count", "first difference at ["),
     ("interleaved: off-by-one segmentation", 3, "interleaved_step_index",
-     "        out.append(min(written, num_steps - 1))\n        if 0 <= tokenizer.token_level[token] < num_steps:"
-     "  # a semantic SID token (not the dedup one)\n            written += 1",
+     "        out.append(written)  # the dedup token comes after all num_steps semantic tokens: step num_steps\n"
+     "        if 0 <= tokenizer.token_level[token] < num_steps:  # a semantic SID token (not the dedup one)\n"
+     "            written += 1",
      "        if 0 <= tokenizer.token_level[token] < num_steps:\n            written += 1\n"
-     "        out.append(min(written, num_steps - 1))", "first difference at ["),
-    ("interleaved: the dedup token is not capped", 3, "interleaved_step_index",
-     "out.append(min(written, num_steps - 1))", "out.append(written)", "expected"),
+     "        out.append(written)", "first difference at ["),
+    ("interleaved: the dedup token folded into the last step", 3, "interleaved_step_index",
+     "out.append(written)  # the dedup", "out.append(min(written, num_steps - 1))  # the dedup", "expected"),
     ("interleaved: calls reasoning.step_index", 3, "interleaved_step_index",
      "    out, written, ended = [], 0, False\n    for token in response:",
      "    from minisapo.reasoning import step_index\n    out, written, ended = [], 0, False\n"
@@ -370,8 +371,8 @@ RLConfig = _RLConfigWithGamma
 _plain_score_rollouts = score_rollouts
 
 
-def score_rollouts(responses, mask, parsed, target_sids, tokenizer, cfg, num_steps):
-    out = _plain_score_rollouts(responses, mask, parsed, target_sids, tokenizer, cfg, num_steps)
+def score_rollouts(responses, mask, parsed, target_sids, tokenizer, cfg, num_steps, given=None, dedup=False):
+    out = _plain_score_rollouts(responses, mask, parsed, target_sids, tokenizer, cfg, num_steps, given, dedup)
     if cfg.advantage == "step" and cfg.step_gamma > 0:
         out["advantages"] = _key.reward_to_go(out["advantages"], cfg.step_gamma)
         {credit}

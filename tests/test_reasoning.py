@@ -39,7 +39,7 @@ def test_step_index_blocks_first_hand_written(world):
     seq = ids(tok, "<pad> <bos> <a_0> <b_1> <c_1> <sep> <think> red shoes </think> <think> wool </think> "
                    "<think> warm </think> <a_1> <b_0> <c_0> <d_1> <eos> <pad> <pad>")
     #              pad bos a   b   c   sep | th  red sh  /th | th  wool /th | th  warm /th | a  b  c  d  | eos pad pad
-    expected = [-1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2, 2, -1, -1, -1]
+    expected = [-1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2, 3, -1, -1, -1]  # dedup: step K
     assert step_index(torch.tensor([seq]), tok, 3)[0].tolist() == expected
 
 
@@ -48,7 +48,7 @@ def test_step_index_interleaved_hand_written(world):
     seq = ids(tok, "<bos> <a_0> <b_0> <c_0> <sep> <think> red </think> <a_1> <think> wool hats </think> <b_0> "
                    "<think> </think> <c_0> <d_0> <eos>")
     #         bos a  b  c  sep | th red /th a1 | th wool hats /th b0 | th /th c0 d0 | eos
-    expected = [-1, -1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, -1]
+    expected = [-1, -1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 3, -1]
     assert step_index(torch.tensor([seq]), tok, 3)[0].tolist() == expected
 
 
@@ -59,10 +59,10 @@ def test_step_index_sid_only_batch_and_response_only(world):
     a = a + [tok.pad_id] * (len(b) - len(a))
     out = step_index(torch.tensor([a, b]), tok, 3).tolist()
     assert out[0] == [-1] * 5 + [0, 1, 2] + [-1] * 2
-    assert out[1] == [-1] * 5 + [0, 1, 2, 2, -1]
+    assert out[1] == [-1] * 5 + [0, 1, 2, 3, -1]
     # the same responses without their prompt
     resp = torch.tensor([a[5:], b[5:]])
-    assert step_index(resp, tok, 3, has_prompt=False).tolist() == [[0, 1, 2, -1, -1], [0, 1, 2, 2, -1]]
+    assert step_index(resp, tok, 3, has_prompt=False).tolist() == [[0, 1, 2, -1, -1], [0, 1, 2, 3, -1]]
 
 
 def test_step_index_malformed(world):
@@ -91,9 +91,9 @@ def test_built_responses_segment_into_k_steps(world, layout):
             assert toks.count(tok.think_id) == 1 and toks.count(tok.end_think_id) == 1
             sid_in_step = [i for i in toks if tok.token_level[i] >= 0]
             assert sid_in_step[0] == tok.sid_ids(table, target)[k]
-        # the dedup token lands in the last step
+        # the dedup token is a step of its own, K (no thinking block)
         if table.dedup[target] >= 0:
-            assert steps[full.index(tok.sid_ids(table, target)[3])] == 2
+            assert steps[full.index(tok.sid_ids(table, target)[3])] == 3
 
 
 def test_response_formats(world):
@@ -237,11 +237,11 @@ def test_plot_response_steps(world, tmp_path, saved_figures):
     # one box per token, labelled with it, in order
     assert [t.get_text() for t in ax.texts] == [tok.id_to_token(i) for i in seq]
     # <bos> <a_0> <b_0> <c_0> <sep> | <think> red </think> <a_1> | <think> wool </think> <b_0> |
-    # <think> warm </think> <c_0> <d_0> | <eos>: prompt and <eos> outside every step (white)
-    steps = [-1] * 5 + [0] * 4 + [1] * 4 + [2] * 5 + [-1]
+    # <think> warm </think> <c_0> | <d_0> | <eos>: prompt and <eos> outside every step (white)
+    steps = [-1] * 5 + [0] * 4 + [1] * 4 + [2] * 4 + [3] + [-1]
     assert [p.get_facecolor() for p in ax.patches] == [to_rgba(STEP_COLORS[k] if k >= 0 else "white") for k in steps]
     assert [t.get_text() for t in saved_figures[0].legends[0].get_texts()] == \
-        ["step 0", "step 1", "step 2", "outside steps (-1)"]
+        ["step 0", "step 1", "step 2", "step 3 (dedup)", "outside steps (-1)"]
 
 
 def test_no_empty_thinking_block_on_real_item_text(tmp_path):

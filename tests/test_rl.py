@@ -95,12 +95,15 @@ def test_rewards_by_hand():
     assert rl.compute_rewards(m, "exact", "step").shape == (5, 3)
 
 
-def test_step_matches_dedup_in_last_step_and_invalid():
+def test_step_matches_dedup_is_a_step_of_its_own_and_invalid():
     t = [10, 20, 30, 40]  # a, b, c, dedup
     preds = [[10, 20, 30, 40], [10, 20, 30, 41], [10, 21, 30, 40], None, [], [11, 20, 30]]
     targets = [t] * 5 + [[10, 20, 30]]
-    m = step_matches(preds, targets, 3)
-    assert m.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 1], [0, 0, 0], [0, 0, 0], [0, 1, 1]]
+    m = step_matches(preds, targets, 3)  # the K semantic levels only: the within-SID lottery is not in step 2
+    assert m.tolist() == [[1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 0, 0], [0, 0, 0], [0, 1, 1]]
+    m = step_matches(preds, targets, 3, dedup=True)  # + step 3: the whole SID right
+    assert m.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]]
+    assert m.prod(dim=-1).tolist() == [1, 0, 0, 0, 0, 0]  # exact match
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,26 +273,26 @@ def test_score_rollouts_credit_by_step_on_real_responses(world, layout):
     parsed = [grammar.parse(r) for r in responses]
     assert all(p.valid for p in parsed)
     sapo = config.rl_config("sapo", num_generations=4, step_token_mean=False, think_credit=True)
-    s = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, sapo, 3)
-    # the dedup token decides step 2: response 1 has <d_0> instead of <d_1>
-    assert s["matches"].tolist() == [[1, 1, 1], [1, 1, 0], [0, 1, 0], [1, 0, 0]]
+    s = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, sapo, 3, dedup=True)
+    # the dedup token is step 3 (the whole SID right): response 1 has <d_0> instead of <d_1>
+    assert s["matches"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
     for i in range(4):
         for t in range(T):
             k = s["steps"][i, t].item()
             want = s["advantages"][i, k].item() if k >= 0 else 0.0
             assert s["token_adv"][i, t].item() == pytest.approx(want)
-        # the dedup token (last SID token) is credited with step 2's advantage
+        # the dedup token (last SID token) is credited with step 3's advantage
         if tok.token_level[rows[i][-2]] == 3:
-            assert s["token_adv"][i, len(rows[i]) - 2].item() == pytest.approx(s["advantages"][i, 2].item())
+            assert s["token_adv"][i, len(rows[i]) - 2].item() == pytest.approx(s["advantages"][i, 3].item())
     grpo = config.rl_config("grpo", num_generations=4, think_credit=True)
-    g = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, grpo, 3)
+    g = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, grpo, 3, dedup=True)
     assert g["rewards"].tolist() == [1, 0, 0, 0]
     assert (g["token_adv"][mask] != 0).all() and (g["token_adv"][~mask] == 0).all()
     from minisapo.rl_metrics import rollout_metrics
 
     m = rollout_metrics(s, mask, 4)
     assert m["hit_rate"] == 0.25 and m["valid_rate"] == 1 and m["frac_reward_zero_std"] == 0
-    assert m["hit_rate/step_0"] == 0.75 and m["reward/step_2"] == 0.25
+    assert m["hit_rate/step_0"] == 0.75 and m["reward/step_2"] == 0.5 and m["reward/step_3"] == 0.25
 
 
 def test_token_credit_plot(world, tmp_path, saved_figures):
@@ -463,7 +466,7 @@ def tiny_sft(tmp_path_factory):
     common = Counter(s.target for s in train).most_common(1)[0][0]
     samples = list({s.user: s for s in train if s.target == common}.values())[:4]
     assert len({s.user for s in samples}) == 4
-    return stack, model, samples, P._prompts(cfg, stack, samples), d
+    return stack, model, samples, P.prompts_for(cfg, stack, samples), d
 
 
 @pytest.mark.parametrize("algo,floor", [("sapo", 0.8), ("grpo", 0.3)])
@@ -494,3 +497,69 @@ def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
     curve = [r["hit_rate"] for r in read_metrics(d / algo / "metrics.jsonl") if "hit_rate" in r]
     assert before < 0.2 and after >= floor, (algo, before, after, curve)
     assert sum(curve[-5:]) / 5 > sum(curve[:5]) / 5  # the training rollouts climbed too
+
+
+def test_take_groups_and_groups_with_signal_by_hand():
+    """Two scored batches of G=2: a group with an advantage is kept, a silent one dropped, rows padded."""
+    G = 2
+    a = {"advantages": torch.tensor([0.5, -0.5, 0.0, 0.0]), "responses": torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]]),
+         "steps": torch.tensor([[0, 1]] * 4), "mask": torch.ones(4, 2, dtype=torch.bool), "sids": ["a", "b", "c", "d"],
+         "prompts": [[1], [1], [2], [2]]}
+    b = {"advantages": torch.tensor([0.0, 0.0, 1.0, -1.0]), "responses": torch.tensor([[9, 9, 9]] * 4),
+         "steps": torch.tensor([[0, 1, 2]] * 4), "mask": torch.ones(4, 3, dtype=torch.bool), "sids": ["e", "f", "g", "h"],
+         "prompts": [[3], [3], [4], [4]]}
+    assert rl.groups_with_signal(a, G) == [0] and rl.groups_with_signal(b, G) == [1]
+    out = rl.take_groups([(a, [0]), (b, [1])], G, pad_id=0)
+    assert out["sids"] == ["a", "b", "g", "h"] and out["prompts"] == [[1], [1], [4], [4]]
+    assert out["responses"].tolist() == [[1, 2, 0], [3, 4, 0], [9, 9, 9], [9, 9, 9]]
+    assert out["steps"].tolist() == [[0, 1, -1], [0, 1, -1], [0, 1, 2], [0, 1, 2]]
+    assert out["mask"].tolist() == [[True, True, False]] * 2 + [[True] * 3] * 2
+    assert out["advantages"].tolist() == [0.5, -0.5, 1.0, -1.0]
+
+
+def test_dynamic_sampling_trains_on_groups_with_a_signal(tiny_sft):
+    """With dynamic sampling every group the step trains on carries a signal, drawing extra prompts when needed."""
+    import copy
+
+    from minisapo.runs import read_metrics
+
+    stack, sft_model, samples, prompts, d = tiny_sft
+    cfg = config.rl_config("grpo", num_generations=4, batch_size=4, max_steps=3, rollout="sample", eval_every=0,
+                           save_every=0, dynamic_sampling=True)
+    rl.train_rl(copy.deepcopy(sft_model), None, stack.grammar, stack.tokenizer, stack.table, samples, prompts, cfg,
+                d / "dynamic", progress=False)
+    recs = [r for r in read_metrics(d / "dynamic" / "metrics.jsonl") if "reward" in r]
+    assert len(recs) == 3 and all(1 <= r["dynamic/draws"] <= rl.MAX_EXTRA_DRAWS + 1 for r in recs)
+    assert all(0 <= r["dynamic/groups"] <= 1 for r in recs)
+    # a silent first batch (frac_reward_zero_std > 0) is what makes it draw again
+    assert all(r["dynamic/draws"] > 1 or r["frac_reward_zero_std"] == 0 or r["dynamic/groups"] < 1 for r in recs)
+
+
+def test_credit_on_thinking_only_sid_only_or_both():
+    from minisapo.sid import SIDTable, SIDTrie
+    from minisapo.tokenizer import Tokenizer
+    from minisapo.grammar import Grammar
+
+    table = SIDTable.from_codes([[0, 0], [0, 1], [1, 0]])
+    tok = Tokenizer.build(["red blue"], table)
+    grammar = Grammar(tok, SIDTrie(table, tok), 2)
+    texts = ["<think> red </think> <think> blue </think> <a_0> <b_0> <eos>",
+             "<think> blue </think> <think> red </think> <a_1> <b_0> <eos>"]
+    responses = torch.tensor([tok.encode(t) for t in texts])
+    mask = torch.ones_like(responses, dtype=torch.bool)
+    parsed = [grammar.parse(r) for r in responses]
+    thinking = torch.as_tensor(tok.token_level)[responses] < 0
+    eos = responses == tok.eos_id
+    for think, sid in ((True, True), (True, False), (False, True)):
+        cfg = config.rl_config("sapo", num_generations=2, think_credit=think, sid_credit=sid, step_token_mean=False)
+        s = rl.score_rollouts(responses, mask, parsed, [tok.sid_ids(table, 0)] * 2, tok, cfg, 2)
+        credited = s["token_adv"] != 0
+        assert bool(credited[thinking & ~eos].any()) == think and bool(credited[~thinking].any()) == sid
+
+
+def test_think_accuracy_by_hand():
+    from minisapo.rl_metrics import think_accuracy
+
+    got = [[(1, 2), (3,)], [(1, 2), (4,)], [(1,)]]
+    want = [[(1, 2), (3,)], [(1, 2), (3,)], [(1, 2), (3,)]]
+    assert think_accuracy(got, want, 2).tolist() == [[1, 1], [1, 0], [0, 0]]

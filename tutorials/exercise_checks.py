@@ -492,7 +492,7 @@ def ref_interleaved_steps(response: list[int], level: list[int], eos: int, K: in
         if ended:
             out.append(-1)
             continue
-        out.append(written if written < K else K - 1)
+        out.append(written)
         if 0 <= level[x] < K:
             written += 1
     return out
@@ -738,7 +738,7 @@ def check_range_wiring(ctx: Ctx) -> None:
         batch = synthetic_batch(ctx.rng, G=4)
         responses, mask, parsed, targets, tok, K = batch
         cfg = config.rl_config(algo, num_generations=4, scale_rewards="range")
-        s = rl.score_rollouts(responses, mask, parsed, targets, tok, cfg, K)
+        s = rl.score_rollouts(responses, mask, parsed, targets, tok, cfg, K, dedup=True)
         rew = s["rewards"].double()
         want = ref_range_advantages(rew.reshape(len(rew), -1).tolist(), 4)
         compare(f"library wiring: rl.score_rollouts(.., rl_config('{algo}', scale_rewards='range'))['advantages']",
@@ -786,13 +786,13 @@ def check_reward_to_go_wiring(ctx: Ctx) -> None:
         responses, mask, parsed, targets, tok, K = synthetic_batch(ctx.rng, G=4, layout=layout)
         gamma = round(float(ctx.rng.uniform(0.3, 0.9)), 3)
         args = (responses, mask, parsed, targets, tok)
-        plain = rl.score_rollouts(*args, config.rl_config("sapo", num_generations=4), K)
-        zero = rl.score_rollouts(*args, config.rl_config("sapo", num_generations=4, step_gamma=0.0), K)
+        plain = rl.score_rollouts(*args, config.rl_config("sapo", num_generations=4), K, dedup=True)
+        zero = rl.score_rollouts(*args, config.rl_config("sapo", num_generations=4, step_gamma=0.0), K, dedup=True)
         for key in ("advantages", "token_adv"):
             compare(f"library wiring: score_rollouts with step_gamma=0.0, '{key}' (must equal plain SAPO)",
                     zero[key], plain[key].double().numpy(), show_arrays=False)
         cfg = config.rl_config("sapo", num_generations=4, step_gamma=gamma)
-        s = rl.score_rollouts(*args, cfg, K)
+        s = rl.score_rollouts(*args, cfg, K, dedup=True)
         want = ref_reward_to_go(plain["advantages"].double().tolist(), gamma)
         compare(f"library wiring: score_rollouts(.., step_gamma={gamma})['advantages'] (reward-to-go of plain "
                 "SAPO's step advantages)", s["advantages"], want, {"plain SAPO advantages": plain["advantages"]})
@@ -800,8 +800,8 @@ def check_reward_to_go_wiring(ctx: Ctx) -> None:
                                   cfg.step_token_mean)
         compare(f"library wiring: score_rollouts(.., step_gamma={gamma})['token_adv'] (the credit of the new "
                 "advantages)", s["token_adv"], credit, index_names=("row", "token"), show_arrays=False)
-        g0 = rl.score_rollouts(*args, config.rl_config("grpo", num_generations=4), K)
-        g1 = rl.score_rollouts(*args, config.rl_config("grpo", num_generations=4, step_gamma=gamma), K)
+        g0 = rl.score_rollouts(*args, config.rl_config("grpo", num_generations=4), K, dedup=True)
+        g1 = rl.score_rollouts(*args, config.rl_config("grpo", num_generations=4, step_gamma=gamma), K, dedup=True)
         compare("library wiring: GRPO (advantage='sequence') must ignore step_gamma", g1["token_adv"],
                 g0["token_adv"].double().numpy(), show_arrays=False)
 

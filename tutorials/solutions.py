@@ -41,8 +41,8 @@ def token_advantages_loops(advantages: torch.Tensor, steps: torch.Tensor, mask: 
 def interleaved_step_index(response: list[int], tokenizer, num_steps: int) -> list[int]:
     """Step of every token of ONE interleaved response (no prompt):
     <think> b0 </think> s0 <think> b1 </think> s1 ... s_{K-1} [dedup] <eos>.
-    Use the simple rule "the step is the number of semantic SID tokens already written" (capped at
-    K-1, so the dedup token joins the last step), and -1 for <eos> and everything after it. A response
+    Use the simple rule "the step is the number of semantic SID tokens already written" (so the dedup
+    token, after all K of them, is step K), and -1 for <eos> and everything after it. A response
     cut before its <eos> follows the same rule to its end.
     Hint: tokenizer.token_level[id] is -1 for non-SID tokens, l for level l, K for dedup;
     tokenizer.eos_id is <eos>. Write the rule yourself (no reasoning.step_index)."""

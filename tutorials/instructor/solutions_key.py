@@ -81,7 +81,7 @@ def interleaved_step_index(response: list[int], tokenizer, num_steps: int) -> li
         if ended:
             out.append(-1)
             continue
-        out.append(min(written, num_steps - 1))
+        out.append(written)  # the dedup token comes after all num_steps semantic tokens: step num_steps
         if 0 <= tokenizer.token_level[token] < num_steps:  # a semantic SID token (not the dedup one)
             written += 1
     return out
