@@ -480,6 +480,8 @@ def _range_errors(cfg: Config):
     for key in ("beta", "weight_decay", "max_grad_norm"):
         if not (_finite(getattr(q, key)) and getattr(q, key) >= 0):
             yield f"rl.{key}", "must be a finite number >= 0" + (" (0 = off)" if key != "weight_decay" else "")
+    if not (_finite(q.keep_best_p) and 0 < q.keep_best_p <= 1):
+        yield "rl.keep_best_p", "must be in (0, 1] (1 = any validation gain replaces the SFT model)"
     if not (_finite(q.epsilon) and 0 <= q.epsilon < 1):
         yield "rl.epsilon", "must be in [0, 1) (the ratio is clipped below at 1 - epsilon)"
     if q.epsilon_high is not None and not (_finite(q.epsilon_high) and q.epsilon_high >= 0):

@@ -442,7 +442,8 @@ def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: E
 
 def quick_hit_fn(grammar, dataset, table, tokenizer, samples, k: int = 10, beam_width: int | None = None,
                  reasoning=None, batch_size: int = 64):
-    """A `valid_fn` for `sft.train_sft` (and RL): model -> {"valid_hit@k", "valid_ndcg@k", "distinct_top1"} on `samples`.
+    """A `valid_fn` for `sft.train_sft` (and RL): model -> {"valid_hit@k", "valid_ndcg@k", "distinct_top1", "hits"}
+    on `samples` ("hits": 1 per sample whose target is in the top k, for the paired test of `rl.keep_best_p`).
 
     Uses the full paper protocol (greedy thinking + constrained beam search, beam_width defaults to k).
     Deterministic and does not touch the global RNG, so resumed runs stay identical.
@@ -452,6 +453,7 @@ def quick_hit_fn(grammar, dataset, table, tokenizer, samples, k: int = 10, beam_
     def valid_fn(model) -> dict:
         r = evaluate(model, grammar, dataset, table, tokenizer, samples, ks=(k,), beam_width=beam_width or k,
                      batch_size=batch_size, reasoning=reasoning, progress=False)
-        return {f"valid_hit@{k}": r[f"hit@{k}"], f"valid_ndcg@{k}": r[f"ndcg@{k}"], "distinct_top1": r["distinct_top1"]}
+        return {f"valid_hit@{k}": r[f"hit@{k}"], f"valid_ndcg@{k}": r[f"ndcg@{k}"], "distinct_top1": r["distinct_top1"],
+                "hits": [int(0 < rank <= k) for rank in r["ranks"]]}
 
     return valid_fn

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from minisapo import distributed
+from minisapo.evaluate import paired_sign_test
 from minisapo.progress import bar as progress_bar
 from minisapo.runs import (MetricsLogger, check_finite_weights, load_checkpoint, load_optimizer, load_weights,
                            nonfinite_context, rng_state, save_checkpoint, set_rng_state, trim_metrics)
 
 
 # Random streams of a run: mix_seed(seed, STREAM, ...) keeps them apart (same seed, unrelated numbers).
-STREAM_DATA, STREAM_ROLLOUTS, STREAM_HELDOUT = 0, 1, 2
+STREAM_DATA, STREAM_ROLLOUTS, STREAM_HELDOUT, STREAM_EXTRA = 0, 1, 2, 3
 
 
 def mix_seed(*parts: int) -> int:
@@ -68,15 +69,35 @@ def warmup_lr(optimizer, lr: float, step: int, warmup_steps: int) -> float:
     return lr
 
 
-def keep_if_best(best: dict, metric: str, record: dict, step: int, model, path: Path) -> dict:
+def significant_gain(start_hits, hits, p_max: float) -> dict:
+    """The paired sign test of `hits` against `start_hits` (0/1 per validation sample, aligned): {"up", "down",
+    "p", "significant"}, significant when more samples gained than lost and p < p_max (p_max >= 1: any gain)."""
+    t = paired_sign_test(start_hits, hits)
+    return {**t, "significant": t["up"] > t["down"] and (p_max >= 1 or t["p"] < p_max)}
+
+
+def keep_if_best(best: dict, metric: str, record: dict, step: int, model, path: Path,
+                 hits=None, p_max: float | None = None) -> dict:
     """The best evaluation so far: `best` ({"step", metric}, {} at first) or, when `record[metric]` is at least
     as good (higher is better; a tie goes to the later step), this one, whose weights are then saved to `path`
-    (before a checkpoint refers to them)."""
+    (before a checkpoint refers to them).
+
+    With `p_max` (and `hits`, 0/1 per validation sample) only a real gain replaces the start: the first
+    evaluation (step 0, the stage's starting weights) is always eligible; a later one only if it beats the
+    start significantly (`significant_gain`: a paired sign test over the validation samples, p < p_max).
+    `best` then also holds the start's hits and the test of the kept evaluation."""
     value = record.get(metric)
-    if value is None or value < best.get(metric, float("-inf")):
+    gated = p_max is not None and hits is not None
+    if value is None or (best and value < best[metric]):
         return best
-    best = {"step": step, metric: value}
-    save_checkpoint(path, {"model": model.state_dict(), **best})
+    test = None
+    if gated and step > 0:
+        test = significant_gain(best["start_hits"], hits, p_max)
+        if not test["significant"]:
+            return best
+    start_hits = hits if gated and step == 0 else best.get("start_hits")
+    best = {"step": step, metric: value, **({"start_hits": start_hits, "test": test} if gated else {})}
+    save_checkpoint(path, {"model": model.state_dict(), "step": step, metric: value})
     return best
 
 
@@ -89,6 +110,19 @@ def load_best(model, path: Path, best: dict, metric: str, stage: str, last_step:
         load_weights(model, load_checkpoint(path, map_location=device, need=("model",))["model"], path)
     print(f"{stage}: continuing with the best checkpoint by {metric}: step {best['step']}/{last_step} "
           f"({metric} {best[metric]:.4f}; {Path(path).name})")
+    if "start_hits" in best:
+        print(kept_line(stage, best, metric))
+
+
+def kept_line(stage: str, best: dict, metric: str) -> str:
+    """Why a significance-gated stage (`keep_if_best` with p_max) left with the weights it did."""
+    t = best.get("test")
+    if t is None:
+        return (f"{stage}: kept its start (step 0): no evaluation beat it significantly on the "
+                f"{len(best['start_hits'])} validation samples")
+    return (f"{stage}: kept step {best['step']}: a significant gain over the start on {len(best['start_hits'])} "
+            f"validation samples ({metric} {best[metric]:.4f}; +{t['up']} / -{t['down']} samples, sign test "
+            f"p = {t['p']:.2g})")
 
 
 @torch.no_grad()
@@ -109,13 +143,16 @@ class Trainer:
 
     def __init__(self, run_dir: str | Path, stage: str, checkpoint: str, max_steps: int, eval_every: int = 0,
                  save_every: int = 0, progress: bool = True, keep_best: str | None = None,
-                 eval_prefix: str = "eval/", hint: str = "", ema: float = 0.0):
+                 eval_prefix: str = "eval/", hint: str = "", ema: float = 0.0, keep_best_p: float | None = None):
         self.run_dir, self.stage, self.max_steps = Path(run_dir), stage, max_steps
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.run_dir / checkpoint
         # keep_best: the logged metric (e.g. "eval/valid_hit@10") whose best evaluation's weights are kept in
         # <stage>_best.pt and handed back by `use_best` (ties: the later step)
         self.keep_best, self.best_path, self.best = keep_best, self.run_dir / f"{stage}_best.pt", {}
+        # keep_best_p: only an evaluation significantly better than the start (step 0) replaces it: eval_fn then
+        # returns "hits" (0/1 per validation sample) and a paired sign test must give p < keep_best_p
+        self.keep_best_p = keep_best_p
         self.last_eval: dict = {}  # the last evaluation's record (kept in the checkpoint)
         self.last_record: dict = {}  # the last step's record `run` logged
         self.eval_every, self.save_every = eval_every, save_every
@@ -201,15 +238,19 @@ class Trainer:
             return {}
         check_finite_weights(model, self.stage, step, self.hint)
 
-        def measure() -> dict:
+        def measure() -> tuple[dict, list | None]:
             model.eval()
             with nonfinite_context(f"{self.stage} evaluation", step):
-                return flat(self.eval_prefix, eval_fn(model))
+                out = dict(eval_fn(model))
+            hits = out.pop("hits", None)  # per validation sample: for the significance test, not for the log
+            return flat(self.eval_prefix, out), hits
 
         with self.averaged(model):  # ema: the moving average is evaluated and kept
-            record = {"step": step, **distributed.from_main(measure)}
+            measured, hits = distributed.from_main(measure)
+            record = {"step": step, **measured}
             if self.keep_best:  # before a checkpoint refers to the best weights
-                self.best = keep_if_best(self.best, self.keep_best, record, step, model, self.best_path)
+                self.best = keep_if_best(self.best, self.keep_best, record, step, model, self.best_path, hits,
+                                         self.keep_best_p)
         self.log(record)
         self.last_eval = record
         if self.progress:

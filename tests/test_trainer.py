@@ -91,3 +91,39 @@ def test_ema_evaluates_keeps_and_ends_with_the_moving_average(tmp_path):
     trainer.run(start, model, opt, one_step, scored)
     assert seen == [reference[s] for s in (0, 2, 4, 4, 6)]  # step 4 evaluated again after the resume
     assert model.weight.item() == reference[6]  # without keep_best the stage ends with the average
+
+
+def test_keep_best_p_keeps_the_start_unless_the_gain_is_significant(tmp_path, capsys):
+    """With keep_best_p only an evaluation significantly better than step 0 (a paired sign test over the
+    validation samples) replaces it; the kept step and its test are in the best record and printed."""
+    n = 200
+
+    def hits_of(step):  # 0/1 per validation sample: step 0 hits 60; step 2 gains 8 (noise); step 4 gains 40
+        gain = {0: 0, 2: 8, 4: 40, 6: 6}[step]
+        return [1] * (60 + gain) + [0] * (n - 60 - gain)
+
+    for p, kept in ((0.05, 4), (1.0, 4)):
+        d = tmp_path / str(p)
+        model, opt, trainer, evals, _, one_step = _setup(d, None, keep_best="eval/hit@10", keep_best_p=p)
+
+        def eval_fn(m):
+            h = hits_of(round(m.weight.item()))
+            return {"hit@10": sum(h) / n, "hits": h}
+
+        trainer.run(trainer.fresh(), model, opt, one_step, eval_fn)
+        assert trainer.best["step"] == kept and model.weight.item() == kept
+        assert trainer.best["test"]["up"] == 40 and trainer.best["test"]["down"] == 0
+        assert "hits" not in json.dumps([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()])
+    # only noise: the start (step 0) stays, and the line says so
+    d = tmp_path / "noise"
+    model, opt, trainer, evals, _, one_step = _setup(d, None, keep_best="eval/hit@10", keep_best_p=0.05)
+
+    def noisy(m):
+        step = round(m.weight.item())
+        h = [1] * 60 + [0] * (n - 60) if step == 0 else [0] * 5 + [1] * 63 + [0] * (n - 68)  # +8 / -5: p = .58
+        return {"hit@10": sum(h) / n, "hits": h}
+
+    capsys.readouterr()
+    trainer.run(trainer.fresh(), model, opt, one_step, noisy)
+    assert trainer.best["step"] == 0 and trainer.best["test"] is None and model.weight.item() == 0.0
+    assert "kept its start (step 0): no evaluation beat it significantly" in capsys.readouterr().out
