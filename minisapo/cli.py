@@ -9,6 +9,8 @@
                      other settings, e.g. --eval.beam_width=20, write a file of their own: eval_test_beam_width20.json)
     minisapo compare [--algos=grpo,sapo] [--seeds=3] [--preset=..] [--sweep=items_per_leaf:4,16,64]
                      [--from=<sft run dir>]   (--from: every seed starts from that run's SFT model)
+                     [--tune=rl.learning_rate:1e-5,3e-5,1e-4]   (each arm's value picked on validation users)
+                     arms: rl presets, sft_continued (the control), supervised, preset+key=value
     minisapo bench   [--device=auto] [--preset=small] [--threads=1]
 
 Several processes (GPUs, or CPU shares): `torchrun --nproc_per_node=N -m minisapo run|sft|rl|compare ...`
@@ -62,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--algos", default="grpo,sapo", help="compare: comma-separated algorithm presets")
     p.add_argument("--seeds", type=int, default=3, help="compare: number of seeds")
     p.add_argument("--sweep", help="compare: KNOB:V1,V2,... e.g. items_per_leaf:4,16,64")
+    p.add_argument("--tune", help="compare: KEY:V1,V2,... an RL setting chosen per arm on validation users (seed 0), "
+                                  "e.g. rl.learning_rate:1e-5,3e-5,1e-4")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (also MINISAPO_DEBUG=1)")
     return p
 
@@ -153,7 +157,7 @@ def _dispatch(args, rest: list[str]) -> int:
     if args.command == "compare":
         from minisapo.compare import cmd_compare
 
-        return cmd_compare(overrides, args.algos.split(","), args.seeds, args.sweep, args.from_run)
+        return cmd_compare(overrides, args.algos.split(","), args.seeds, args.sweep, args.from_run, args.tune)
     if args.command == "run":  # the one precedence rule: defaults, preset, --algo, overrides
         return pipeline.cmd_run(pipeline.make_run_config(overrides, algo=args.algo or "sapo"), resume=args.resume)
     cfg = pipeline.make_run_config(overrides)

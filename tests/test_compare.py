@@ -12,11 +12,12 @@ from tests.test_cli import FAST
 def test_summarize_is_mean_and_std_over_seeds():
     rows = {"sapo": [{"hit@10": 0.2, "valid_rate": 1.0}, {"hit@10": 0.4, "valid_rate": 1.0}]}
     s = summarize(rows)
-    assert s["sapo"]["hit@10"] == pytest.approx([0.3, 0.1])
+    assert s["sapo"]["hit@10"] == pytest.approx([0.3, 0.02 ** 0.5])  # sample std: sqrt((0.1^2 + 0.1^2) / (2 - 1))
     assert s["sapo"]["valid_rate"] == pytest.approx([1.0, 0.0])
-    # three seeds: mean 0.3, population std (divide by n, not n - 1) sqrt((0.2^2 + 0.1^2 + 0.3^2) / 3)
+    # three seeds: mean 0.3, sample std (divide by n - 1) sqrt((0.2^2 + 0.1^2 + 0.3^2) / 2)
     three = summarize({"grpo": [{"hit@10": 0.1}, {"hit@10": 0.2}, {"hit@10": 0.6}]})
-    assert three["grpo"]["hit@10"] == pytest.approx([0.3, (0.14 / 3) ** 0.5])
+    assert three["grpo"]["hit@10"] == pytest.approx([0.3, (0.14 / 2) ** 0.5])
+    assert summarize({"one": [{"hit@10": 0.4}]})["one"]["hit@10"] == [0.4, 0.0]  # one seed: no spread
 
 
 def test_compare_two_algos_two_seeds(tmp_path):
@@ -30,7 +31,7 @@ def test_compare_two_algos_two_seeds(tmp_path):
         assert len(rows) == 2
         mean, std = out["summary"][algo]["hit@10"]
         a, b = rows[0]["hit@10"], rows[1]["hit@10"]
-        assert mean == pytest.approx((a + b) / 2) and std == pytest.approx(abs(a - b) / 2)  # two seeds, by hand
+        assert mean == pytest.approx((a + b) / 2) and std == pytest.approx(abs(a - b) / 2 ** 0.5)  # two seeds, by hand
         assert 0.0 <= out["summary"][algo]["frac_reward_zero_std"][0] <= 1.0
     # both algorithms started from the same SFT weights of their seed, with the same rollout budget
     for s in range(2):
