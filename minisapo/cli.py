@@ -20,8 +20,9 @@ defaults, then `--preset`, then `--algo`, then your overrides. A dataset made on
 `minisapo data --source=... --name=X` is found by name later: `--data.name=X` (`--name=X` in sid).
 
 An expected failure (a bad setting or name, a missing, corrupt or unreadable file, a device that is not
-there, NaN in training, a busy run) is one line on stderr naming the file or key, exit code 2;
-`--debug` (or MINISAPO_DEBUG=1) shows the traceback instead.
+there, NaN in training, a busy run, memory running out) is one line on stderr naming the file or key, exit
+code 2; `--debug` (or MINISAPO_DEBUG=1) shows the traceback instead. An interrupted command (Ctrl-C,
+SIGTERM) removes its temporary files and exits with code 130.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import errno
 import gzip
 import os
 import pickle
+import signal
 import sys
+import threading
 import zipfile
 import zlib
 
@@ -76,7 +79,11 @@ def error_line(e: BaseException) -> str:
                 errno.EPERM: "cannot be accessed (operation not permitted)",
                 errno.ENOSPC: "cannot be written: the disk is full",
                 errno.EEXIST: "already exists as a file where a folder is needed",
-                errno.EROFS: "is on a read-only file system"}.get(e.errno, e.strerror or str(e))
+                errno.EROFS: "is on a read-only file system",
+                errno.ELOOP: "is a symbolic link: minisapo never writes through a link; replace it with the file itself",
+                errno.EFBIG: "cannot be written: it would pass the file-size limit (ulimit -f)",
+                errno.ENAMETOOLONG: "has a name too long for the file system: use a shorter --name"
+                }.get(e.errno, e.strerror or str(e))
         return f"{e.filename} {what}"
     if isinstance(e, MemoryError) or _out_of_memory(e):
         return ("out of memory: use a smaller --preset, --sft.batch_size, --rl.batch_size, --rl.num_generations or "
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("MINISAPO_DEBUG", "") not in ("", "0")
     from minisapo import distributed  # under torchrun: join the process group (else nothing happens)
 
+    on_term = _interrupt_on_sigterm()
     try:
         distributed.init()
         code = _dispatch(args, rest)
@@ -113,10 +121,28 @@ def main(argv: list[str] | None = None) -> int:
         _close_bars()
         print(f"minisapo {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM (`kill`, a scheduler's time limit) interrupts the command like Ctrl-C, so the same cleanup runs
+    (temporary files and folders removed, the lock released). Returns the handler it replaced (None when
+    this is not the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    return type(e).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (a RuntimeError), matched by name
+    """torch.OutOfMemoryError (a RuntimeError, matched by name), or the CPU allocator's RuntimeError."""
+    return type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 def _close_bars() -> None:

@@ -145,7 +145,7 @@ def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "", from_r
     per_algo = algo_configs(overrides, algos, from_run)
     root = Path(base.runs_dir) / check_name(f"compare_{base.name}{tag}", "name")
     check_device(base.device)
-    with run_lock(root):
+    with run_lock(root, markers=("compare.json", "seed0", "sft")):
         for s in range(seeds):  # every input and every earlier piece is checked before anything is trained
             if from_run is None:
                 _check_piece(_seeded(base, s), root / f"seed{s}" / "sft", root)
@@ -266,7 +266,7 @@ def sweep_compare(overrides: dict, algos: list[str], seeds: int, sweep: str) -> 
         check_name(f"compare_{make_config({**overrides, key: v}).name}_{knob}{v}", "sweep")
         algo_configs({**overrides, key: v}, algos)
     root = Path(base.runs_dir) / check_name(f"sweep_{base.name}_{knob}", "sweep")
-    with run_lock(root):
+    with run_lock(root, markers=("sweep.json",)):
         return _sweep(overrides, algos, seeds, knob, key, values, root)
 
 

@@ -14,7 +14,6 @@ Each function reads top to bottom; the algorithms live in the stage modules.
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import build_examples, build_prompt, build_sequence_examples
-from minisapo.files import read_json, same_path, swap_dir, write_json
+from minisapo.files import read_json, remove, same_path, swap_dir, temp_path, write_json
 from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
 from minisapo.sft import load_sft_weights, train_sft
 from minisapo.tokenizer import Tokenizer
@@ -100,10 +99,13 @@ def snapshot_sids(stack: Stack, run_dir: Path) -> None:
     dst = Path(run_dir) / "sid"
     if stack.sid_dir is None or same_path(stack.sid_dir, dst) or not distributed.is_main():  # (torchrun: rank 0's)
         return
-    tmp = Path(run_dir) / f".sid.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(stack.sid_dir, tmp)
-    swap_dir(tmp, dst)
+    tmp = temp_path(dst)
+    remove(tmp)
+    try:
+        shutil.copytree(stack.sid_dir, tmp)
+        swap_dir(tmp, dst)
+    finally:
+        remove(tmp)
 
 
 def new_model(cfg: Config, stack: Stack) -> GPT:
@@ -165,10 +167,12 @@ def start_run(cfg: Config, resume: bool, stack: Stack | None = None) -> Path:
 
     Call it only once every input has been read (dataset, SIDs, traces, the weights to start from), so
     a command that fails on a bad input changes nothing. Without --resume, an earlier run's outputs are
-    removed here (so metrics.jsonl never mixes two runs); with it, they are kept and continued."""
+    removed here (so metrics.jsonl never mixes two runs, and no RL file is left beside a new SFT model); with
+    it, they are kept and continued."""
     run_dir = run_dir_of(cfg)
     if distributed.is_main():  # torchrun: rank 0 prepares the run directory, the others wait for it
-        old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")]
+        old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")
+               or p.name in ("rl_config.json", "report.md")]
         if old and not resume:
             print(f"{run_dir} holds an earlier run: starting afresh (use --resume to continue it instead)")
             for p in old:

@@ -675,8 +675,8 @@ def test_a_busy_run_is_refused(ws, capsys):
 def test_two_commands_on_one_run_at_once(ws, capsys):
     """Two processes: while one holds runs/toy (a stand-in that only takes the lock, like a running command
     would), a real `minisapo eval` on that run is refused with exit code 2; once it is gone, its lock is stale."""
-    code = ("import os, time; fd = os.open('runs/toy/.lock', os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
-            "os.write(fd, f'{os.getpid()}\\n'.encode()); os.close(fd); print('locked', flush=True); time.sleep(60)\n")
+    code = ("import time; from minisapo.runs import run_lock\n"
+            "with run_lock('runs/toy'):\n    print('locked', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

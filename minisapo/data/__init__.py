@@ -12,8 +12,6 @@ Every source produces the same processed form (see dataset.py); the CLI is
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -166,10 +164,11 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         raise ValueError(f"unknown data source {cfg.source!r}: use --source=synthetic, amazon or atomic")
     if cfg.split not in ("loo", "temporal"):
         raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
-    from minisapo.files import check_name, swap_dir
+    from minisapo.files import check_name, claim_dir, remove, swap_dir, temp_path
 
     name = check_name(dataset_name(cfg), "data.name")  # one folder name: nothing is written outside processed/
     out = Path(data_dir) / "processed" / name
+    claim_dir(out, ("dataset.json",), "a dataset folder")  # never a folder of the user's, never through a link
     settings = {**_settings_of(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
     info_file = out / "dataset.json"
     if info_file.exists():
@@ -208,14 +207,14 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         from minisapo.data.atomic import read_source
         raw = read_source(cfg.path, strict=cfg.strict)
         raw.info["source"] = "atomic"
-    tmp = out.parent / f".{name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_path(out, "building")
+    remove(tmp)
     try:
         info = write_processed(raw, tmp, name, kcore_k=cfg.kcore, start=cfg.start, end=cfg.end,
                                split=cfg.split, max_history=cfg.max_history, settings=settings)
         swap_dir(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
     s = info["splits"]
     print(f"wrote {out}: {info['num_users']} users, {info['num_items']} items, {info['num_interactions']} interactions; "
           f"samples train {s['train']} / valid {s['valid']} / test {s['test']} ({cfg.split})")
