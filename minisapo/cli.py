@@ -19,6 +19,9 @@ Every `--key=value` that is not one of the flags above is a config override (see
 defaults, then `--preset`, then `--algo`, then your overrides. A dataset made once with
 `minisapo data --source=... --name=X` is found by name later: `--data.name=X` (`--name=X` in sid).
 
+A run folder's config.json is data: a plug-in it names (`--rl.reward=file.py:fn`) is imported only when
+the command names it again, or with --trust-plugins.
+
 An expected failure (a bad setting or name, a missing, corrupt or unreadable file, a device that is not
 there, NaN in training, a busy run, memory running out) is one line on stderr naming the file or key, exit
 code 2; `--debug` (or MINISAPO_DEBUG=1) shows the traceback instead. An interrupted command (Ctrl-C,
@@ -65,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--algos", default="grpo,sapo", help="compare: comma-separated algorithm presets")
     p.add_argument("--seeds", type=int, default=3, help="compare: number of seeds")
     p.add_argument("--sweep", help="compare: KNOB:V1,V2,... e.g. items_per_leaf:4,16,64")
+    p.add_argument("--trust-plugins", action="store_true",
+                   help="import the plug-ins a run's config.json names (--rl.reward/--rl.advantage=file.py:fn)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (also MINISAPO_DEBUG=1)")
     return p
 
@@ -101,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a bad command line (already reported in one line)
         return int(e.code or 0)
     debug = args.debug or os.environ.get("MINISAPO_DEBUG", "") not in ("", "0")
-    from minisapo import distributed  # under torchrun: join the process group (else nothing happens)
+    from minisapo import distributed, plugins  # under torchrun: join the process group (else nothing happens)
 
+    plugins.reset(trust_all=args.trust_plugins)
     on_term = _interrupt_on_sigterm()
     try:
         distributed.init()

@@ -28,7 +28,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minisapo import rl
+from minisapo import plugins, rl
 from minisapo.data import DataConfig
 from minisapo.evaluate import EvalConfig
 from minisapo.generate import ROLLOUTS
@@ -275,7 +275,15 @@ def apply_algo(cfg: Config, algo: str) -> None:
         key, eq, value = mod.partition("=")
         if not eq or not key:
             raise ConfigError(f"--algo={algo}: expected PRESET+key=value, got {mod!r}")
-        set_value(cfg, key if "." in key else f"rl.{key}", value)
+        _set_given(cfg, key if "." in key else f"rl.{key}", value)
+
+
+def _set_given(cfg: Config, key: str, value) -> None:
+    """`set_value` for a setting the command (or code) gives itself: a plug-in it names may be imported."""
+    set_value(cfg, key, value)
+    full = resolve_key(key, cfg)
+    if full in plugins.KEYS:
+        plugins.trust(_get(cfg, full))
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None = None,
@@ -287,7 +295,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None 
     for k, v in overrides.items():
         if k == "preset":
             raise ConfigError("--preset only applies when a run starts; this command reads the run's config.json")
-        set_value(cfg, k, v)
+        _set_given(cfg, k, v)
     if validate_now:
         validate(cfg)
     return cfg
@@ -295,14 +303,16 @@ def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None 
 
 def check_rl(cfg: RLConfig) -> None:
     """A ValueError that says what to change about RL's names and group (`validate` adds the range checks of
-    every number): every option one of rl.py's names, a plug-in tried on an example now, not at step 1."""
+    every number): every option one of rl.py's names, a plug-in tried on an example now, not at step 1 (but not
+    one only a run's config.json names: that is never imported, see minisapo.plugins)."""
     for key, allowed in (("scale_rewards", rl.SCALE_REWARDS), ("loss_type", rl.LOSS_TYPES), ("rollout", ROLLOUTS),
                          ("optimizer", rl.OPTIMIZERS), ("reward", rl.REWARDS), ("advantage", rl.ADVANTAGES)):
         if getattr(cfg, key) not in allowed and not (key in ("reward", "advantage") and ":" in getattr(cfg, key)):
             raise ValueError(f"rl.{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}"
                              + (" (or module:function)" if key in ("reward", "advantage") else ""))
-    rewards = rl.compute_rewards(EXAMPLE_MATCHES, cfg.reward, cfg.advantage, EXAMPLE_GROUP)  # a plug-in is tried now
-    rl.advantage_function(cfg.advantage)(rewards, EXAMPLE_GROUP, cfg.scale_rewards)
+    if plugins.may_load(cfg.reward) and plugins.may_load(cfg.advantage):
+        rewards = rl.compute_rewards(EXAMPLE_MATCHES, cfg.reward, cfg.advantage, EXAMPLE_GROUP)  # a plug-in is tried now
+        rl.advantage_function(cfg.advantage)(rewards, EXAMPLE_GROUP, cfg.scale_rewards)
     if cfg.reward == "rank" and cfg.rollout != "beam":
         raise ValueError("rl.reward=rank ranks the group, so it needs --rl.rollout=beam")
     if cfg.num_generations < 2:

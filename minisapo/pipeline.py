@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minisapo import data as data_lib
-from minisapo import distributed
+from minisapo import distributed, plugins
 from minisapo import sid as sid_lib
 from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_overrides, config_changes, from_dict,
                              make_config, resolve_key, to_dict)
@@ -199,13 +199,23 @@ def check_resume(cfg: Config, run_dir: Path) -> None:
 
 
 def load_run_config(run_dir: str | Path) -> Config:
+    """The settings in `<run_dir>/config.json`. A run folder is data (it may come from someone else): a plug-in
+    it names is not imported unless the command names it again (minisapo.plugins), and the folders it names are
+    not destinations: runs_dir is the folder `run_dir` is in, and data_dir the stored one only if it already
+    holds the run's dataset, else the default (a command's --data_dir / --runs_dir still wins)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `minisapo sft` or `run`?")
     try:
-        return from_dict(read_json(path))
+        cfg = from_dict(read_json(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e} (was it made by another minisapo version? start a new run)") from None
+    for key in plugins.KEYS:
+        plugins.stored(getattr(cfg.rl, key.split(".")[1]), path)
+    cfg.runs_dir = str(Path(run_dir).parent)
+    if not (Path(cfg.data_dir) / "processed" / data_lib.dataset_name(cfg.data) / "dataset.json").is_file():
+        cfg.data_dir = Config().data_dir
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
