@@ -39,8 +39,8 @@ import numpy as np
 
 from minisapo.config import Config, ConfigError, apply_overrides, config_changes, make_config, resolve_key
 from minisapo.evaluate import paired_sign_test
-from minisapo.pipeline import (load_run_config, load_stack, make_run_config, new_model, pick_device, save_config,
-                               snapshot_sids, stage_eval, stage_rl, stage_sft, train_samples)
+from minisapo.pipeline import (check_rl_stack, load_run_config, load_stack, make_run_config, new_model, pick_device,
+                               save_config, snapshot_sids, stage_eval, stage_rl, stage_sft, train_samples)
 from minisapo.reasoning import build_examples
 from minisapo.files import atomic_write, check_name, read_json, write_json
 from minisapo.runs import check_device, load_checkpoint, read_metrics, run_lock
@@ -175,6 +175,8 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
     shared = None  # with from_run: (stack, model, SFT report), the same for every seed
     if from_run:
         stack = load_stack(base, Path(from_run), reuse_run_sids=True)  # the run's own SIDs and tokenizer
+        for algo in algos:
+            check_rl_stack(per_algo[algo], stack)
         sft_model = new_model(base, stack)
         load_sft_weights(sft_model, from_run)
         print(f"compare: every seed starts from the SFT model of {from_run}")
@@ -190,6 +192,8 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
         else:
             sft_dir = seed_dir / "sft"
             stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # every algorithm of this seed uses the SFT's SIDs
+            for algo in algos:  # before SFT trains
+                check_rl_stack(_seeded(per_algo[algo], s), stack)
             save_config(cfg, sft_dir)
             snapshot_sids(stack, sft_dir)
             fresh_sft = not (sft_dir / "eval_test.json").exists()

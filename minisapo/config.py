@@ -415,6 +415,13 @@ def _range_errors(cfg: Config):
         for k in ("zipf", "noise", "stay", "jump", "focus"):
             if getattr(d, k) is not None and not _finite(getattr(d, k)):
                 yield f"data.{k}", "must be a finite number"
+    if name_error(dataset_name(d), "data.name") is None:
+        out = (Path(str(cfg.data_dir)) / "processed" / dataset_name(d)).resolve()
+        for key in ("reviews", "meta", "path"):
+            f = getattr(d, key)
+            if d.source != "synthetic" and f and out in (Path(f).resolve(), *Path(f).resolve().parents):
+                yield f"data.{key}", (f"is inside {out}, the folder this dataset is written to: point it at the raw "
+                                      f"files elsewhere (e.g. data/raw/), or pick another --data.name")
     if d.source == "amazon" and not d.reviews:
         yield "data.reviews", "--source=amazon needs --reviews=FILE (see data/README.md)"
     if d.source == "atomic" and not d.path:
@@ -463,6 +470,12 @@ def _range_errors(cfg: Config):
                     ("eval_samples", 0), ("log_every", 1)):
         if getattr(t, key) < lo:
             yield f"sft.{key}", f"must be >= {lo}"
+    if not (_finite(t.pretrain_epochs) and t.pretrain_epochs >= 0):
+        yield "sft.pretrain_epochs", "must be a finite number >= 0 (0 = no pretraining)"
+    if t.pretrain_window < 0 or t.pretrain_window == 1:
+        yield "sft.pretrain_window", "must be 0 (data.max_history + 1) or >= 2 items"
+    if t.pretrain_stride < 0:
+        yield "sft.pretrain_stride", "must be >= 0 (0 = the window: windows side by side)"
     if not (_finite(t.user_fraction) and 0 < t.user_fraction <= 1):
         yield "sft.user_fraction", "must be in (0, 1] (1 = SFT on every training user)"
     if not (_finite(t.epochs) and t.epochs >= 0):
@@ -481,7 +494,7 @@ def _range_errors(cfg: Config):
             yield f"sft.{key}", f"must be {text}"
     # --- rl (enums, num_generations, batch_size, ... are check_rl's)
     q = cfg.rl
-    for key, lo in (("max_steps", 0), ("eval_every", 0), ("save_every", 0)):
+    for key, lo in (("max_steps", 0), ("eval_every", 0), ("save_every", 0), ("warmup_steps", 0), ("eval_prompts", 1)):
         if getattr(q, key) < lo:
             yield f"rl.{key}", f"must be >= {lo}"
     for key, text in (("temperature", "a finite number > 0"), ("learning_rate", "a finite number > 0")):

@@ -238,8 +238,39 @@ def sft_examples(cfg: Config, stack: Stack) -> tuple[list, list]:
     return train, valid
 
 
-def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, examples: tuple | None = None) -> GPT:
-    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt)."""
+def pretrain_examples(cfg: Config, stack: Stack) -> list:
+    """The next-item pretraining windows over the training sequences (none without sft.pretrain_epochs), each
+    checked to fit model.max_seq_len."""
+    if cfg.sft.pretrain_epochs <= 0:
+        return []
+    window = cfg.sft.pretrain_window or cfg.data.max_history + 1
+    seqs = build_sequence_examples(stack.dataset, stack.table, stack.tokenizer, stack.dataset.splits["train"], window,
+                                   stride=cfg.sft.pretrain_stride or None, cfg=cfg.reasoning)
+    longest = max((len(p) + len(r) for p, r in seqs), default=0)
+    if longest > cfg.model.max_seq_len:
+        raise ConfigError(f"a pretraining window of {window} items is {longest} tokens but model.max_seq_len="
+                          f"{cfg.model.max_seq_len}: lower --sft.pretrain_window or raise --max_seq_len")
+    return seqs
+
+
+def check_rl_stack(cfg: Config, stack: Stack) -> None:
+    """RL's settings only the dataset can check, checked before anything is replaced: sft.user_fraction leaves
+    RL at least one prompt per process, and the catalog can fill a beam group."""
+    n, procs = len(train_samples(cfg, stack, "rl")), distributed.world_size()
+    if n < procs:
+        raise ConfigError(f"--sft.user_fraction={cfg.sft.user_fraction} leaves RL {n} training prompt(s) (those of the "
+                          f"users SFT does not see), fewer than the {procs} process(es): lower sft.user_fraction")
+    sids = len({tuple(stack.table.tokens(i)) for i in range(stack.table.num_items)})
+    if cfg.rl.rollout == "beam" and cfg.rl.num_generations > sids:
+        raise ConfigError(f"--rl.num_generations={cfg.rl.num_generations}: with rl.rollout=beam the group is the top "
+                          f"G distinct SIDs, and dataset {stack.dataset.name!r} has {sids}: set it <= {sids} (or use "
+                          f"--rl.rollout=sample)")
+
+
+def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, examples: tuple | None = None,
+              pretrain: list | None = None) -> GPT:
+    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt).
+    `examples` / `pretrain`: what sft_examples / pretrain_examples return (made here when None)."""
     train, valid = examples if examples is not None else sft_examples(cfg, stack)
     from minisapo.plots import plot_response_steps  # one training example, each token coloured by its step
 
@@ -249,12 +280,7 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, ex
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
     if cfg.sft.pretrain_epochs > 0:  # next-item pretraining on the training sequences, then SFT from there
         window = cfg.sft.pretrain_window or cfg.data.max_history + 1
-        seqs = build_sequence_examples(stack.dataset, stack.table, stack.tokenizer, stack.dataset.splits["train"], window,
-                                       stride=cfg.sft.pretrain_stride or None, cfg=cfg.reasoning)
-        longest = max((len(p) + len(r) for p, r in seqs), default=0)
-        if longest > cfg.model.max_seq_len:
-            raise ConfigError(f"a pretraining window of {window} items is {longest} tokens but model.max_seq_len="
-                              f"{cfg.model.max_seq_len}: lower --sft.pretrain_window or raise --max_seq_len")
+        seqs = pretrain if pretrain is not None else pretrain_examples(cfg, stack)
         pre = copy.deepcopy(cfg.sft)
         pre.max_steps, pre.epochs = 0, cfg.sft.pretrain_epochs  # validated and selected like SFT (pretrain_best.pt)
         print(f"pretrain: {cfg.sft.pretrain_epochs:g} epochs over {len(seqs)} windows of up to {window} training items "
@@ -347,8 +373,9 @@ def cmd_sft(cfg: Config, resume: bool = False) -> int:
             check_resume(cfg, run_dir)
         stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
         examples = sft_examples(cfg, stack)  # every input is read before start_run replaces anything
+        pretrain = pretrain_examples(cfg, stack)
         start_run(cfg, resume, stack)
-        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples)
+        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
         stage_eval(cfg, stack, model, run_dir)
         _finish(cfg, run_dir)
     return 0
@@ -406,6 +433,7 @@ def cmd_rl(from_run: str, algo: str, overrides: dict, resume: bool = False) -> i
         if resume:
             check_resume(cfg, run_dir)
         stack = load_stack(cfg, src, reuse_run_sids=True)  # the SFT run's SIDs, snapshotted into this run too
+        check_rl_stack(cfg, stack)
         model = new_model(cfg, stack)
         load_sft_weights(model, src, device=pick_device(cfg.device))
         start_run(cfg, resume, stack)  # only now, with the SFT weights read, is anything replaced
@@ -429,9 +457,12 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
         if resume:
             check_resume(cfg, run_dir)
         stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
-        examples = sft_examples(cfg, stack)  # every input is read before start_run replaces anything
+        examples = sft_examples(cfg, stack)  # every input is read (and checked) before start_run replaces anything
+        pretrain = pretrain_examples(cfg, stack)
+        if cfg.rl.max_steps > 0:
+            check_rl_stack(cfg, stack)
         start_run(cfg, resume, stack)
-        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples)
+        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
         stage_eval(cfg, stack, model, run_dir, tag="_sft")
         test = stack.dataset.splits["test"]
         token_credit_figure(model, stack.grammar, stack.table, test, _prompts(cfg, stack, test[:32]),

@@ -145,10 +145,17 @@ def named(cfg: DataConfig, data_dir: str | Path, given: set[str] | frozenset = f
     with, for every data field the command did not set itself (`given`: DataConfig field names).
 
     So `minisapo data --source=atomic --path=DIR --name=ml` once, then `--data.name=ml` alone (no
-    --source/--path) in `sid`, `sft`, `run` and `compare`. Nothing changes without a name, when no such
-    dataset exists, or when the command names a source itself (SOURCE_KEYS in `given`).
+    --source/--path) in `sid`, `sft`, `run` and `compare`. Nothing changes without a name, or when the
+    command names a source itself (SOURCE_KEYS in `given`). A name of no existing dataset is a ValueError
+    (a typo must not build a synthetic world under it), unless the command says how to build it: a source,
+    or a synthetic world's setting (`--world=tiny --data.name=mine`).
     """
     stored = stored_settings(data_dir, cfg.name) if cfg.name else None
+    if cfg.name and not stored and not any(k in given for k in SOURCE_KEYS + _SYNTHETIC_ONLY) \
+            and cfg.name != _default_name(cfg):
+        raise ValueError(f"--data.name={cfg.name}: there is no dataset {Path(data_dir) / 'processed' / cfg.name} "
+                         f"(with a dataset.json); make it first (minisapo data --source=... --name={cfg.name}), "
+                         f"or say how to build it here (--source=synthetic --world=...)")
     if not stored or any(k in given for k in SOURCE_KEYS):
         return cfg
     fields = set(asdict(cfg))
