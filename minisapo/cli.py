@@ -21,9 +21,13 @@ Every `--key=value` that is not one of the flags above is a config override (see
 defaults, then `--preset`, then `--algo`, then your overrides. A dataset made once with
 `minisapo data --source=... --name=X` is found by name later: `--data.name=X` (`--name=X` in sid).
 
+A run folder's config.json is data: a plug-in it names (`--rl.reward=file.py:fn`) is imported only when
+the command names it again, or with --trust-plugins.
+
 An expected failure (a bad setting or name, a missing, corrupt or unreadable file, a device that is not
-there, NaN in training, a busy run) is one line on stderr naming the file or key, exit code 2;
-`--debug` (or MINISAPO_DEBUG=1) shows the traceback instead.
+there, NaN in training, a busy run, memory running out) is one line on stderr naming the file or key, exit
+code 2; `--debug` (or MINISAPO_DEBUG=1) shows the traceback instead. An interrupted command (Ctrl-C,
+SIGTERM) removes its temporary files and exits with code 130.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import errno
 import gzip
 import os
 import pickle
+import signal
 import sys
+import threading
 import zipfile
 import zlib
 
@@ -66,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="compare: KNOB:V1,V2,... e.g. items_per_leaf:4,16,64")
     p.add_argument("--tune", help="compare: KEY:V1,V2,... an RL setting chosen per arm on validation users (seed 0), "
                                   "e.g. rl.learning_rate:1e-5,3e-5,1e-4")
+    p.add_argument("--trust-plugins", action="store_true",
+                   help="import the plug-ins a run's config.json names (--rl.reward/--rl.advantage=file.py:fn)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (also MINISAPO_DEBUG=1)")
     return p
 
@@ -80,7 +88,11 @@ def error_line(e: BaseException) -> str:
                 errno.EPERM: "cannot be accessed (operation not permitted)",
                 errno.ENOSPC: "cannot be written: the disk is full",
                 errno.EEXIST: "already exists as a file where a folder is needed",
-                errno.EROFS: "is on a read-only file system"}.get(e.errno, e.strerror or str(e))
+                errno.EROFS: "is on a read-only file system",
+                errno.ELOOP: "is a symbolic link: minisapo never writes through a link; replace it with the file itself",
+                errno.EFBIG: "cannot be written: it would pass the file-size limit (ulimit -f)",
+                errno.ENAMETOOLONG: "has a name too long for the file system: use a shorter --name"
+                }.get(e.errno, e.strerror or str(e))
         return f"{e.filename} {what}"
     if isinstance(e, MemoryError) or _out_of_memory(e):
         return ("out of memory: use a smaller --preset, --sft.batch_size, --rl.batch_size, --rl.num_generations or "
@@ -98,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a bad command line (already reported in one line)
         return int(e.code or 0)
     debug = args.debug or os.environ.get("MINISAPO_DEBUG", "") not in ("", "0")
-    from minisapo import distributed  # under torchrun: join the process group (else nothing happens)
+    from minisapo import distributed, plugins  # under torchrun: join the process group (else nothing happens)
 
+    plugins.reset(trust_all=args.trust_plugins)
+    on_term = _interrupt_on_sigterm()
     try:
         distributed.init()
         code = _dispatch(args, rest)
@@ -117,10 +131,28 @@ def main(argv: list[str] | None = None) -> int:
         _close_bars()
         print(f"minisapo {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM (`kill`, a scheduler's time limit) interrupts the command like Ctrl-C, so the same cleanup runs
+    (temporary files and folders removed, the lock released). Returns the handler it replaced (None when
+    this is not the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    return type(e).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError (a RuntimeError), matched by name
+    """torch.OutOfMemoryError (a RuntimeError, matched by name), or the CPU allocator's RuntimeError."""
+    return type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 def _close_bars() -> None:

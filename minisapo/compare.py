@@ -49,8 +49,9 @@ import numpy as np
 from minisapo.config import Config, ConfigError, apply_overrides, config_changes, make_config, resolve_key, to_dict
 from minisapo.evaluate import paired_sign_test
 from minisapo.generate import sample
-from minisapo.pipeline import (eval_fn, load_run_config, load_stack, make_run_config, new_model, pick_device,
-                               prompts_for, save_config, snapshot_sids, stage_eval, stage_rl, stage_sft, train_samples)
+from minisapo.pipeline import (check_rl_stack, eval_fn, load_run_config, load_stack, make_run_config, new_model,
+                               pick_device, prompts_for, save_config, snapshot_sids, stage_eval, stage_rl, stage_sft,
+                               train_samples)
 from minisapo.files import atomic_write, check_name, read_json, write_json
 from minisapo.runs import check_device, load_checkpoint, read_metrics, run_lock
 from minisapo.sft import load_sft_weights, train_sft
@@ -223,7 +224,7 @@ def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "", from_r
                               f"drop --from (compare then trains one per seed)")
     root = Path(base.runs_dir) / check_name(f"compare_{base.name}{tag}", "name")
     check_device(base.device)
-    with run_lock(root):
+    with run_lock(root, markers=("compare.json", "seed0", "sft")):
         for s in range(seeds):  # every input and every earlier piece is checked before anything is trained
             if from_run is None:
                 _check_piece(_seeded(base, s), root / f"seed{s}" / "sft", root)
@@ -269,6 +270,8 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
     sfts: dict[str, tuple] = {}  # sft_key -> (stack, model, report) of this seed's SFT model for those settings
     if from_run:
         stack = load_stack(base, Path(from_run), reuse_run_sids=True)  # the run's own SIDs and tokenizer
+        for algo in algos:
+            check_rl_stack(per_algo[algo], stack)
         sft_model = new_model(base, stack)
         load_sft_weights(sft_model, from_run)
         print(f"compare: every seed starts from the SFT model of {from_run}")
@@ -285,6 +288,10 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
             if key not in sfts:
                 sft_dir = root / f"seed{s}" / name
                 stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # the arms of this model use its SIDs
+                for algo in algos:  # every RL arm of this model is checked against its stack before SFT trains
+                    acfg = _seeded(per_algo[algo], s)
+                    if algo != SUPERVISED and sft_key(acfg) == key:
+                        check_rl_stack(acfg, stack)
                 save_config(cfg, sft_dir)
                 snapshot_sids(stack, sft_dir)
                 fresh = not (sft_dir / "eval_test.json").exists()
@@ -399,7 +406,7 @@ def sweep_compare(overrides: dict, algos: list[str], seeds: int, sweep: str, tun
         check_name(f"compare_{make_config({**overrides, key: v}).name}_{knob}{v}", "sweep")
         algo_configs({**overrides, key: v}, algos)
     root = Path(base.runs_dir) / check_name(f"sweep_{base.name}_{knob}", "sweep")
-    with run_lock(root):
+    with run_lock(root, markers=("sweep.json",)):
         return _sweep(overrides, algos, seeds, knob, key, values, root, tune)
 
 

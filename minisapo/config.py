@@ -28,7 +28,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minisapo import rl
+from minisapo import plugins, rl
 from minisapo.data import DataConfig
 from minisapo.evaluate import EvalConfig
 from minisapo.generate import ROLLOUTS
@@ -275,7 +275,15 @@ def apply_algo(cfg: Config, algo: str) -> None:
         key, eq, value = mod.partition("=")
         if not eq or not key:
             raise ConfigError(f"--algo={algo}: expected PRESET+key=value, got {mod!r}")
-        set_value(cfg, key if "." in key else f"rl.{key}", value)
+        _set_given(cfg, key if "." in key else f"rl.{key}", value)
+
+
+def _set_given(cfg: Config, key: str, value) -> None:
+    """`set_value` for a setting the command (or code) gives itself: a plug-in it names may be imported."""
+    set_value(cfg, key, value)
+    full = resolve_key(key, cfg)
+    if full in plugins.KEYS:
+        plugins.trust(_get(cfg, full))
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None = None,
@@ -287,7 +295,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None 
     for k, v in overrides.items():
         if k == "preset":
             raise ConfigError("--preset only applies when a run starts; this command reads the run's config.json")
-        set_value(cfg, k, v)
+        _set_given(cfg, k, v)
     if validate_now:
         validate(cfg)
     return cfg
@@ -295,14 +303,16 @@ def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None 
 
 def check_rl(cfg: RLConfig) -> None:
     """A ValueError that says what to change about RL's names and group (`validate` adds the range checks of
-    every number): every option one of rl.py's names, a plug-in tried on an example now, not at step 1."""
+    every number): every option one of rl.py's names, a plug-in tried on an example now, not at step 1 (but not
+    one only a run's config.json names: that is never imported, see minisapo.plugins)."""
     for key, allowed in (("scale_rewards", rl.SCALE_REWARDS), ("loss_type", rl.LOSS_TYPES), ("rollout", ROLLOUTS),
                          ("optimizer", rl.OPTIMIZERS), ("reward", rl.REWARDS), ("advantage", rl.ADVANTAGES)):
         if getattr(cfg, key) not in allowed and not (key in ("reward", "advantage") and ":" in getattr(cfg, key)):
             raise ValueError(f"rl.{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}"
                              + (" (or module:function)" if key in ("reward", "advantage") else ""))
-    rewards = rl.compute_rewards(EXAMPLE_MATCHES, cfg.reward, cfg.advantage, EXAMPLE_GROUP)  # a plug-in is tried now
-    rl.advantage_function(cfg.advantage)(rewards, EXAMPLE_GROUP, cfg.scale_rewards)
+    if plugins.may_load(cfg.reward) and plugins.may_load(cfg.advantage):
+        rewards = rl.compute_rewards(EXAMPLE_MATCHES, cfg.reward, cfg.advantage, EXAMPLE_GROUP)  # a plug-in is tried now
+        rl.advantage_function(cfg.advantage)(rewards, EXAMPLE_GROUP, cfg.scale_rewards)
     if cfg.reward == "rank" and cfg.rollout != "beam":
         raise ValueError("rl.reward=rank ranks the group, so it needs --rl.rollout=beam")
     if cfg.num_generations < 2:
@@ -405,6 +415,13 @@ def _range_errors(cfg: Config):
         for k in ("zipf", "noise", "stay", "jump", "focus"):
             if getattr(d, k) is not None and not _finite(getattr(d, k)):
                 yield f"data.{k}", "must be a finite number"
+    if name_error(dataset_name(d), "data.name") is None:
+        out = (Path(str(cfg.data_dir)) / "processed" / dataset_name(d)).resolve()
+        for key in ("reviews", "meta", "path"):
+            f = getattr(d, key)
+            if d.source != "synthetic" and f and out in (Path(f).resolve(), *Path(f).resolve().parents):
+                yield f"data.{key}", (f"is inside {out}, the folder this dataset is written to: point it at the raw "
+                                      f"files elsewhere (e.g. data/raw/), or pick another --data.name")
     if d.source == "amazon" and not d.reviews:
         yield "data.reviews", "--source=amazon needs --reviews=FILE (see data/README.md)"
     if d.source == "atomic" and not d.path:
@@ -453,6 +470,12 @@ def _range_errors(cfg: Config):
                     ("eval_samples", 0), ("log_every", 1)):
         if getattr(t, key) < lo:
             yield f"sft.{key}", f"must be >= {lo}"
+    if not (_finite(t.pretrain_epochs) and t.pretrain_epochs >= 0):
+        yield "sft.pretrain_epochs", "must be a finite number >= 0 (0 = no pretraining)"
+    if t.pretrain_window < 0 or t.pretrain_window == 1:
+        yield "sft.pretrain_window", "must be 0 (data.max_history + 1) or >= 2 items"
+    if t.pretrain_stride < 0:
+        yield "sft.pretrain_stride", "must be >= 0 (0 = the window: windows side by side)"
     if not (_finite(t.user_fraction) and 0 < t.user_fraction <= 1):
         yield "sft.user_fraction", "must be in (0, 1] (1 = SFT on every training user)"
     if not (_finite(t.epochs) and t.epochs >= 0):
@@ -471,7 +494,7 @@ def _range_errors(cfg: Config):
             yield f"sft.{key}", f"must be {text}"
     # --- rl (enums, num_generations, batch_size, ... are check_rl's)
     q = cfg.rl
-    for key, lo in (("max_steps", 0), ("eval_every", 0), ("save_every", 0)):
+    for key, lo in (("max_steps", 0), ("eval_every", 0), ("save_every", 0), ("warmup_steps", 0), ("eval_prompts", 1)):
         if getattr(q, key) < lo:
             yield f"rl.{key}", f"must be >= {lo}"
     for key, text in (("temperature", "a finite number > 0"), ("learning_rate", "a finite number > 0")):

@@ -19,7 +19,8 @@ An explicit all-reduce of the gradients (not torch's DistributedDataParallel wra
 calls the model's `hidden_states` / `logits` directly rather than `forward`, which DDP's hooks need; one
 flattened all-reduce per optimiser step is what DDP would do at the end of the step anyway.
 
-This module imports only torch and the standard library (nothing from minisapo).
+This module imports only torch, the standard library and minisapo.files (which reads RANK and WORLD_SIZE for
+the code that writes files: one reading of them, so every part agrees on which process is rank 0).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as tdist
+
+from minisapo.files import env_int, env_rank
 
 T = TypeVar("T")
 TIMEOUT = datetime.timedelta(hours=2)  # ranks wait at a barrier while rank 0 evaluates (can take long)
@@ -57,14 +60,17 @@ def is_main() -> bool:
 
 def init() -> bool:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); False when not under
-    torchrun (or WORLD_SIZE == 1): then nothing happens. Other ranks' stdout is silenced (stderr stays)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or enabled():
+    torchrun (or WORLD_SIZE == 1): then nothing happens. Other ranks' stdout is silenced (stderr stays).
+    A RANK or WORLD_SIZE that is not a whole number, or a RANK outside 0 .. WORLD_SIZE - 1, is a ValueError
+    naming the variables (files.env_rank), before anything is written."""
+    world = env_rank()[1]
+    if world <= 1 or enabled():
         return enabled()
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    local = env_int("LOCAL_WORLD_SIZE", world)
     cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local  # one GPU per rank, else gloo
     cuda = cuda and os.environ.get("MINISAPO_BACKEND", "") != "gloo"  # MINISAPO_BACKEND=gloo: force gloo
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this rank's GPU
+        torch.cuda.set_device(env_int("LOCAL_RANK", 0))  # "cuda" now means this rank's GPU
     tdist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
     if not is_main():
         sys.stdout = open(os.devnull, "w")  # one copy of every printed line (rank 0's)

@@ -1,4 +1,5 @@
-"""Files without torch: atomic writes, JSON, folder swaps, safe names, warnings, the NaN error class.
+"""Files without torch: atomic writes, JSON, folder swaps, safe names, the folders minisapo may write, warnings,
+the NaN error class.
 
 The bottom layer of the package (see README, "Code map"): the data, SID and tokenizer layers write
 their files through these helpers without depending on torch or on run directories.
@@ -6,8 +7,10 @@ their files through these helpers without depending on torch or on run directori
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -23,10 +26,14 @@ def warn(message: str) -> None:
 # names: one path component, so everything a command writes stays under runs_dir / data_dir
 
 
+MAX_NAME_BYTES = 200  # a name's longest UTF-8 form: every file minisapo makes from it stays under 255 bytes
+
+
 def name_problem(name: str, key: str = "name") -> str | None:
     """Why `name` is not a plain folder name (one path component), with what to do; None when it is one.
 
-    Refused: empty, `.`, `..`, anything with `/` or `\\`, absolute paths, control characters.
+    Refused: empty, `.`, `..`, anything with `/` or `\\`, absolute paths, control characters, bytes that are
+    not UTF-8, more than MAX_NAME_BYTES bytes (the temporary files beside a folder add to its name).
     """
     why = None
     if not isinstance(name, str) or not name.strip():
@@ -39,9 +46,21 @@ def name_problem(name: str, key: str = "name") -> str | None:
         why = "is an absolute path"
     elif any(ord(c) < 32 or ord(c) == 127 for c in name):
         why = "contains a control character"
+    elif not _is_utf8(name):
+        why = "contains a byte that is not UTF-8"
+    elif len(name.encode()) > MAX_NAME_BYTES:
+        why = f"is {len(name.encode())} bytes long, more than {MAX_NAME_BYTES}"
     if why is None:
         return None
     return f"{why}: a name is a single folder name such as --{key}=my_run (choose where it goes with --runs_dir / --data_dir)"
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # an undecodable byte of a command line or folder name (a lone surrogate)
+        return False
+    return True
 
 
 def check_name(name: str, key: str = "name") -> str:
@@ -57,22 +76,97 @@ def same_path(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+def env_int(var: str, default: int) -> int:
+    """The whole number in environment variable `var` (`default` when unset); else a ValueError naming it."""
+    value = os.environ.get(var, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{var}={value!r} is not a whole number: it is one of torchrun's variables (RANK, "
+                         f"WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE); unset it, or start the command with torchrun") from None
+
+
+def env_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun describes them in RANK and WORLD_SIZE: (0, 1) in a plain process. Read here
+    and in minisapo.distributed.init (which joins a process group exactly when WORLD_SIZE > 1), so every part of
+    minisapo agrees on which process writes files; a RANK that is not in 0 .. WORLD_SIZE - 1 is a ValueError."""
+    world, rank = env_int("WORLD_SIZE", 1), env_int("RANK", 0)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} with WORLD_SIZE={world}: RANK must be in 0 .. WORLD_SIZE - 1. These are "
+                         f"torchrun's variables: unset them in a plain command, or start it with torchrun")
+    return rank, world
+
+
 def is_main_process() -> bool:
-    """False on every torchrun rank but 0 (torchrun sets RANK), so only rank 0 writes files. The same answer
-    as minisapo.distributed.is_main() there, read from the environment so this layer needs no torch."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """False on every torchrun rank but 0, so only rank 0 writes files (the others read what it wrote)."""
+    return env_rank()[0] == 0
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id is running (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OSError, OverflowError):  # not a process id at all
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# writing: a temporary file or folder beside the target, named `.<target>.<kind>-<pid>`, then one rename
+
+LEFTOVER = re.compile(r"\.(.+)\.(tmp|building|old)-(\d+)")  # a temporary beside its target (kind, writer's pid)
+
+
+def temp_path(target: str | Path, kind: str = "tmp") -> Path:
+    """Where the temporary file or folder for `target` goes: `.<name>.<kind>-<pid>` in the same folder."""
+    target = Path(target)
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}"
+
+
+def remove(path: str | Path) -> None:
+    """Remove a file, a link (never what it points to) or a folder with everything in it; nothing if absent."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)`, then move the file into place with os.replace (never half a file).
-    Under torchrun only rank 0 writes (the others read what it wrote)."""
+    """Call `write(tmp_path)`, then move the file into place with os.replace (never half a file). `tmp_path` is
+    a new file that this call created in the same folder (O_EXCL: never through a link), removed again when
+    `write` fails or the command is interrupted. Under torchrun only rank 0 writes (the others read it)."""
     if not is_main_process():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    remove(tmp)  # left by a killed process that had our pid
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # a link at `path` is replaced, not followed
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk mid-write: name the file
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+def new_dir(path: str | Path) -> Path:
+    """A new, empty folder at `path` (a leftover there is removed first; never a link's target)."""
+    path = Path(path)
+    remove(path)
+    path.mkdir()
+    return path
 
 
 def swap_dir(new: str | Path, out: str | Path) -> None:
@@ -82,9 +176,8 @@ def swap_dir(new: str | Path, out: str | Path) -> None:
     if not out.exists():
         os.replace(new, out)
         return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if old.exists():
-        shutil.rmtree(old)
+    old = temp_path(out, "old")
+    remove(old)
     os.replace(out, old)
     try:
         os.replace(new, out)
@@ -92,6 +185,61 @@ def swap_dir(new: str | Path, out: str | Path) -> None:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a file (created if missing), never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    with os.fdopen(fd, "a") as f:
+        f.write(line + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# the folders minisapo writes into: its own (a marker file), free of links, without leftovers
+
+
+def find_link(folder: str | Path) -> Path | None:
+    """The first symbolic link at or under `folder` (links are not followed), or None."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        return folder
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(root, name)):
+                return Path(root) / name
+    return None
+
+
+def claim_dir(folder: str | Path, markers: tuple[str, ...], what: str) -> None:
+    """Check that minisapo may write into `folder`, then clean it of dead processes' temporary files.
+
+    Refused (a ValueError saying what to do): a symbolic link at or under `folder`, since a write through it
+    would land elsewhere; and a folder that holds something but none of `markers` (e.g. config.json): minisapo
+    did not make it, so it neither writes into it nor clears it. A temporary file or folder (`LEFTOVER`) of a
+    process that is no longer running, beside `folder` or under it, is removed (a folder a swap moved aside
+    goes back when nothing replaced it).
+    """
+    folder = Path(folder)
+    link = find_link(folder)
+    if link is not None:
+        raise ValueError(f"{link} is a symbolic link: minisapo never writes through a link into {what}; "
+                         f"replace it with the file itself, or use another name")
+    if folder.is_dir():
+        own = [p for p in folder.iterdir() if p.name != ".lock" and not LEFTOVER.fullmatch(p.name)]
+        if own and not any((folder / m).exists() for m in markers):
+            raise ValueError(f"{folder} exists but minisapo did not make it (it has no {' or '.join(markers)}): "
+                             f"minisapo neither writes into nor clears a folder of yours; move it away, or use "
+                             f"another name")
+    beside = folder.parent.glob(f".{glob.escape(folder.name)}.*-*")
+    inside = [Path(root) / n for root, dirs, files in os.walk(folder) for n in dirs + files]
+    for p in [*beside, *inside]:
+        m = LEFTOVER.fullmatch(p.name)
+        if m and (p.parent != folder.parent or m.group(1) == folder.name) and not pid_alive(int(m.group(3))):
+            target = p.parent / m.group(1)
+            if m.group(2) == "old" and not target.exists():  # a swap_dir cut short: the old copy goes back
+                os.replace(p, target)
+            else:
+                remove(p)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

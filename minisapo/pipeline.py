@@ -14,14 +14,13 @@ Each function reads top to bottom; the algorithms live in the stage modules.
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from minisapo import data as data_lib
-from minisapo import distributed
+from minisapo import distributed, plugins
 from minisapo import sid as sid_lib
 from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_overrides, config_changes, from_dict,
                              make_config, resolve_key, to_dict)
@@ -29,7 +28,7 @@ from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import build_examples, build_prompt, build_sequence_examples, teacher, vocab_words
-from minisapo.files import read_json, same_path, swap_dir, write_json
+from minisapo.files import read_json, remove, same_path, swap_dir, temp_path, write_json
 from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
 from minisapo.sft import load_sft_weights, train_sft
 from minisapo.tokenizer import Tokenizer
@@ -100,10 +99,13 @@ def snapshot_sids(stack: Stack, run_dir: Path) -> None:
     dst = Path(run_dir) / "sid"
     if stack.sid_dir is None or same_path(stack.sid_dir, dst) or not distributed.is_main():  # (torchrun: rank 0's)
         return
-    tmp = Path(run_dir) / f".sid.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(stack.sid_dir, tmp)
-    swap_dir(tmp, dst)
+    tmp = temp_path(dst)
+    remove(tmp)
+    try:
+        shutil.copytree(stack.sid_dir, tmp)
+        swap_dir(tmp, dst)
+    finally:
+        remove(tmp)
 
 
 def new_model(cfg: Config, stack: Stack) -> GPT:
@@ -165,10 +167,12 @@ def start_run(cfg: Config, resume: bool, stack: Stack | None = None) -> Path:
 
     Call it only once every input has been read (dataset, SIDs, traces, the weights to start from), so
     a command that fails on a bad input changes nothing. Without --resume, an earlier run's outputs are
-    removed here (so metrics.jsonl never mixes two runs); with it, they are kept and continued."""
+    removed here (so metrics.jsonl never mixes two runs, and no RL file is left beside a new SFT model); with
+    it, they are kept and continued."""
     run_dir = run_dir_of(cfg)
     if distributed.is_main():  # torchrun: rank 0 prepares the run directory, the others wait for it
-        old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")]
+        old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")
+               or p.name in ("rl_config.json", "report.md")]
         if old and not resume:
             print(f"{run_dir} holds an earlier run: starting afresh (use --resume to continue it instead)")
             for p in old:
@@ -195,13 +199,23 @@ def check_resume(cfg: Config, run_dir: Path) -> None:
 
 
 def load_run_config(run_dir: str | Path) -> Config:
+    """The settings in `<run_dir>/config.json`. A run folder is data (it may come from someone else): a plug-in
+    it names is not imported unless the command names it again (minisapo.plugins), and the folders it names are
+    not destinations: runs_dir is the folder `run_dir` is in, and data_dir the stored one only if it already
+    holds the run's dataset, else the default (a command's --data_dir / --runs_dir still wins)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `minisapo sft` or `run`?")
     try:
-        return from_dict(read_json(path))
+        cfg = from_dict(read_json(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e} (was it made by another minisapo version? start a new run)") from None
+    for key in plugins.KEYS:
+        plugins.stored(getattr(cfg.rl, key.split(".")[1]), path)
+    cfg.runs_dir = str(Path(run_dir).parent)
+    if not (Path(cfg.data_dir) / "processed" / data_lib.dataset_name(cfg.data) / "dataset.json").is_file():
+        cfg.data_dir = Config().data_dir
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,8 +238,39 @@ def sft_examples(cfg: Config, stack: Stack) -> tuple[list, list]:
     return train, valid
 
 
-def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, examples: tuple | None = None) -> GPT:
-    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt)."""
+def pretrain_examples(cfg: Config, stack: Stack) -> list:
+    """The next-item pretraining windows over the training sequences (none without sft.pretrain_epochs), each
+    checked to fit model.max_seq_len."""
+    if cfg.sft.pretrain_epochs <= 0:
+        return []
+    window = cfg.sft.pretrain_window or cfg.data.max_history + 1
+    seqs = build_sequence_examples(stack.dataset, stack.table, stack.tokenizer, stack.dataset.splits["train"], window,
+                                   stride=cfg.sft.pretrain_stride or None, cfg=cfg.reasoning)
+    longest = max((len(p) + len(r) for p, r in seqs), default=0)
+    if longest > cfg.model.max_seq_len:
+        raise ConfigError(f"a pretraining window of {window} items is {longest} tokens but model.max_seq_len="
+                          f"{cfg.model.max_seq_len}: lower --sft.pretrain_window or raise --max_seq_len")
+    return seqs
+
+
+def check_rl_stack(cfg: Config, stack: Stack) -> None:
+    """RL's settings only the dataset can check, checked before anything is replaced: sft.user_fraction leaves
+    RL at least one prompt per process, and the catalog can fill a beam group."""
+    n, procs = len(train_samples(cfg, stack, "rl")), distributed.world_size()
+    if n < procs:
+        raise ConfigError(f"--sft.user_fraction={cfg.sft.user_fraction} leaves RL {n} training prompt(s) (those of the "
+                          f"users SFT does not see), fewer than the {procs} process(es): lower sft.user_fraction")
+    sids = len({tuple(stack.table.tokens(i)) for i in range(stack.table.num_items)})
+    if cfg.rl.rollout == "beam" and cfg.rl.num_generations > sids:
+        raise ConfigError(f"--rl.num_generations={cfg.rl.num_generations}: with rl.rollout=beam the group is the top "
+                          f"G distinct SIDs, and dataset {stack.dataset.name!r} has {sids}: set it <= {sids} (or use "
+                          f"--rl.rollout=sample)")
+
+
+def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, examples: tuple | None = None,
+              pretrain: list | None = None) -> GPT:
+    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt).
+    `examples` / `pretrain`: what sft_examples / pretrain_examples return (made here when None)."""
     train, valid = examples if examples is not None else sft_examples(cfg, stack)
     from minisapo.plots import plot_response_steps  # one training example, each token coloured by its step
 
@@ -235,12 +280,7 @@ def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, ex
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
     if cfg.sft.pretrain_epochs > 0:  # next-item pretraining on the training sequences, then SFT from there
         window = cfg.sft.pretrain_window or cfg.data.max_history + 1
-        seqs = build_sequence_examples(stack.dataset, stack.table, stack.tokenizer, stack.dataset.splits["train"], window,
-                                       stride=cfg.sft.pretrain_stride or None, cfg=cfg.reasoning)
-        longest = max((len(p) + len(r) for p, r in seqs), default=0)
-        if longest > cfg.model.max_seq_len:
-            raise ConfigError(f"a pretraining window of {window} items is {longest} tokens but model.max_seq_len="
-                              f"{cfg.model.max_seq_len}: lower --sft.pretrain_window or raise --max_seq_len")
+        seqs = pretrain if pretrain is not None else pretrain_examples(cfg, stack)
         pre = copy.deepcopy(cfg.sft)
         pre.max_steps, pre.epochs = 0, cfg.sft.pretrain_epochs  # validated and selected like SFT (pretrain_best.pt)
         print(f"pretrain: {cfg.sft.pretrain_epochs:g} epochs over {len(seqs)} windows of up to {window} training items "
@@ -344,8 +384,9 @@ def cmd_sft(cfg: Config, resume: bool = False) -> int:
             check_resume(cfg, run_dir)
         stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
         examples = sft_examples(cfg, stack)  # every input is read before start_run replaces anything
+        pretrain = pretrain_examples(cfg, stack)
         start_run(cfg, resume, stack)
-        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples)
+        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
         stage_eval(cfg, stack, model, run_dir)
         _finish(cfg, run_dir)
     return 0
@@ -403,6 +444,7 @@ def cmd_rl(from_run: str, algo: str, overrides: dict, resume: bool = False) -> i
         if resume:
             check_resume(cfg, run_dir)
         stack = load_stack(cfg, src, reuse_run_sids=True)  # the SFT run's SIDs, snapshotted into this run too
+        check_rl_stack(cfg, stack)
         model = new_model(cfg, stack)
         load_sft_weights(model, src, device=pick_device(cfg.device))
         start_run(cfg, resume, stack)  # only now, with the SFT weights read, is anything replaced
@@ -426,9 +468,12 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
         if resume:
             check_resume(cfg, run_dir)
         stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
-        examples = sft_examples(cfg, stack)  # every input is read before start_run replaces anything
+        examples = sft_examples(cfg, stack)  # every input is read (and checked) before start_run replaces anything
+        pretrain = pretrain_examples(cfg, stack)
+        if cfg.rl.max_steps > 0:
+            check_rl_stack(cfg, stack)
         start_run(cfg, resume, stack)
-        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples)
+        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
         stage_eval(cfg, stack, model, run_dir, tag="_sft")
         test = stack.dataset.splits["test"]
         token_credit_figure(model, stack.grammar, stack.table, test, prompts_for(cfg, stack, test[:32]),

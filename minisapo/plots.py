@@ -15,18 +15,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from minisapo import distributed  # noqa: E402
+from minisapo.files import atomic_write  # noqa: E402
 from minisapo.generate import sample as sample_rollouts  # noqa: E402
 from minisapo.rl import ALGOS, RLConfig, score_rollouts  # noqa: E402
 
 
 def _save(fig, path, dpi: int = 110, **layout) -> Path:
-    """tight_layout, create the folder, write the PNG, close the figure; returns the path."""
+    """tight_layout, write the PNG (atomically: files.atomic_write, under torchrun rank 0 only), close the
+    figure; returns the path."""
     fig.tight_layout(**layout)
     path = Path(path)
-    if distributed.is_main():  # under torchrun only rank 0 writes files
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from minisapo.evaluate import format_table
-from minisapo.files import read_json
+from minisapo.files import atomic_write, read_json
 from minisapo.runs import read_metrics
 
 
@@ -82,5 +82,5 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
     lines += ["Files: `config.json` (resolved config), `metrics.jsonl` (one JSON record per logged step), "
               "`sft.pt` / `rl_checkpoint.pt` (checkpoints), `eval_*.json` (metrics).", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write(path, lambda p: p.write_text("\n".join(lines)))
     return path

@@ -8,7 +8,7 @@ The safety rules every command follows live here too, so SFT, RL and the CLI sha
     check_name       a run or dataset name is one path component (nothing escapes its folder)
     load_checkpoint  torch.load(weights_only=True): a checkpoint holds tensors and plain values, never code
     check_finite     a NaN/inf loss or gradient stops training with one line naming the stage and step
-    run_lock         runs/<name>/.lock: one command at a time per run directory
+    run_lock         runs/<name>/.lock: one command at a time per run directory (a folder minisapo made)
     read_metrics     a partial last line (a kill mid-write) is dropped with a warning naming the file
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from minisapo import distributed
-from minisapo.files import NonFiniteError, atomic_write, warn
+from minisapo.files import NonFiniteError, append_line, atomic_write, claim_dir, pid_alive, warn
 
 
 def seed_everything(seed: int) -> None:
@@ -190,26 +190,30 @@ LOCK_FILE = ".lock"
 _HELD: set[str] = set()  # lock files this process holds
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def _start_token(pid: int) -> str:
+    """When process `pid` started (clock ticks after boot, /proc/<pid>/stat), so a lock is not mistaken for
+    a live one when its PID now belongs to another process; "-" where that cannot be read (no /proc)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return "-"
 
 
-def _lock_owner(lock: Path) -> int | None:
-    """The PID written in a lock file; None when it cannot be read (yet)."""
+def _lock_owner(lock: Path) -> tuple[int, str] | None:
+    """(PID, start token) written in a lock file ("?" when there is no token); None when it holds no PID."""
     try:
-        return int(lock.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        parts = lock.read_text().split()
+        return int(parts[0]), parts[1] if len(parts) > 1 else "?"
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
         return None
+
+
+def _owner_running(owner: tuple[int, str] | None) -> bool:
+    """True when the command that wrote the lock is still running: its PID is alive and started when it did."""
+    if owner is None or owner[0] == os.getpid():
+        return False
+    pid, token = owner
+    return pid_alive(pid) and (token == "-" or _start_token(pid) in (token, "-"))
 
 
 class RunBusyError(ValueError):
@@ -217,17 +221,20 @@ class RunBusyError(ValueError):
 
 
 @contextmanager
-def run_lock(run_dir: str | Path):
-    """Hold `<run_dir>/.lock` (created with O_EXCL, holding our PID) while the block runs.
+def run_lock(run_dir: str | Path, markers: tuple[str, ...] = ("config.json",)):
+    """Hold `<run_dir>/.lock` (created with O_EXCL, holding our PID and start time) while the block runs.
 
-    A lock whose PID is no longer running (a killed command) is taken over with a warning; a live
-    one is a RunBusyError. The lock is removed at the end, and so is the run directory when this
-    command created it and left it empty (a refused command leaves no trace).
+    First the folder is claimed (files.claim_dir): no symbolic link in it, made by minisapo (it holds one
+    of `markers`, or nothing), and temporary files of dead commands removed. A lock whose command is no
+    longer running (a killed command, a PID now used by another process, unreadable contents) is taken
+    over with a warning; a live one is a RunBusyError. The lock is removed at the end, and so is the run
+    directory when this command created it and left it empty (a refused command leaves no trace).
     """
     run_dir = Path(run_dir)
     if not distributed.is_main():  # under torchrun rank 0 holds the lock for all the ranks
         yield run_dir
         return
+    claim_dir(run_dir, markers, "a run folder")
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
@@ -237,14 +244,14 @@ def run_lock(run_dir: str | Path):
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(lock)
-            busy = key in _HELD or (owner is not None and owner != os.getpid() and _pid_alive(owner))
-            if owner is None:  # being written right now, or garbage: busy while fresh, else stale
+            busy = key in _HELD or _owner_running(owner)
+            if owner is None and not busy:  # being written right now (busy while fresh), or garbage (stale)
                 try:
-                    busy = time.time() - lock.stat().st_mtime < 10
+                    busy = time.time() - lock.stat().st_mtime < 10 and lock.stat().st_size == 0
                 except FileNotFoundError:
                     continue
             if busy:
-                who = "this process" if key in _HELD else f"process {owner}"
+                who = "this process" if key in _HELD else f"process {owner[0] if owner else '?'}"
                 raise RunBusyError(f"{run_dir} is in use by another minisapo command ({who}; lock file {lock}): "
                                    f"wait for it to finish, or use another --name; if no such command is running, "
                                    f"delete {lock}") from None
@@ -261,10 +268,12 @@ def run_lock(run_dir: str | Path):
                 stale.unlink(missing_ok=True)
                 continue
             stale.unlink(missing_ok=True)
-            warn(f"{lock} was left by a command that is no longer running (pid {owner}); taking it over")
+            why = "it holds no PID" if owner is None else f"pid {owner[0]} " + (
+                "is another program now" if pid_alive(owner[0]) else "has ended")
+            warn(f"{lock} was left by a command that is no longer running ({why}); taking it over")
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{os.getpid()} {_start_token(os.getpid())}\n")
         break
     else:
         raise RunBusyError(f"{run_dir}: could not take the lock {lock}; try again")
@@ -273,7 +282,7 @@ def run_lock(run_dir: str | Path):
         yield run_dir
     finally:
         _HELD.discard(key)
-        if _lock_owner(lock) == os.getpid():
+        if _lock_owner(lock) == (os.getpid(), _start_token(os.getpid())):
             lock.unlink(missing_ok=True)
         for p in created:  # folders this command created and left empty go again
             try:
@@ -285,9 +294,7 @@ def run_lock(run_dir: str | Path):
 def check_not_busy(run_dir: str | Path) -> None:
     """A RunBusyError if another live command holds `<run_dir>/.lock` (for a run that is only read)."""
     lock = Path(run_dir) / LOCK_FILE
-    owner = _lock_owner(lock) if lock.exists() else None
-    if lock.exists() and (str(lock.resolve()) in _HELD or (owner is not None and owner != os.getpid()
-                                                             and _pid_alive(owner))):
+    if lock.exists() and (str(lock.resolve()) in _HELD or _owner_running(_lock_owner(lock))):
         raise RunBusyError(f"{run_dir} is in use by another minisapo command (lock file {lock}): wait for it to "
                            f"finish; if no such command is running, delete {lock}")
 
@@ -338,8 +345,7 @@ class MetricsLogger:
         if not distributed.is_main():  # under torchrun rank 0 logs the global batch's metrics
             return
         clean = {k: _json_value(v) for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(clean, allow_nan=False) + "\n")
+        append_line(self.path, json.dumps(clean, allow_nan=False))
 
 
 def trim_metrics(path: str | Path, stage: str, keep_until: int | None) -> None:

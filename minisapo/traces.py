@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from minisapo.files import atomic_write
 from minisapo.reasoning import words_text
 
 
@@ -162,15 +163,15 @@ def write_trace_requests(path: str | Path, dataset, table, samples) -> Path:
     target's descriptor at every SID level. Fill in "steps" or "reasoning" and train with it: --reasoning.traces=FILE.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for s in samples:
-            codes = [int(c) for c in table.codes[s.target]]
-            row = {"user": int(s.user), "target": int(s.target), "history_len": len(s.history),
-                   "history_titles": [dataset.item_titles[i] for i in s.history],
-                   "target_title": dataset.item_titles[s.target],
-                   "target_descriptors": [table.descriptor(codes[:k + 1]) for k in range(table.num_levels)]}
-            f.write(json.dumps(row) + "\n")
+    lines = []
+    for s in samples:
+        codes = [int(c) for c in table.codes[s.target]]
+        row = {"user": int(s.user), "target": int(s.target), "history_len": len(s.history),
+               "history_titles": [dataset.item_titles[i] for i in s.history],
+               "target_title": dataset.item_titles[s.target],
+               "target_descriptors": [table.descriptor(codes[:k + 1]) for k in range(table.num_levels)]}
+        lines.append(json.dumps(row) + "\n")
+    atomic_write(path, lambda p: p.write_text("".join(lines)))
     return path
 
 

@@ -7,7 +7,12 @@ dataset, a finished tiny run `runs/toy`, an Amazon 2014 dataset `toy14`, and han
   - exactly one `minisapo <command>: error: ...` line on stderr, naming the file or key, and no traceback,
   - that no file outside the command's own outputs changed, appeared or vanished (content hashes of the
     whole workspace before and after): a failed command loses no earlier result.
-A few checks that need more than one command (NaN, lock, precedence, malicious checkpoints) follow the table.
+Section 10 is what others send you: a received run folder (its config.json names a plug-in and folders
+elsewhere), links in run and dataset folders, folders of the user's under a minisapo name, settings only the
+dataset can check, and the leftovers of failed or interrupted commands; nothing there may run code (the
+plug-in would create MARKER), write outside runs/ and data/, or remove anything before every setting is checked.
+A few checks that need more than one command (NaN, lock, precedence, malicious checkpoints, signals, torchrun
+variables) follow the table.
 """
 
 from __future__ import annotations
@@ -136,6 +141,9 @@ def _make_inputs() -> None:
     np.save("inputs/somezero.npy", partial)
     Path("inputs/vecdir.npy").mkdir()
     _write("inputs/a_file", "I am a file, not a folder\n")
+    # plug-ins that misbehave
+    _write("inputs/plug.py", PLUGINS)
+    _write("inputs/exits.py", "import sys\n\nsys.exit(0)\n")
 
 
 @pytest.fixture(scope="session")
@@ -276,6 +284,63 @@ def corrupt_processed(ws: Path) -> None:
     p.write_text(p.read_text() + "u1\tNOT_AN_ITEM\t1\t2\n")
 
 
+# what others send you: a run folder whose config.json names a plug-in (it would create MARKER when imported)
+PLUGIN = "runs/recv/helper.py:fn"
+EVIL_PLUGIN = (f"import os\nopen(os.path.abspath({MARKER!r}), 'w').close()\n\n\n"
+               "def fn(m, group_size=1):\n    return m.clone()\n")
+PLUGINS = """import argparse
+import sys
+
+import torch
+
+ARGS = argparse.ArgumentParser().parse_args()  # a plug-in that reads the command line when imported
+
+
+def meta(m, group_size=1):
+    return torch.empty(m.shape, device="meta")
+
+
+def complex_(m, group_size=1):
+    return m.to(torch.complex64)
+
+
+def fine(m, group_size=1):
+    return m.clone()
+"""
+
+
+def received(change: Callable[[dict], None] = lambda c: None) -> Callable[[Path], None]:
+    """runs/recv: a copy of runs/toy as someone sends it, its config.json naming PLUGIN, then `change` applied."""
+    def setup(ws: Path) -> None:
+        shutil.copytree(ws / "runs/toy", ws / "runs/recv")
+        _write(ws / "runs/recv/helper.py", EVIL_PLUGIN)
+        cfg = json.loads((ws / "runs/recv/config.json").read_text())
+        cfg["name"], cfg["rl"]["reward"] = "recv", PLUGIN
+        change(cfg)
+        _write(ws / "runs/recv/config.json", json.dumps(cfg))
+    return setup
+
+
+def link(path: str, target: str, content: str | None = "the user's own file\n") -> Callable[[Path], None]:
+    """`path` replaced by a symbolic link to `target` (a file of the user's outside runs/ and data/; with
+    content None it does not exist: a dangling link)."""
+    def setup(ws: Path) -> None:
+        if content is not None:
+            _write(ws / target, content)
+        put(path, None)(ws)
+        (ws / path).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(ws / target, ws / path)
+    return setup
+
+
+def own_folder(folder: str, names: tuple[str, ...]) -> Callable[[Path], None]:
+    """A folder of the user's own files (no config.json / dataset.json) under a name minisapo would use."""
+    def setup(ws: Path) -> None:
+        for n in names:
+            _write(ws / folder / n, f"the user's {n}\n")
+    return setup
+
+
 class Case(NamedTuple):
     id: str
     argv: list[str]
@@ -393,6 +458,8 @@ CASES = [
           ("sid.levels", "0"), ("sid.levels", "9"), ("sid.codebook_size", "1"), ("sid.dedup", "maybe"),
           ("sid.embed_dim", "0"), ("sid.kmeans_iters", "0"), ("max_think_tokens", "0"), ("layout", "diagonal"),
           ("reasoning.mode", "x"), ("teacher", "x"), ("recent", "0"),
+          ("sft.pretrain_epochs", "nan"), ("sft.pretrain_epochs", "-1"), ("sft.pretrain_window", "1"),
+          ("sft.pretrain_stride", "-2"), ("rl.warmup_steps", "-5"), ("rl.eval_prompts", "0"),
       ]],
     Case("setting-n_embd-30-n_head-4", ["run", *TINY, "--n_embd=30", "--n_head=4"], ("n_embd", "divisible")),
     Case("setting-sft-steps-and-epochs-zero", ["run", *TINY, "--sft.max_steps=0", "--sft.epochs=0"], ("sft.max_steps",)),
@@ -492,6 +559,53 @@ CASES = [
                      ("nan.npy", "nan"), ("object.npy", "not a readable"), ("complex.npy", "complex"),
                      ("strings.npy", "numeric"), ("arrays.npz", "several arrays"), ("garbage.npy", "not a readable"),
                      ("vecdir.npy", "directory"), ("nope.npy", "does not exist")]],
+    # --- 10. what others send you: received run folders, links, the user's folders, late checks, leftovers ---
+    # a received run folder is data: its plug-in is never imported, its folders are never destinations
+    Case("received-plugin-eval", ["eval", "--run=runs/recv", "--split=bogus"], ("--split=bogus",), received()),
+    Case("received-plugin-compare-from", ["compare", "--from=runs/recv", "--seeds=0"], ("--seeds=0",), received()),
+    Case("received-advantage-plugin-rl-from", ["rl", "--from=runs/recv", "--rl.temperature=0"], ("rl.temperature",),
+         received(lambda c: c["rl"].update(reward="position", advantage=PLUGIN))),
+    Case("received-data-dir-elsewhere", ["eval", "--run=runs/recv", "--split=bogus"], ("--split=bogus",),
+         received(lambda c: c.update(data_dir="elsewhere/data", runs_dir="elsewhere"))),
+    # links: refused with one line, the file they point to untouched (or never created)
+    Case("link-report-md", ["sft", *TOY, "--name=toy"], ("runs/toy/report.md", "symbolic link"),
+         link("runs/toy/report.md", "mine/notes.md")),
+    Case("link-metrics-jsonl", RESUME, ("metrics.jsonl", "symbolic link"), link("runs/toy/metrics.jsonl", "mine/log.txt")),
+    Case("link-sft-curves-png", ["sft", *TOY, "--name=toy"], ("sft_curves.png", "symbolic link"),
+         link("runs/toy/sft_curves.png", "mine/photo.png")),
+    Case("dangling-link-sid-tree", ["sid", "--preset=tiny", "--data_dir=data"], ("sid_tree.png", "symbolic link"),
+         link("data/processed/tiny/sid/sid_tree.png", "mine/created.png", content=None)),
+    Case("link-run-folder", [*EVAL, "--eval.max_samples=4"], ("runs/toy", "symbolic link"),
+         lambda ws: os.replace(ws / "runs/toy", ws / "mine_run") or os.symlink(ws / "mine_run", ws / "runs/toy")),
+    # a folder of the user's under the name: refused, not cleared
+    Case("own-folder-under-run-name", ["sft", *TINY, "--name=photos"], ("runs/photos", "did not make it"),
+         own_folder("runs/photos", ("a.png", "b.jsonl", "c.pt", "eval_x.json"))),
+    Case("own-folder-under-dataset-name", ["data", "--world=tiny", "--name=half", "--data_dir=data"],
+         ("data/processed/half", "did not make it"), own_folder("data/processed/half", ("half.inter", "half.item"))),
+    Case("atomic-path-is-the-output", ["data", "--source=atomic", "--path=data/processed/ml", "--name=ml",
+                                        "--data_dir=data"], ("data.path", "inside"),
+         own_folder("data/processed/ml", ("ml.inter", "ml.item"))),
+    # every setting is checked before a finished run is replaced
+    Case("rerun-bad-pretrain-stride", ["sft", *TOY, "--name=toy", "--sft.pretrain_stride=-2"], ("sft.pretrain_stride",)),
+    Case("rerun-inf-pretrain-epochs", ["sft", *TOY, "--name=toy", "--sft.pretrain_epochs=inf"], ("sft.pretrain_epochs",)),
+    Case("rerun-group-larger-than-catalog", ["run", *TOY, "--name=toy", "--rl.num_generations=200"],
+         ("rl.num_generations=200", "has 64")),
+    Case("rerun-no-rl-users-left", ["run", *TOY, "--name=toy", "--sft.user_fraction=0.9999"], ("sft.user_fraction",)),
+    Case("rl-from-group-larger-than-catalog", ["rl", "--from=runs/toy", "--rl.num_generations=100"],
+         ("rl.num_generations=100",)),
+    Case("data-name-of-no-dataset", ["run", *TINY, "--data.name=ml100k_typo"], ("--data.name=ml100k_typo", "no dataset")),
+    # a SID build that fails keeps the old cache (nothing of the new one is left, no fingerprint over new files)
+    Case("failed-sid-build-keeps-cache", ["sid", "--preset=tiny", "--data_dir=data", "--sid.sid_seed=7",
+                                          "--sid.max_vocab=1"], ("max_vocab",)),
+    # names: every temporary file beside a folder must fit; undecodable bytes are refused at once
+    Case("name-too-long", ["run", *TINY, f"--name={'n' * 250}"], ("--name=", "250 bytes")),
+    Case("name-undecodable", ["sft", *TINY, "--name=bad\udcffname"], ("--name=", "not utf-8")),
+    Case("data-name-too-long", ["data", "--world=tiny", f"--name={'d' * 240}", "--data_dir=data"], ("--data.name=",)),
+    # plug-ins named on the command line that misbehave: one line each
+    Case("plugin-returns-meta-tensor", ["run", *TINY, "--rl.reward=inputs/plug.py:meta"], ("rl.reward", "device meta")),
+    Case("plugin-returns-complex", ["run", *TINY, "--rl.reward=inputs/plug.py:complex_"], ("rl.reward", "complex")),
+    Case("plugin-exits-on-import", ["run", *TINY, "--rl.advantage=inputs/exits.py:fn"], ("rl.advantage", "exited")),
+    Case("plugin-reads-argv-on-import", ["run", *TINY, "--rl.reward=inputs/plug.py:fine", "--eval.ks=0"], ("eval.ks",)),
 ]
 
 OK_CASES = [  # handled correctly: exit 0, nothing outside the command's own outputs touched
@@ -501,6 +615,25 @@ OK_CASES = [  # handled correctly: exit 0, nothing outside the command's own out
          setup=metrics_tail('{"stage": "rl", "step": 1, "rew'), may_change=("runs/toy/",)),
     Case("stale-lock-is-taken-over", [*EVAL, "--eval.max_samples=4"], code=0,
          setup=put("runs/toy/.lock", "999999999\n"), may_change=("runs/toy/",)),
+    # what others send you: handled, and nothing of theirs runs or lands outside runs/ and data/
+    Case("received-run-evaluates-without-its-plugin", ["eval", "--run=runs/recv", "--eval.max_samples=4"], code=0,
+         setup=received(lambda c: c.update(data_dir="elsewhere/data")), may_change=("runs/recv/eval_test",)),
+    Case("received-run-rl-writes-beside-it", ["rl", "--from=runs/recv", "--rl.max_steps=1", "--eval.max_samples=4"],
+         code=0, setup=chain(received(lambda c: c.update(runs_dir="elsewhere")),
+                             own_folder("elsewhere/recv_sapo", ("sft.pt", "metrics.jsonl", "eval_test.json"))),
+         may_change=("runs/recv_sapo/",)),
+    Case("lock-of-a-live-process-that-is-not-minisapo", [*EVAL, "--eval.max_samples=4"], code=0,
+         setup=put("runs/toy/.lock", "1\n"), may_change=("runs/toy/",)),
+    Case("lock-with-a-huge-pid", [*EVAL, "--eval.max_samples=4"], code=0,
+         setup=put("runs/toy/.lock", "99999999999999999999\n"), may_change=("runs/toy/",)),
+    Case("lock-with-garbage", [*EVAL, "--eval.max_samples=4"], code=0,
+         setup=put("runs/toy/.lock", "not a pid at all\n"), may_change=("runs/toy/",)),
+    Case("stale-leftovers-are-cleaned", [*EVAL, "--eval.max_samples=4"], code=0,
+         setup=chain(put("runs/toy/.sft.pt.tmp-999999999", b"half a checkpoint"), put("runs/toy/.sid.tmp-999999999", "DIR"),
+                     put("data/processed/.tiny.building-999999999/tiny.inter", "half a dataset"),
+                     put("data/processed/tiny/.dataset.json.tmp-999999999", "{")),
+         may_change=("runs/toy/", "data/processed/")),
+    Case("sft-over-a-full-run-drops-its-rl-files", ["sft", *TOY, "--name=toy"], code=0, may_change=("runs/toy/",)),
 ]
 
 
@@ -538,8 +671,17 @@ def test_handled_cases_succeed_and_touch_only_their_outputs(case, ws, capsys):
     assert main(list(case.argv)) == case.code
     out, err = capsys.readouterr()
     assert "Traceback" not in err and not error_lines(err)
+    assert not Path(MARKER).exists(), "code named by a received run ran"
     lost = {p for p in changed(before, snapshot(ws)) if not p.startswith(case.may_change)}
     assert not lost, sorted(lost)
+    assert not (ws / "elsewhere/data").exists()  # a received run's folders are never destinations
+    if case.id.startswith("lock-"):
+        assert "taking it over" in err and not (ws / "runs/toy/.lock").exists()
+    if case.id.startswith("stale-leftovers"):
+        assert not [p for p in ws.rglob("*") if re.search(r"\.(tmp|building|old)-\d+$", p.name)]
+    if case.id.startswith("sft-over-a-full-run"):
+        assert not [p.name for p in (ws / "runs/toy").iterdir() if p.name.startswith("rl_")]
+        assert "test metrics, model (toy)" in out and "SFT+RL" not in (ws / "runs/toy/report.md").read_text()
     if case.id.startswith("resume-safe"):
         assert "runs/toy/metrics.jsonl: dropped a partial last line" in err
         records = [json.loads(line) for line in (ws / "runs/toy/metrics.jsonl").read_text().splitlines()]
@@ -675,8 +817,8 @@ def test_a_busy_run_is_refused(ws, capsys):
 def test_two_commands_on_one_run_at_once(ws, capsys):
     """Two processes: while one holds runs/toy (a stand-in that only takes the lock, like a running command
     would), a real `minisapo eval` on that run is refused with exit code 2; once it is gone, its lock is stale."""
-    code = ("import os, time; fd = os.open('runs/toy/.lock', os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
-            "os.write(fd, f'{os.getpid()}\\n'.encode()); os.close(fd); print('locked', flush=True); time.sleep(60)\n")
+    code = ("import time; from minisapo.runs import run_lock\n"
+            "with run_lock('runs/toy'):\n    print('locked', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -777,4 +919,93 @@ def test_device_cuda_without_cuda(ws, capsys):
     before = snapshot(ws)
     assert main(["run", *TINY, "--name=gpu", "--device=cuda"]) == 2
     assert "CUDA is not available" in error_lines(capsys.readouterr().err)[0]
+    assert snapshot(ws) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# what others send you, beyond one command: trusted plug-ins, torchrun variables, memory, signals, file sizes
+
+
+def test_a_received_plugin_runs_only_when_named_again_or_trusted(ws, capsys):
+    received()(ws)
+    assert main(["eval", "--run=runs/recv", "--split=bogus"]) == 2
+    assert not (ws / MARKER).exists()
+    # where a command would need it, it is one line naming the option and the file (here: a library user)
+    from minisapo import plugins, rl
+    from minisapo.pipeline import load_run_config
+
+    plugins.reset()
+    cfg = load_run_config("runs/recv")
+    with pytest.raises(ValueError, match=r"--rl.reward=runs/recv/helper.py:fn is named in runs/recv/config.json"):
+        rl.reward_function(cfg.rl.reward)
+    assert not (ws / MARKER).exists()
+    # named again on the command line, or with --trust-plugins, it is imported: the marker shows the test can fail
+    assert main(["eval", "--run=runs/recv", f"--rl.reward={PLUGIN}", "--split=bogus"]) == 2
+    assert (ws / MARKER).exists()
+    (ws / MARKER).unlink()
+    plugins._load.cache_clear()  # imported once per process: forget it, so it is imported again
+    assert main(["eval", "--run=runs/recv", "--trust-plugins", "--split=bogus"]) == 2
+    assert (ws / MARKER).exists()
+    assert len(error_lines(capsys.readouterr().err)) == 3
+
+
+@pytest.mark.parametrize("env, expect", [({"RANK": "1"}, "RANK=1 with WORLD_SIZE=1"),
+                                         ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a whole number")])
+def test_torchrun_variables_without_torchrun(ws, monkeypatch, capsys, env, expect):
+    """RANK / WORLD_SIZE without a process group: one line naming them, before a file is touched (the file
+    writer and the cleaner read the rank from the same place)."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    before = snapshot(ws)
+    assert main(["sft", *TOY, "--name=toy"]) == 2
+    assert main([*EVAL, "--eval.max_samples=4"]) == 2
+    out, err = capsys.readouterr()
+    lines = error_lines(err)
+    assert len(lines) == 2 and all(expect in line for line in lines) and "wrote" not in out
+    assert snapshot(ws) == before
+
+
+def test_cpu_out_of_memory_is_one_line(ws, monkeypatch, capsys):
+    import minisapo.pipeline as pipeline
+
+    def huge(*a, **k):
+        return torch.empty(1 << 50, dtype=torch.uint8)  # the CPU allocator's own RuntimeError
+
+    monkeypatch.setattr(pipeline, "new_model", huge)
+    before = snapshot(ws)
+    assert main(["sft", *TINY, "--name=oom"]) == 2
+    line = error_lines(capsys.readouterr().err)
+    assert len(line) == 1 and "out of memory: use a smaller" in line[0]
+    assert {p for p in changed(before, snapshot(ws)) if not p.startswith("runs/oom/")} == set()
+
+
+def test_sigterm_mid_checkpoint_leaves_no_temporary_file(ws, monkeypatch, capsys):
+    import signal
+
+    import minisapo.runs as runs
+
+    real_save = torch.save
+
+    def save_then_term(obj, path, *a, **k):
+        Path(path).write_bytes(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGTERM)  # the command is stopped mid-write
+        real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(runs.torch, "save", save_then_term)
+    assert main(["sft", *TINY, "--name=term"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the process's own again
+    assert not [p for p in ws.rglob("*") if ".tmp" in p.name or ".building" in p.name or p.name == ".lock"]
+    assert not (ws / "runs/term/sft.pt").exists()
+
+
+def test_a_file_size_limit_leaves_no_temporary_file(ws):
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))\n"
+            "from minisapo.cli import main; sys.exit(main(sys.argv[1:]))\n")
+    before = snapshot(ws)
+    r = subprocess.run([sys.executable, "-c", code, *EVAL, "--eval.max_samples=8", "--split=valid"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "eval_valid.json" in lines[0] and "file-size limit" in lines[0]
     assert snapshot(ws) == before

@@ -16,7 +16,7 @@ ROOT = Path(minisapo.__file__).parent
 # bottom to top; a module may import only from its own layer or the layers above it in this list
 LAYERS = [
     ["files", "progress"],  # atomic writes, JSON, names; progress lines: no torch
-    ["distributed"],  # torchrun: ranks, slices, all-reduce (torch only; no-ops in one process)
+    ["distributed"],  # torchrun: ranks, slices, all-reduce (torch and files only; no-ops in one process)
     ["data"],  # synthetic world, Amazon / RecBole readers, splits
     ["tokenizer"],  # the vocabulary and the one spelling of a SID token
     ["sid"],  # item vectors, RQ-KMeans, SID table, trie, descriptors

@@ -12,8 +12,6 @@ Every source produces the same processed form (see dataset.py); the CLI is
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -151,10 +149,17 @@ def named(cfg: DataConfig, data_dir: str | Path, given: set[str] | frozenset = f
     with, for every data field the command did not set itself (`given`: DataConfig field names).
 
     So `minisapo data --source=atomic --path=DIR --name=ml` once, then `--data.name=ml` alone (no
-    --source/--path) in `sid`, `sft`, `run` and `compare`. Nothing changes without a name, when no such
-    dataset exists, or when the command names a source itself (SOURCE_KEYS in `given`).
+    --source/--path) in `sid`, `sft`, `run` and `compare`. Nothing changes without a name, or when the
+    command names a source itself (SOURCE_KEYS in `given`). A name of no existing dataset is a ValueError
+    (a typo must not build a synthetic world under it), unless the command says how to build it: a source,
+    or a synthetic world's setting (`--world=tiny --data.name=mine`).
     """
     stored = stored_settings(data_dir, cfg.name) if cfg.name else None
+    if cfg.name and not stored and not any(k in given for k in SOURCE_KEYS + _SYNTHETIC_ONLY) \
+            and cfg.name != _default_name(cfg):
+        raise ValueError(f"--data.name={cfg.name}: there is no dataset {Path(data_dir) / 'processed' / cfg.name} "
+                         f"(with a dataset.json); make it first (minisapo data --source=... --name={cfg.name}), "
+                         f"or say how to build it here (--source=synthetic --world=...)")
     if not stored or any(k in given for k in SOURCE_KEYS):
         return cfg
     fields = set(asdict(cfg))
@@ -170,10 +175,11 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         raise ValueError(f"unknown data source {cfg.source!r}: use --source=synthetic, amazon or atomic")
     if cfg.split not in ("loo", "temporal"):
         raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
-    from minisapo.files import check_name, swap_dir
+    from minisapo.files import check_name, claim_dir, remove, swap_dir, temp_path
 
     name = check_name(dataset_name(cfg), "data.name")  # one folder name: nothing is written outside processed/
     out = Path(data_dir) / "processed" / name
+    claim_dir(out, ("dataset.json",), "a dataset folder")  # never a folder of the user's, never through a link
     settings = {**_settings_of(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
     info_file = out / "dataset.json"
     if info_file.exists():
@@ -212,14 +218,14 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
         from minisapo.data.atomic import read_source
         raw = read_source(cfg.path, strict=cfg.strict)
         raw.info["source"] = "atomic"
-    tmp = out.parent / f".{name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_path(out, "building")
+    remove(tmp)
     try:
         info = write_processed(raw, tmp, name, kcore_k=cfg.kcore, start=cfg.start, end=cfg.end,
                                split=cfg.split, max_history=cfg.max_history, settings=settings)
         swap_dir(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
     s = info["splits"]
     print(f"wrote {out}: {info['num_users']} users, {info['num_items']} items, {info['num_interactions']} interactions; "
           f"samples train {s['train']} / valid {s['valid']} / test {s['test']} ({cfg.split})")

@@ -10,7 +10,8 @@
     out_dir/sid_settings.json     the settings + a fingerprint of the catalog (cache key)
     out_dir/sid_tree.png          the SID tree's top levels + codebook usage (with plot=...)
 
-A second call with the same settings and catalog is a cache hit (it only loads).
+A second call with the same settings and catalog is a cache hit (it only loads). A build is written to a
+temporary folder beside out_dir and swapped in whole when complete, so a failed build leaves the old cache.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import l2_normalise, load_vectors, tfidf_svd
 from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans, spread_last_level
-from minisapo.files import write_json
+from minisapo.files import claim_dir, new_dir, remove, swap_dir, temp_path, write_json
 from minisapo.sid.table import SIDTable, dedup_codes
 from minisapo.tokenizer import LETTERS, Tokenizer
 
@@ -208,6 +209,7 @@ def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: Callable |
     out_dir/sid_tree.png if it is missing."""
     cfg = cfg or SIDConfig()
     out_dir = Path(out_dir)
+    claim_dir(out_dir, (SETTINGS_FILE, TOKENIZER_FILE, "sid_table.json"), "a SID folder")
     fp = _fingerprint(dataset, cfg)
     settings_path = out_dir / SETTINGS_FILE
     needed = [settings_path, out_dir / STATS_FILE, out_dir / TOKENIZER_FILE]
@@ -228,15 +230,23 @@ def prepare(dataset, cfg: SIDConfig | None = None, out_dir=".", plot: Callable |
         if plot and not (out_dir / PLOT_FILE).exists():
             plot(table, stats, out_dir / PLOT_FILE)
         return table, tok, stats
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table, stats = build_sids(dataset, cfg, out_dir, device=device, verbose=verbose)
-    tok = Tokenizer.build(list(dataset.item_text), table, vocab_size=cfg.max_vocab or None)
-    tok.save(out_dir / TOKENIZER_FILE)
-    stats["vocab_size"] = tok.vocab_size
-    write_json(out_dir / STATS_FILE, stats)
-    if plot:
-        plot(table, stats, out_dir / PLOT_FILE)
-    write_json(settings_path, {"config": dataclasses.asdict(cfg), "fingerprint": fp})  # last: marks completion
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    build = new_dir(temp_path(out_dir, "building"))
+    try:
+        table, stats = build_sids(dataset, cfg, build, device=device, verbose=verbose)
+        try:
+            tok = Tokenizer.build(list(dataset.item_text), table, vocab_size=cfg.max_vocab or None)
+        except ValueError as e:
+            raise ValueError(f"--sid.max_vocab={cfg.max_vocab}: {e}") from None
+        tok.save(build / TOKENIZER_FILE)
+        stats["vocab_size"] = tok.vocab_size
+        write_json(build / STATS_FILE, stats)
+        if plot:
+            plot(table, stats, build / PLOT_FILE)
+        write_json(build / SETTINGS_FILE, {"config": dataclasses.asdict(cfg), "fingerprint": fp})
+        swap_dir(build, out_dir)  # complete, or not at all
+    finally:
+        remove(build)
     if verbose:
         print(f"SIDs: wrote {out_dir} (vocabulary {tok.vocab_size} tokens)")
     return table, tok, stats
