@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from minisapo.files import NonFiniteError
+
 
 def load_function(spec: str, key: str) -> Callable:
     """The function named by `module:function` or `file.py:function`; a ValueError naming `--key` otherwise."""
@@ -40,7 +42,11 @@ def load_function(spec: str, key: str) -> Callable:
 
 def checked(fn: Callable, key: str, spec: str) -> Callable:
     """`fn`, wrapped so that every call checks its result: a tensor (B,) or (B, K) for an input of
-    B rows (K its columns, if any), all finite. Returned as float."""
+    B rows (K its columns, if any), all finite (NaN or inf: a NonFiniteError, which the RL loop names the
+    step of). An advantage that turns per-step rewards (B, K) into (B,) is allowed, with a one-line note
+    the first time. Returned as float."""
+    noted = []
+
     def call(x: torch.Tensor, *args):
         try:
             out = fn(x, *args)
@@ -54,7 +60,11 @@ def checked(fn: Callable, key: str, spec: str) -> Callable:
             raise ValueError(f"--{key}={spec} returned {got} for an input of shape {tuple(x.shape)}: "
                              f"return a tensor of shape (B,) or (B, K)")
         if not torch.isfinite(out.float()).all():
-            raise ValueError(f"--{key}={spec} returned NaN or inf for an input of shape {tuple(x.shape)}")
+            raise NonFiniteError(f"--{key}={spec} returned NaN or inf for an input of shape {tuple(x.shape)}")
+        if key == "rl.advantage" and x.dim() == 2 and x.size(1) > 1 and out.dim() == 1 and not noted:
+            noted.append(True)
+            print(f"note: --{key}={spec} returned {tuple(out.shape)} for step rewards {tuple(x.shape)}: every step "
+                  "of a response now gets the same advantage (a sequence-level advantage, as GRPO's)")
         return out.float()
     return call
 

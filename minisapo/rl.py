@@ -319,7 +319,8 @@ def rl_step(model, ref_model, optimizer, grammar, prompts: Sequence[Sequence[int
                       cfg.max_completion_length)
     parsed = [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
     rows_t = [t for t in target_sids for _ in range(G)]  # 2) rewards -> advantages -> token credit
-    scored = score_rollouts(ro.responses, ro.mask, parsed, rows_t, grammar.tok, cfg, K, ro.given)
+    with nonfinite_context("rl", step + 1):  # a plug-in's NaN names the step
+        scored = score_rollouts(ro.responses, ro.mask, parsed, rows_t, grammar.tok, cfg, K, ro.given)
     adv, lmask = scored["token_adv"].to(dev), scored["loss_mask"].to(dev)
     old_lp = ref_lp = None  # 3) old and reference log-probs under the sampler's grammar (no grad)
     with torch.no_grad():
