@@ -175,6 +175,14 @@ def plot_response_steps(token_ids, tokenizer, num_steps: int, path, has_prompt: 
     return _save(fig, path, dpi=130, rect=(0, 0.12, 1, 1))
 
 
+def _minor_log_label(ax, y: float) -> str:
+    """A log axis's minor tick label in plain digits: all of them within one decade, 2 and 5 within a few."""
+    lo, hi = ax.get_ylim()
+    decades = np.log10(hi / lo) if lo > 0 else np.inf
+    lead = round(y / 10 ** np.floor(np.log10(y) + 1e-9))
+    return f"{y:g}" if decades <= 1 or (decades <= 2.5 and lead in (2, 5)) else ""
+
+
 def plot_sft_curves(records: list[dict], path) -> Path:
     """Training loss, validation loss and any `valid_hit@K` of the SFT records (`stage == "sft"`) of metrics.jsonl."""
     recs = [r for r in records if r.get("stage") == "sft"]
@@ -187,8 +195,10 @@ def plot_sft_curves(records: list[dict], path) -> Path:
     if valid:
         ax.plot(*zip(*valid), marker="o", label="valid loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("response-token cross-entropy")
+    ax.set_ylabel("response-token cross-entropy (log scale)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}"))  # 4, 0.6: not 4x10^0
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: _minor_log_label(ax, y)))
     ax.legend()
     ax.set_title("SFT loss")
     for k in hit_keys:

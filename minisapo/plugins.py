@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from minisapo.files import NonFiniteError
+
 KEYS = ("rl.reward", "rl.advantage")  # the options that take a plug-in
 _stored: dict[str, str] = {}  # plug-in spec -> the config.json that names it (not named by this command)
 _trusted: set[str] = set()  # plug-in specs this command names itself
@@ -86,7 +88,11 @@ def load_function(spec: str, key: str) -> Callable:
 
 def checked(fn: Callable, key: str, spec: str) -> Callable:
     """`fn`, wrapped so that every call checks its result: a real tensor (B,) or (B, K) for an input of
-    B rows (K its columns, if any), on the input's device, all finite. Returned as float."""
+    B rows (K its columns, if any), on the input's device, all finite (NaN or inf: a NonFiniteError, which
+    the RL loop names the step of). An advantage that turns per-step rewards (B, K) into (B,) is allowed,
+    with a one-line note the first time. Returned as float."""
+    noted = []
+
     def call(x: torch.Tensor, *args):
         try:
             out = fn(x, *args)
@@ -106,7 +112,11 @@ def checked(fn: Callable, key: str, spec: str) -> Callable:
             raise ValueError(f"--{key}={spec} returned {got} for an input of shape {tuple(x.shape)}: "
                              f"return a tensor of shape (B,) or (B, K)")
         if not torch.isfinite(out.float()).all():
-            raise ValueError(f"--{key}={spec} returned NaN or inf for an input of shape {tuple(x.shape)}")
+            raise NonFiniteError(f"--{key}={spec} returned NaN or inf for an input of shape {tuple(x.shape)}")
+        if key == "rl.advantage" and x.dim() == 2 and x.size(1) > 1 and out.dim() == 1 and not noted:
+            noted.append(True)
+            print(f"note: --{key}={spec} returned {tuple(out.shape)} for step rewards {tuple(x.shape)}: every step "
+                  "of a response now gets the same advantage (a sequence-level advantage, as GRPO's)")
         return out.float()
     return call
 
@@ -130,3 +140,8 @@ def plugin(key: str, spec: str) -> Callable:
 @functools.lru_cache(maxsize=None)
 def _load(key: str, spec: str) -> Callable:
     return checked(load_function(spec, key), key, spec)
+
+
+def forget() -> None:
+    """Forget every plug-in loaded so far: the next use imports its file again (it changed since)."""
+    _load.cache_clear()

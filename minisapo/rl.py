@@ -332,7 +332,9 @@ def score_groups(model, grammar, prompts: Sequence[Sequence[int]], target_sids: 
                       cfg.max_completion_length)
     parsed = [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
     rows_t = [t for t in target_sids for _ in range(G)]
-    scored = score_rollouts(ro.responses, ro.mask, parsed, rows_t, grammar.tok, cfg, grammar.K, ro.given, grammar.dedup)
+    with nonfinite_context("rl", step + 1):  # a plug-in's NaN names the step
+        scored = score_rollouts(ro.responses, ro.mask, parsed, rows_t, grammar.tok, cfg, grammar.K, ro.given,
+                                grammar.dedup)
     return {**scored, "prompts": ro.prompts, "responses": ro.responses.cpu(), "mask": ro.mask.cpu()}
 
 

@@ -23,6 +23,7 @@ import torch
 
 from minisapo import distributed
 from minisapo.evaluate import paired_sign_test
+from minisapo.files import NonFiniteError
 from minisapo.progress import bar as progress_bar
 from minisapo.runs import (MetricsLogger, check_finite_weights, load_checkpoint, load_optimizer, load_weights,
                            nonfinite_context, rng_state, save_checkpoint, set_rng_state, trim_metrics)
@@ -271,13 +272,25 @@ class Trainer:
     def save_due(self, step: int) -> bool:
         return due(step, self.save_every, self.max_steps)
 
-    def save(self, step: int, model, optimizer, **extra) -> None:
+    def save(self, step: int, model, optimizer, rng: dict | None = None, **extra) -> None:
         """Write the checkpoint atomically (refused if a weight is NaN/inf: the last good one stays)."""
         check_finite_weights(model, self.stage, step, self.hint)
         save_checkpoint(self.ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "step": step, "done": step == self.max_steps, "best": self.best,
-                                         "last_eval": self.last_eval, "rng": rng_state(), "average": self.average,
-                                         **extra})
+                                         "last_eval": self.last_eval, "rng": rng or rng_state(),
+                                         "average": self.average, **extra})
+
+    def stopped(self, error: NonFiniteError, done: int, saved: int, model, optimizer, rng: dict, extra) -> Exception:
+        """A NaN stopped step done + 1 before its update: checkpoint step `done` (with the RNG state from before
+        the failed step), so the run directory is one that --resume continues -> the error to raise."""
+        if done > saved:
+            try:
+                self.save(done, model, optimizer, rng=rng, **extra())
+                saved = done
+            except NonFiniteError:
+                pass
+        where = f"the run is saved at step {saved}" if saved else "no step finished"
+        return NonFiniteError(f"{error}; {where}: fix the cause, then --resume continues from there")
 
     def run(self, start: int, model, optimizer, one_step: Callable[[int], dict | None], eval_fn=None,
             first_eval: bool = True, show: tuple[str, ...] = (), show_eval: tuple[str, ...] | None = None,
@@ -289,11 +302,15 @@ class Trainer:
         Returns the number of steps done."""
         if first_eval and start == 0:
             self.evaluate(0, model, eval_fn, show_eval)
-        done = start
+        done = saved = start
         for step in self.steps(start):
             if stop_after is not None and step >= stop_after:
                 break
-            record, done = one_step(step), step + 1
+            rng = rng_state()
+            try:
+                record, done = one_step(step), step + 1
+            except NonFiniteError as e:
+                raise self.stopped(e, done, saved, model, optimizer, rng, extra) from None
             self.update_average(model)
             if done == self.max_steps and self.average is not None:  # the stage ends with the averaged weights
                 set_weights(model, self.average)
@@ -304,6 +321,7 @@ class Trainer:
                 self.evaluate(done, model, eval_fn, show_eval)
             if self.save_due(done):
                 self.save(done, model, optimizer, **extra())
+                saved = done
         if done == self.max_steps and use_best:
             self.use_best(model, next(model.parameters()).device)
         return done

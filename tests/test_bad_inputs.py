@@ -793,6 +793,60 @@ def test_nan_in_training_stops_and_keeps_the_last_good_checkpoint(ws, capsys, mo
     assert torch.load(ws / "runs/n/sft.pt", weights_only=True)["step"] == 4
 
 
+LATE_NAN = """import torch
+from minisapo.rl import step_advantages
+
+CALLS = [0]
+
+
+def late_nan(rewards, group_size, scale_rewards="group"):
+    adv = step_advantages(rewards, group_size, scale_rewards)
+    if rewards.size(0) == 4:  # an RL batch (2 prompts x 2 rollouts), not the example the option is tried on
+        CALLS[0] += 1
+        if CALLS[0] >= {nan_from}:
+            return adv * float("nan")
+    return adv
+"""
+
+
+def test_a_plugin_nan_at_a_later_step_names_it_and_leaves_a_resumable_run(ws, capsys):
+    from minisapo import plugins
+
+    rl = ["rl", "--from=runs/toy", "--name=late", "--rl.max_steps=4", "--rl.save_every=0", *DIRS]
+    Path("late.py").write_text(LATE_NAN.format(nan_from=3))
+    assert main([*rl, "--rl.advantage=late.py:late_nan"]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "rl: at step 3, --rl.advantage=late.py:late_nan returned NaN" in lines[0], lines
+    assert "the run is saved at step 2" in lines[0] and "--resume" in lines[0]
+    ckpt = torch.load(ws / "runs/late/rl_checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 2 and not ckpt["done"]  # written when the NaN stopped the run (save_every=0)
+    rows = [json.loads(r) for r in (ws / "runs/late/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward" in r] == [1, 2]
+    Path("late.py").write_text(LATE_NAN.format(nan_from=99))  # the cause fixed: --resume finishes the run
+    plugins.forget()  # a new command is a new process: the file is read again
+    assert main([*rl, "--rl.advantage=late.py:late_nan", "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert torch.load(ws / "runs/late/rl_checkpoint.pt", weights_only=True)["step"] == 4
+
+
+def test_a_step_plugin_that_returns_one_advantage_per_response_says_so_once(tmp_path, capsys):
+    from minisapo.config import rl_config
+    from minisapo.rl import advantage_function, reward_position
+    from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES
+
+    (tmp_path / "mean.py").write_text("def mean_steps(rewards, group_size, scale_rewards='group'):\n"
+                                      "    r = rewards.float().mean(dim=-1)\n"
+                                      "    g = r.view(-1, group_size)\n"
+                                      "    return (g - g.mean(dim=1, keepdim=True)).reshape(-1)\n")
+    spec = f"{tmp_path / 'mean.py'}:mean_steps"
+    rl_config("sapo", advantage=spec)  # tried on the example when the config is made
+    adv = advantage_function(spec)(reward_position(EXAMPLE_MATCHES), EXAMPLE_GROUP, "group")
+    assert adv.shape == (len(EXAMPLE_MATCHES),)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "every step of a response now gets the same advantage" in lines[0], lines
+    assert "(12,) for step rewards (12, 3)" in lines[0]
+
+
 def test_metrics_logger_writes_null_for_non_finite_values(tmp_path):
     from minisapo.runs import MetricsLogger
 
@@ -943,7 +997,7 @@ def test_a_received_plugin_runs_only_when_named_again_or_trusted(ws, capsys):
     assert main(["eval", "--run=runs/recv", f"--rl.reward={PLUGIN}", "--split=bogus"]) == 2
     assert (ws / MARKER).exists()
     (ws / MARKER).unlink()
-    plugins._load.cache_clear()  # imported once per process: forget it, so it is imported again
+    plugins.forget()  # imported once per process: forget it, so it is imported again
     assert main(["eval", "--run=runs/recv", "--trust-plugins", "--split=bogus"]) == 2
     assert (ws / MARKER).exists()
     assert len(error_lines(capsys.readouterr().err)) == 3

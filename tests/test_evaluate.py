@@ -134,6 +134,10 @@ def test_plots_show_their_inputs(tmp_path, saved_figures):
         [("train loss", [1, 2], [2.0, 1.0]), ("valid loss", [2], [1.5])]
     assert [(l.get_label(), list(l.get_xdata()), list(l.get_ydata())) for l in hits.lines] == \
         [("valid_hit@10", [2], [0.4])]
+    # the log axis is labelled in plain digits (4, 0.6), not in scientific notation (4x10^0)
+    loss.figure.canvas.draw()
+    labels = [t.get_text() for t in loss.get_yticklabels() + loss.get_yticklabels(minor=True) if t.get_text()]
+    assert "1" in labels and "2" in labels and not any("10^" in t or "e-" in t for t in labels), labels
 
 
 def test_baselines_rank_distinct_sids_when_items_share_one():

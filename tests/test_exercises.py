@@ -1,120 +1,78 @@
-"""The exercise checker (tutorials/exercise_checks.py) grades: the untouched stubs score 0, the instructor key
-full marks, and every planted bug (a small variant of the key) is caught by the right exercise, with a
-message that shows the inputs, a shaped index and enough digits."""
+"""The exercise checker and the teacher's grader.
+
+Students' side (tutorials/exercise_checks.py, always): the stubs score 0 on the visible examples, whose written
+answers agree with the library; the rules are checked while an answer runs; a file that imports the checker gets
+no points. Teachers' side (tutorials/instructor/, skipped where that folder is absent, as in the students'
+copy): the key gets full marks on the hidden checks, every planted bug of planted_bugs.py is caught by the right
+exercise, a folder of submissions is graded into a table and a CSV, and the students' copy holds no answer and
+passes its own tests.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import csv
 import importlib.util
 import io
+import math
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 TUTORIALS = REPO / "tutorials"
-KEY = TUTORIALS / "instructor" / "solutions_key.py"
+INSTRUCTOR = TUTORIALS / "instructor"
 STUBS = TUTORIALS / "solutions.py"
+HAS_KEY = (INSTRUCTOR / "solutions_key.py").exists()
+teacher = pytest.mark.skipif(not HAS_KEY, reason="tutorials/instructor/ is not in this copy")
 FULL = "score: 9/9 exercises, 100/100 points"
 
 
-def _load_checker():
-    spec = importlib.util.spec_from_file_location("exercise_checks", TUTORIALS / "exercise_checks.py")
+def load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["exercise_checks"] = mod  # dataclasses look their module up there
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
 
-ec = _load_checker()
+ec = load("exercise_checks", TUTORIALS / "exercise_checks.py")
 
 
-def grade(path: Path, seed: int, numbers=None, require_wiring=False):
-    """In-process run of the checker on the answers in `path` -> (full marks?, results, printed text)."""
-    sol = ec.load_solutions(path, name=f"answers_{path.stem}_{seed}")
+def check(path: Path, numbers=None, hidden=None, seed: int = 0):
+    """Grade the answers in `path` in this process -> (full marks?, {exercise: result}, printed text)."""
+    baseline = ec.fingerprint()
+    sol = ec.load_solutions(path, name=f"answers_{path.stem}_{abs(hash(str(path)))}")
     out = io.StringIO()
-    ok, results = ec.run(sol, path, seed, numbers, require_wiring, out=out)
+    ok, results = ec.run(sol, path, numbers, hidden, seed, out, baseline=baseline)
     return ok, {r.exercise.number: r for r in results}, out.getvalue()
 
 
-def variant(tmp_path: Path, old: str, new: str, name: str = "variant") -> Path:
-    """The instructor key with one planted bug (`old` must occur exactly once)."""
-    src = KEY.read_text()
-    assert src.count(old) == 1, f"{old!r} occurs {src.count(old)} times in the key"
-    path = tmp_path / f"{name}.py"
-    path.write_text(src.replace(old, new))
-    return path
-
-
-def run_script(args, solutions: Path | None, script: Path = TUTORIALS / "exercise_checks.py", cwd=None):
-    env = {k: v for k, v in os.environ.items() if k != "MINISAPO_SOLUTIONS"}
-    if solutions is not None:
-        env["MINISAPO_SOLUTIONS"] = str(solutions)
-    return subprocess.run([sys.executable, str(script), *args], env=env, cwd=cwd or REPO, capture_output=True,
-                          text=True, timeout=300)
-
-
 # ---------------------------------------------------------------------------------------------
-# stubs and key
+# the students' side
 
 
 def test_stubs_score_zero(capsys, monkeypatch):
     monkeypatch.delenv("MINISAPO_SOLUTIONS", raising=False)
     assert ec.main([]) == 1
     out = capsys.readouterr().out
-    assert out.rstrip().splitlines()[-1] == "score: 0/9 exercises, 0/100 points"
-    lines = [l for l in out.splitlines() if l.startswith("exercise ")]
+    assert out.rstrip().splitlines()[-1].startswith("score: 0/9 exercises, 0/100 points (visible examples")
+    lines = [line for line in out.splitlines() if line.startswith("exercise ")]
     assert len(lines) == 11
-    graded = [l for l in lines if "----" not in l]
-    assert len(graded) == 9 and all(" TODO " in l for l in graded), out
+    graded = [line for line in lines if "----" not in line]
+    assert len(graded) == 9 and all(" TODO " in line for line in graded), out
     assert "FAIL" not in out and "think answers: 0/12" in out
-    assert re.search(r"^seed: \d+", out, re.M)
-
-
-def test_key_full_marks_from_the_command_line():
-    t0 = time.time()
-    proc = run_script([], KEY)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    assert out.rstrip().splitlines()[-1] == FULL
-    assert "think answers: 12/12" in out
-    assert "FAIL" not in out and "TODO" not in out
-    # the library is untouched: its wiring is reported, not graded
-    assert out.count("SKIP") == 2 and "not graded without --require-wiring" in out
-    # no dataset / SID build logs between the exercise lines
-    body = out.splitlines()[2:]
-    assert all(re.match(r"(exercise |      |think answers|score: )", l) for l in body), out
-    assert time.time() - t0 < 60
-
-
-def test_key_passes_on_many_seeds():
-    for seed in range(6):
-        ok, results, text = grade(KEY, seed)
-        assert ok, text
-
-
-def test_seed_replays_the_same_hidden_inputs(tmp_path):
-    bug = variant(tmp_path, "out[i, t] = advantages[i, k] * weight", "out[i, t] = advantages[i, k] * weight * 1.001")
-    a = grade(bug, 5, [2])[2]
-    b = grade(bug, 5, [2])[2]
-    c = grade(bug, 6, [2])[2]
-    assert "FAIL" in a and a == b and a != c
-    assert "replay: python tutorials/exercise_checks.py 2 --seed=5" in a
 
 
 def test_only_selected_exercises_and_unknown_number(capsys, monkeypatch):
-    monkeypatch.setenv("MINISAPO_SOLUTIONS", str(KEY))
-    assert ec.main(["1", "8", "--seed=3"]) == 0
-    out = capsys.readouterr().out
-    assert out.rstrip().splitlines()[-1] == "score: 2/2 exercises, 15/15 points"
+    monkeypatch.delenv("MINISAPO_SOLUTIONS", raising=False)
+    assert ec.main(["1", "8"]) == 1
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("score: 0/2 exercises, 0/15 points")
     with pytest.raises(SystemExit):
         ec.main(["12"])
 
@@ -129,194 +87,198 @@ def test_a_broken_answers_file_scores_zero(tmp_path, capsys, monkeypatch):
     assert out.rstrip().splitlines()[-1] == "score: 0/9 exercises, 0/100 points"
 
 
-# ---------------------------------------------------------------------------------------------
-# planted bugs: each a one-line variant of the key; the right exercise (and part) FAILs on every seed
-
-BUGS = [
-    # (id, exercise, failing part, old, new, words the message must contain)
-    ("prefix reward forgets the earlier steps", 1, "prefix_reward",
-     "still_right = still_right * float(m[i, k])", "still_right = float(m[i, k])", "first difference at ["),
-    ("prefix reward changes m in place", 1, "prefix_reward",
-     "    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):",
-     "    out = m\n    for i in range(m.size(0)):", "changed its input `m`"),
-    ("prefix reward with cumprod (loop rule)", 1, "prefix_reward",
-     "    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):",
-     "    return m.cumprod(dim=1)\n    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):",
-     "`cumprod`"),
-    ("token credit: step mean over the response length", 2, "token_advantages_loops",
-     "weight = n_i / (k_i * count[k]) if step_token_mean else 1.0",
-     "weight = n_i / (k_i * n_i) if step_token_mean else 1.0", "(row "),
-    ("token credit: gather (loop rule)", 2, "token_advantages_loops",
-     "    B, T = steps.shape\n    out = torch.zeros(B, T)\n",
-     "    B, T = steps.shape\n    out = torch.zeros(B, T)\n    _ = advantages.reshape(B, -1).gather(1, steps.clamp(min=0) * 0)\n",
-     "`gather`"),
-    ("token credit: masked tokens still get credit", 2, "token_advantages_loops",
-     "            if mask[i, t] and steps[i, t] >= 0:\n                count",
-     "            if steps[i, t] >= 0:\n                count", "first difference at ["),
-    ("interleaved: off-by-one segmentation", 3, "interleaved_step_index",
-     "        out.append(written)  # the dedup token comes after all num_steps semantic tokens: step num_steps\n"
-     "        if 0 <= tokenizer.token_level[token] < num_steps:  # a semantic SID token (not the dedup one)\n"
-     "            written += 1",
-     "        if 0 <= tokenizer.token_level[token] < num_steps:\n            written += 1\n"
-     "        out.append(written)", "first difference at ["),
-    ("interleaved: the dedup token folded into the last step", 3, "interleaved_step_index",
-     "out.append(written)  # the dedup", "out.append(min(written, num_steps - 1))  # the dedup", "expected"),
-    ("interleaved: calls reasoning.step_index", 3, "interleaved_step_index",
-     "    out, written, ended = [], 0, False\n    for token in response:",
-     "    from minisapo.reasoning import step_index\n    out, written, ended = [], 0, False\n"
-     "    for token in response:", "import of minisapo"),
-    ("range: missing epsilon", 4, "range_advantages",
-     "(centred / (hi - lo + 1e-4))", "(centred / (hi - lo))", "off by"),
-    ("range: sign error in the advantages", 4, "range_advantages",
-     "centred = col - col.mean()", "centred = col.mean() - col", "first difference at ["),
-    ("by hand: population std", 4, "EX4_ONE_HIT_OF_8",
-     '"group": {"hit": 0.875 / (math.sqrt(0.125) + 1e-4)', '"group": {"hit": 0.875 / (math.sqrt(0.109375) + 1e-4)',
-     "sample std"),
-    ("reward-to-go: exponent off by one", 6, "reward_to_go",
-     "out[:, j] = advantages[:, j] + gamma * out[:, j + 1]",
-     "out[:, j] = advantages[:, j] + gamma * gamma * out[:, j + 1]", "first difference at ["),
-    ("reward-to-go: in place on its input", 6, "reward_to_go",
-     "    out = advantages.clone()\n    for j in range(advantages.size(1) - 2",
-     "    out = advantages\n    for j in range(advantages.size(1) - 2", "changed its input `advantages`"),
-    ("ndcg: log2(rank) discount", 8, "ndcg_at_k",
-     "return 1.0 / math.log2(rank + 1)", "return 1.0 / math.log2(rank + 1e-9)", "expected"),
-    ("ndcg: 0-based rank in the discount", 8, "ndcg_at_k",
-     "for rank, item in enumerate(ranked[:k], start=1):", "for rank, item in enumerate(ranked[:k], start=2):",
-     "expected"),
-    ("hit: top k + 1", 8, "hit_at_k",
-     "return 1.0 if target in ranked[:k] else 0.0", "return 1.0 if target in ranked[:k + 1] else 0.0", "expected 0"),
-    ("ndcg: calls minisapo.evaluate", 8, "ndcg_at_k",
-     "    for rank, item in enumerate(ranked[:k], start=1):",
-     "    from minisapo import evaluate\n    return evaluate.ndcg_at_k(ranked, target, k)\n"
-     "    for rank, item in enumerate(ranked[:k], start=1):", "minisapo"),
-    ("k-means: empty cluster moves to 0", 9, "centroid update",
-     "    new_centroids = centroids.clone()\n", "    new_centroids = torch.zeros_like(centroids)\n", "(centroid "),
-    ("k-means: centroid update in place", 9, "centroid update",
-     "    new_centroids = centroids.clone()\n", "    new_centroids = centroids\n", "changed its input `centroids`"),
-    ("k-means: nearest by absolute, not squared, distance sum", 9, "assignment",
-     "d2 = ((x[n] - centroids) ** 2).sum(dim=1)", "d2 = (x[n] - centroids).abs().sum(dim=1)", "(row "),
-    ("trie: an impossible prefix returns []", 10, "impossible",
-     '            raise ValueError(f"impossible SID prefix {list(prefix)}")', "            return []",
-     "must raise ValueError"),
-    ("trie: keyed on the last token only", 10, "valid prefixes",
-     "    node = trie\n    for token in prefix:", "    node = trie\n    for token in prefix[-1:]:", "valid prefix"),
-    ("step loss: population std", 11, "step advantages", "std = col.std()", "std = col.std(unbiased=False)",
-     "(rollout "),
-    ("step loss: missing epsilon", 11, "step advantages", "((col - col.mean()) / (std + 1e-4))",
-     "((col - col.mean()) / std)", "off by"),
-    ("step loss: per-step mean over the wrong length", 11, "per-token credit",
-     "    token_adv = token_advantages_loops(advantages, steps, mask, True)",
-     "    token_adv = token_advantages_loops(advantages, steps, mask, False)", "(rollout "),
-    ("step loss: sign error", 11, "loss value",
-     "per_token = -torch.minimum(ratio * token_adv, clipped * token_adv)",
-     "per_token = torch.minimum(ratio * token_adv, clipped * token_adv)", "loss"),
-    ("step loss: max instead of the pessimistic min", 11, "loss value",
-     "per_token = -torch.minimum(ratio * token_adv, clipped * token_adv)",
-     "per_token = -torch.maximum(ratio * token_adv, clipped * token_adv)", "loss"),
-    ("step loss: one token mean over the whole group", 11, "loss value",
-     "loss = ((per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)).mean()",
-     "loss = (per_token * m).sum() / m.sum()", "loss"),
-]
+def test_a_file_that_imports_the_checker_gets_no_points(tmp_path, capsys, monkeypatch):
+    for i, line in enumerate(("import exercise_checks", "from exercise_checks import compare",
+                              "import importlib\nec = importlib.import_module('exercise' + '_checks')",
+                              f"text = open({str(TUTORIALS / 'exercise_checks.py')!r}).read()")):
+        path = tmp_path / f"sneaky{i}.py"
+        path.write_text(STUBS.read_text() + "\n" + line + "\n")
+        monkeypatch.setenv("MINISAPO_SOLUTIONS", str(path))
+        assert ec.main([]) == 1
+        out = capsys.readouterr().out
+        assert "may not import, open or run the checker" in out, out
+        assert out.rstrip().splitlines()[-1] == "score: 0/9 exercises, 0/100 points"
 
 
-USES = {2: {11}}  # the key's exercise 11 reuses its exercise-2 function, so a bug there shows in both
+def test_the_rules_are_checked_while_the_answer_runs(tmp_path):
+    """Shortcuts the source does not show: a name built at run time, a library module imported by a computed
+    name, a vectorised index, an int64 result. Each is a FAIL of its exercise that names the line."""
+    answers = {
+        1: ("def prefix_reward(m):\n    f = getattr(m, 'cum' + 'prod')\n    for _ in range(1):\n        pass\n"
+            "    return f(1)\n", "getattr"),
+        2: ("def token_advantages_loops(advantages, steps, mask, step_token_mean):\n    out = torch.zeros(steps.shape)\n"
+            "    for i in range(len(steps)):\n        out[i] = advantages[i][steps[i].clamp(min=0)] * mask[i]\n"
+            "    return out\n", "indexing with a tensor"),
+        8: ("def hit_at_k(ranked, target, k):\n    import importlib\n"
+            "    return importlib.import_module('mini' + 'sapo.evaluate').hit_at_k(ranked, target, k)\n",
+            "minisapo.evaluate"),
+        9: ("def kmeans_step(x, centroids):\n    codes = ((x[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)\n"
+            "    return codes.int(), centroids, x\n", "dtype torch.int32"),
+    }
+    for number, (body, words) in answers.items():
+        path = tmp_path / f"answer{number}.py"
+        path.write_text("import torch\n\n\n" + body)
+        ok, results, text = check(path, [number])
+        r = results[number]
+        assert r.status == "FAIL" and words in r.parts[0].message, text
+        if number != 9:
+            assert re.search(r"line \d+: `", r.parts[0].message), r.parts[0].message
 
 
-@pytest.mark.parametrize("bug", BUGS, ids=[b[0] for b in BUGS])
-def test_planted_bug_is_caught(bug, tmp_path):
-    name, number, part, old, new, words = bug
-    path = variant(tmp_path, old, new)
-    ok, results, text = grade(path, seed=11)  # every exercise: only the right one fails
-    assert not ok and FULL not in text, text
-    failed = {n for n, r in results.items() if r.status == "FAIL"}
-    assert number in failed and failed <= {number} | USES.get(number, set()), f"{name}: failed {failed}\n{text}"
-    bad_parts = [p for p in results[number].parts if p.status == "FAIL"]
-    assert bad_parts and part in bad_parts[0].name, text
-    assert words in bad_parts[0].message, bad_parts[0].message
-    assert results[number].points < results[number].out_of
-    for seed in (12,):  # and on other hidden inputs too
-        ok, results, text = grade(path, seed, [number])
-        assert not ok and results[number].status == "FAIL", f"{name} not caught with seed {seed}\n{text}"
+def test_visible_examples_agree_with_the_library():
+    """The answers written into the checker are the library's (where the library has the function)."""
+    from minisapo import evaluate, rl
+    from minisapo.reasoning import build_response, step_index
+    from minisapo.sid.rqkmeans import assign
+
+    for m, want in ((torch.tensor([[1.0, 1.0, 0.0, 1.0]]), [[1.0, 1.0, 0.0, 0.0]]),):
+        assert rl.reward_prefix(m).tolist() == want
+    for steps, mask, adv, stm, want in ec.TOKEN_CREDIT_EXAMPLES:
+        got = rl.token_advantages(torch.tensor(adv), torch.tensor(steps), torch.tensor(mask).bool(), stm)
+        torch.testing.assert_close(got, torch.tensor(want), atol=1e-6, rtol=1e-6)
+    table, tok = ec.make_world(ec.EX3_CODES, ec.EX3_SIZES)
+    for item, blocks, variant, want in ec.EX3_EXAMPLES:
+        resp = build_response(item, blocks, table, tok, "interleaved")
+        lib = step_index(torch.tensor([resp]), tok, table.num_levels, has_prompt=False)[0].tolist()
+        assert lib[:len(want)] == want[:len(lib)]
+    for ranked, target, k, hit, ndcg in ec.NDCG_EXAMPLES:
+        assert evaluate.hit_at_k(ranked, target, k) == hit and math.isclose(evaluate.ndcg_at_k(ranked, target, k), ndcg)
+    for x, c, codes, _, _ in ec.KMEANS_EXAMPLES:
+        assert assign(torch.tensor(x), torch.tensor(c))[0].tolist() == codes
+    m = torch.tensor(ec.HAND_CASE["matches"])
+    adv = rl.step_advantages(m, 2)
+    torch.testing.assert_close(adv, torch.tensor(ec.HAND_CASE["advantages"]))
+    tok_adv = rl.token_advantages(adv, torch.tensor(ec.HAND_CASE["steps"]), torch.tensor(ec.HAND_CASE["mask"]), True)
+    torch.testing.assert_close(tok_adv, torch.tensor(ec.HAND_CASE["token_adv"]))
+    logp, mask = torch.tensor(ec.HAND_CASE["logprobs"]), torch.tensor(ec.HAND_CASE["mask"])
+    for old, want in ((logp, ec.HAND_CASE["loss"]), (torch.tensor(ec.HAND_CASE["old_logprobs_moved"]),
+                                                      ec.HAND_CASE["loss_moved"])):
+        loss, _ = rl.policy_loss(logp, old, tok_adv, mask, "grpo", 0.2, 0.2, 0.0)
+        assert abs(float(loss) - want) < 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
-# what a failure message shows
+# the teachers' side
 
 
-def test_message_has_shaped_index_inputs_and_digits(tmp_path):
-    path = variant(tmp_path, "(centred / (hi - lo + 1e-4))", "(centred / (hi - lo))")
-    msg = grade(path, 0, [4])[1][4].parts[0].message
-    m = re.search(r"first difference at \[(\d+), (\d+)\] \(row \d+, column \d+\): got (\S+), expected (\S+) "
+@pytest.fixture(scope="module")
+def grader():
+    return load("grade", INSTRUCTOR / "grade.py")
+
+
+@pytest.fixture(scope="module")
+def hidden(grader):
+    return grader.hidden_checks.HIDDEN
+
+
+def planted(tmp_path: Path, bug) -> Path:
+    """The key with one planted bug."""
+    src = (INSTRUCTOR / "solutions_key.py").read_text()
+    assert src.count(bug.old) == 1, f"{bug.name}: `old` occurs {src.count(bug.old)} times in the key"
+    path = tmp_path / "planted.py"
+    path.write_text(src.replace(bug.old, bug.new.replace("INSTRUCTOR", str(INSTRUCTOR))))
+    return path
+
+
+BUGS = load("planted_bugs", INSTRUCTOR / "planted_bugs.py") if HAS_KEY else None
+
+
+def bug_named(name: str):
+    return next(b for b in BUGS.BUGS if b.name == name)
+
+
+@teacher
+def test_key_full_marks_on_the_hidden_checks(hidden):
+    for seed in range(2):
+        ok, results, text = check(INSTRUCTOR / "solutions_key.py", hidden=hidden, seed=seed)
+        assert ok and text.rstrip().splitlines()[-1] == FULL, text
+        assert "think answers: 12/12" in text
+
+
+@teacher
+def test_the_stubs_get_nothing_from_the_hidden_checks(hidden):
+    ok, results, text = check(STUBS, hidden=hidden, seed=0)
+    assert text.rstrip().splitlines()[-1] == "score: 0/9 exercises, 0/100 points"
+
+
+@teacher
+def test_seed_replays_the_same_hidden_inputs(tmp_path, hidden):
+    path = planted(tmp_path, bug_named("token credit: step mean over the response length"))
+    a, b, c = (check(path, [2], hidden, seed)[2] for seed in (5, 5, 6))
+    assert "FAIL" in a and a == b
+
+
+@teacher
+def test_there_are_at_least_40_planted_bugs_of_every_kind():
+    names = " | ".join(b.name for b in BUGS.BUGS)
+    assert len(BUGS.BUGS) >= 40
+    kinds = ["population std", "log", "mask forgotten", "in place (a view)", "ties broken the other way",
+             "empty cluster", "hidden reference (and an empty loop", "np.multiply.accumulate", "itertools.accumulate",
+             "torch.triu", "fancy indexing", "importlib", "int64", "as floats", "returns an int", "imports the checker",
+             "rebinds"]
+    assert all(k in names for k in kinds), [k for k in kinds if k not in names]
+    assert {b.exercise for b in BUGS.BUGS} == {e.number for e in ec.EXERCISES if e.parts}
+
+
+@teacher
+@pytest.mark.parametrize("bug", BUGS.BUGS if BUGS else [], ids=lambda b: b.name)
+def test_planted_bug_is_caught(bug, tmp_path, hidden, monkeypatch):
+    for space in (math, np, torch):  # an answer that rebinds a function: put it back afterwards
+        for name, value in list(vars(space).items()):
+            monkeypatch.setattr(space, name, value)
+    path = planted(tmp_path, bug)
+    if bug.load:
+        with pytest.raises(ec.LoadError, match=re.escape(bug.words)):
+            ec.load_solutions(path, name=f"planted_{abs(hash(bug.name))}")
+        return
+    ok, results, text = check(path, [bug.exercise], hidden, seed=11)
+    r = results[bug.exercise]
+    bad = [p for p in r.parts if p.status == "FAIL"]
+    assert not ok and r.status == "FAIL" and bad, f"{bug.name}: not caught\n{text}"
+    assert bug.part in bad[0].name, f"{bug.name}: failed in {bad[0].name}\n{text}"
+    assert bug.words in bad[0].message, f"{bug.name}: {bad[0].message}"
+    assert r.points < r.out_of
+
+
+@teacher
+def test_message_has_shaped_index_inputs_and_digits(tmp_path, hidden):
+    path = planted(tmp_path, bug_named("range: missing epsilon"))
+    msg = check(path, [4], hidden, seed=0)[1][4].parts[0].message
+    m = re.search(r"first difference at \[(\d+)(, \d+)?\] \(row \d+(, column \d+)?\): got (\S+), expected (\S+) "
                   r"\(off by ([-+][\d.e-]+)\)", msg)
     assert m, msg
-    got, want, off = float(m.group(3)), float(m.group(4)), float(m.group(5))
+    got, want, off = float(m.group(4)), float(m.group(5)), float(m.group(6))
     assert 1e-6 < abs(off) < 1e-3 and got != want  # a 1e-4 relative error, visible
     assert "inputs:" in msg and "rewards = " in msg and "group_size = " in msg
     assert "got:" in msg and "expected:" in msg
 
 
-def test_in_place_mutation_expected_comes_from_the_original(tmp_path):
-    # mutates its input AND returns a wrong answer: the expected values must come from the original input
-    path = variant(tmp_path, "    out = advantages.clone()\n    for j in range(advantages.size(1) - 2",
-                   "    out = advantages\n    advantages[:, 0] += 1.0\n    for j in range(advantages.size(1) - 2")
-    ok, results, text = grade(path, 0, [6])
-    msg = results[6].parts[0].message
+@teacher
+def test_in_place_change_expected_comes_from_the_original_input(tmp_path, hidden):
+    path = planted(tmp_path, bug_named("reward-to-go: shifts its input in place, and the answer with it"))
+    msg = check(path, [6], hidden, seed=0)[1][6].parts[0].message
     assert "changed its input `advantages`" in msg and "BEFORE your call" in msg, msg
-    sol = ec.load_solutions(KEY, name="key_for_mutation")
-    for seed in range(3):  # the 'expected' printed is the key's answer on the untouched input
-        m = re.search(r"reward_to_go\(advantages, gamma=([\d.]+)\): first difference at \[(\d+), (\d+)\].*"
-                      r"expected (\S+)", msg)
-        if m:
-            break
-    assert m, msg
-    inp = re.search(r"advantages = (\[\[.*?\]\])", msg, re.S).group(1)
-    adv = torch.tensor(eval(inp))  # noqa: S307  (the checker printed it)
-    want = sol.reward_to_go(adv, float(m.group(1)))[int(m.group(2)), int(m.group(3))]
-    assert abs(float(m.group(4)) - float(want)) < 1e-5
+    m = re.search(r"gamma=([\d.]+)\): first difference at \[(\d+), (\d+)\].*expected (\S+)", msg)
+    adv = torch.tensor(eval(re.search(r"advantages = (\[\[.*?\]\])", msg, re.S).group(1)))  # noqa: S307
+    gamma, i, j = float(m.group(1)), int(m.group(2)), int(m.group(3))
+    want = sum(gamma ** (k - j) * float(adv[i, k]) for k in range(j, adv.size(1)))
+    assert abs(float(m.group(4)) - want) < 1e-5
 
 
-def test_rule_message_names_the_line(tmp_path):
-    path = variant(tmp_path, "still_right = still_right * float(m[i, k])",
-                   "still_right = float(m[i, :k + 1].cumprod(0)[-1])")
-    msg = grade(path, 0, [1])[1][1].parts[0].message
-    assert "rule broken" in msg and "`cumprod`" in msg and re.search(r"line \d+: `still_right = ", msg), msg
+@teacher
+def test_rule_message_names_the_line(tmp_path, hidden):
+    msg = check(planted(tmp_path, bug_named("prefix reward with prod over the prefix")), [1], hidden)[1][1].parts[0].message
+    assert "rule broken" in msg and "`.prod`" in msg and re.search(r"line \d+: `still_right = ", msg), msg
 
 
-def test_rule_follows_helpers_and_aliases(tmp_path):
-    src = KEY.read_text()
-    helper = src.replace("def prefix_reward(m: torch.Tensor) -> torch.Tensor:\n",
-                         "def _helper(m):\n    return torch.cumprod(m, 1)\n\n\n"
-                         "def prefix_reward(m: torch.Tensor) -> torch.Tensor:\n    return _helper(m)\n", 1)
-    (tmp_path / "helper.py").write_text(helper)
-    msg = grade(tmp_path / "helper.py", 0, [1])[1][1].parts[0].message
-    assert "`cumprod`" in msg, msg
-    alias = src.replace("import torch\n", "import torch\nfrom minisapo.rl import token_advantages as spread\n", 1)
-    alias = alias.replace("    B, T = steps.shape\n    out = torch.zeros(B, T)\n",
-                          "    return spread(advantages, steps, mask, step_token_mean)\n"
-                          "    B, T = steps.shape\n    out = torch.zeros(B, T)\n", 1)
-    (tmp_path / "alias.py").write_text(alias)
-    msg = grade(tmp_path / "alias.py", 0, [2])[1][2].parts[0].message
-    assert "minisapo.rl.token_advantages" in msg, msg
-    noloop = src.replace("    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):",
-                         "    return torch.stack([m[:, :k + 1].prod(1) for k in range(m.size(1))], 1)\n"
-                         "    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):", 1)
-    (tmp_path / "noloop.py").write_text(noloop)  # a comprehension is a loop: allowed
-    assert grade(tmp_path / "noloop.py", 0, [1])[0]
-    hidden = src.replace("    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):",
-                         "    try:\n        return getattr(torch, 'cum' + 'prod')(m, 1)\n    except Exception:\n"
-                         "        pass\n    out = torch.zeros_like(m, dtype=torch.float32)\n    for i in range(m.size(0)):", 1)
-    (tmp_path / "hidden.py").write_text(hidden)  # the source hides it; running it does not
-    msg = grade(tmp_path / "hidden.py", 0, [1])[1][1].parts[0].message
-    assert "`cumprod` was called while your answer ran" in msg, msg
-
-
-def test_checker_references_agree_with_the_library():
-    """The checker's brute force is independent code; it must agree with the library on well-formed input."""
-    import numpy as np
-
+@teacher
+def test_hidden_references_agree_with_the_library(grader):
+    """The brute force of hidden_checks.py is independent code; it must agree with the library on well-formed
+    input."""
     from minisapo import rl
     from minisapo.reasoning import build_response, step_index
 
+    hc = grader.hidden_checks
     rng = np.random.default_rng(0)
     for _ in range(5):
         table, tok = ec.random_world(rng)
@@ -324,122 +286,86 @@ def test_checker_references_agree_with_the_library():
         for item in range(table.num_items):
             resp = build_response(item, ec.random_blocks(rng, K), table, tok, "interleaved")
             lib = step_index(torch.tensor([resp]), tok, K, has_prompt=False)[0].tolist()
-            assert ec.ref_interleaved_steps(resp, tok.token_level, tok.eos_id, K) == lib
-    for case in ec.loss_cases(rng):
-        m, steps, mask, logp, old, eps = case
+            assert hc.ref_interleaved_steps(resp, tok.token_level, tok.eos_id, K) == lib
+    for m, steps, mask, logp, old, eps in hc.loss_cases(rng):
         adv = rl.step_advantages(m, len(m), "group")
-        torch.testing.assert_close(torch.tensor(ec.ref_step_advantages(m.double().tolist(), len(m))).float(), adv)
+        torch.testing.assert_close(torch.tensor(hc.ref_step_advantages(m.double().tolist(), len(m))).float(), adv)
         tok_adv = rl.token_advantages(adv, steps, mask, step_token_mean=True)
-        ref_tok = ec.ref_token_credit(adv.double().tolist(), steps.tolist(), mask.tolist(), True)
+        ref_tok = hc.ref_token_credit(adv.double().tolist(), steps.tolist(), mask.tolist(), True)
         torch.testing.assert_close(torch.tensor(ref_tok).float(), tok_adv, atol=1e-5, rtol=1e-5)
-        loss, _ = rl.policy_loss(logp, old, tok_adv, mask, loss_type="grpo", epsilon=eps, epsilon_high=eps,
-                                 beta=0.0)
-        ref = ec.ref_loss(tok_adv.double().tolist(), logp.double().tolist(), old.double().tolist(), mask.tolist(), eps)
+        loss, _ = rl.policy_loss(logp, old, tok_adv, mask, loss_type="grpo", epsilon=eps, epsilon_high=eps, beta=0.0)
+        ref = hc.ref_loss(tok_adv.double().tolist(), logp.double().tolist(), old.double().tolist(), mask.tolist(), eps)
         assert abs(float(loss) - ref) < 1e-5
 
 
-# ---------------------------------------------------------------------------------------------
-# library wiring of exercises 4 and 6, on a copy of the library with the edits appended
-
-WIRING = '''
-
-# --- exercises 4 and 6, wired in (appended by tests/test_exercises.py) ---------------------------
-import importlib.util as _ilu
-
-_spec = _ilu.spec_from_file_location("_exercise_key", {key!r})
-_key = _ilu.module_from_spec(_spec)
-_spec.loader.exec_module(_key)
-
-SCALE_REWARDS = SCALE_REWARDS + ("range",)
-_plain_group_advantages = _group_advantages
-
-
-def _group_advantages(r, G, scale_rewards):
-    if scale_rewards == "range":
-        return {range_call}
-    return _plain_group_advantages(r, G, scale_rewards)
+def half_right(tmp_path: Path) -> Path:
+    """The key with exercises 2, 9 and 11 put back to their stubs, and a bug in exercise 8's ndcg."""
+    key, stubs = (INSTRUCTOR / "solutions_key.py").read_text(), STUBS.read_text()
+    src = key.replace(bug_named("ndcg: the natural log").old, bug_named("ndcg: the natural log").new)
+    for name in ("token_advantages_loops", "kmeans_step", "sapo_group_loss"):
+        start = src.index(f"def {name}(")
+        end = src.index("\n\n\n#", start)
+        stub_start = stubs.index(f"def {name}(")
+        stub_end = stubs.index("\n\n\n", stub_start)
+        src = src[:start] + stubs[stub_start:stub_end] + src[end:]
+    path = tmp_path / "half_right.py"
+    path.write_text(src)
+    return path
 
 
-@dataclass
-class _RLConfigWithGamma(RLConfig):  # its own name, so that inspect finds this source for the comment
-    step_gamma: float = {default}  # step advantage: step k's advantage also credits steps j < k, times gamma^(k-j)
+@teacher
+def test_grading_a_class_folder_prints_a_table_and_writes_a_csv(tmp_path, grader, capsys):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    (folder / "key.py").write_text((INSTRUCTOR / "solutions_key.py").read_text())
+    (folder / "stubs.py").write_text(STUBS.read_text())
+    half_right(folder)
+    assert grader.main([str(folder), f"--out={tmp_path / 'grades'}", "--seed=7"]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("student"))
+    assert lines[head].split() == ["student", "1", "2", "3", "4", "6", "8", "9", "10", "11", "total", "think", "status"]
+    rows = {line.split()[0]: line.split() for line in lines[head + 2:head + 5]}
+    assert rows["key"][1:11] == ["5", "15", "10", "10", "10", "10", "15", "10", "15", "100"]
+    assert rows["stubs"][1:11] == ["0"] * 9 + ["0"]
+    assert rows["half_right"][1:11] == ["5", "0", "10", "10", "10", "3", "0", "10", "0", "48"]
+    with open(tmp_path / "grades" / "scores.csv") as f:
+        table = {r["student"]: r for r in csv.DictReader(f)}
+    assert set(table) == {"key", "stubs", "half_right"}
+    assert table["key"]["total"] == "100" and table["key"]["out_of"] == "100" and table["key"]["think_answers"] == "12"
+    assert table["half_right"]["total"] == "48" and table["half_right"]["exercises_passed"] == "5"
+    assert table["stubs"]["status"] == "graded" and table["stubs"]["seed"] == "7"
+    report = (tmp_path / "grades" / "half_right.txt").read_text()
+    assert "exercise  8  FAIL" in report and re.search(r"replay: python tutorials/instructor/grade.py \S*half_right.py "
+                                                       r"--exercises 8 --seed=7", report), report
 
 
-RLConfig = _RLConfigWithGamma
+@teacher
+def test_the_students_copy_has_no_answers_and_passes_its_tests(tmp_path):
+    out = tmp_path / "students"
+    proc = subprocess.run([sys.executable, str(INSTRUCTOR / "make_student_copy.py"), str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (out / "tutorials" / "instructor").exists() and (out / "tutorials" / "solutions.py").exists()
+    copier = load("make_student_copy", INSTRUCTOR / "make_student_copy.py")
+    assert copier.leaks(out) == []
+    docs = [p for p in out.rglob("*.md") if "tutorials/instructor" in p.read_text()]
+    assert not docs, f"teachers' notes left in {docs}"
+    log = subprocess.run(["git", "log", "--oneline"], cwd=out, capture_output=True, text=True).stdout.splitlines()
+    assert len(log) == 1  # a fresh history
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(out)}
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_exercises.py"],
+                           cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    # among them: the stubs score 0, and a file that imports the copy's checker gets no points
+    assert tests.returncode == 0 and "6 passed" in tests.stdout and "failed" not in tests.stdout, tests.stdout[-3000:]
 
 
-_plain_score_rollouts = score_rollouts
-
-
-def score_rollouts(responses, mask, parsed, target_sids, tokenizer, cfg, num_steps, given=None, dedup=False):
-    out = _plain_score_rollouts(responses, mask, parsed, target_sids, tokenizer, cfg, num_steps, given, dedup)
-    if cfg.advantage == "step" and cfg.step_gamma > 0:
-        out["advantages"] = _key.reward_to_go(out["advantages"], cfg.step_gamma)
-        {credit}
-    return out
-'''
-GOOD = {"range_call": "_key.range_advantages(r.float(), G)", "default": "0.0",
-        "credit": 'out["token_adv"] = token_advantages(out["advantages"], out["steps"], mask.cpu(), cfg.step_token_mean)'}
-
-
-def wired_copy(tmp_path: Path, name: str, **changes) -> Path:
-    """A copy of the library with the wiring appended to its rl.py -> the folder to put on sys.path."""
-    root = tmp_path / name
-    shutil.copytree(REPO / "minisapo", root / "minisapo", ignore=shutil.ignore_patterns("__pycache__"))
-    rl = root / "minisapo" / "rl.py"
-    rl.write_text(rl.read_text() + WIRING.format(key=str(KEY), **{**GOOD, **changes}))
-    return root
-
-
-@contextlib.contextmanager
-def library_from(root: Path):
-    """Import minisapo from `root` while the block runs (torch stays loaded); the real one is put back after."""
-    def purge():
-        return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "minisapo" or k.startswith("minisapo.")}
-
-    saved = purge()
-    sys.path.insert(0, str(root))
-    try:
-        import minisapo.rl
-
-        assert Path(minisapo.rl.__file__).resolve().is_relative_to(root.resolve())
-        yield
-    finally:
-        sys.path.remove(str(root))
-        purge()
-        sys.modules.update(saved)
-
-
-def test_wiring_is_graded_when_present_or_required(tmp_path):
-    cases = {  # name -> (changes, exercises, require_wiring, full marks?, what the output must say)
-        "good": ({}, [4, 6], True, True, "score: 2/2 exercises, 20/20 points"),
-        "good_not_required": ({}, [4, 6], False, True, "score: 2/2 exercises, 20/20 points"),
-        "default_gamma": ({"default": "0.5"}, [6], False, False, "defaults to 0.5"),
-        "no_credit": ({"credit": "pass"}, [6], False, False, "['token_adv']"),
-        "range_no_eps": ({"range_call": "_plain_group_advantages(r, G, 'none') / "
-                          "(r.view(-1, G, r.size(1)).amax(1, keepdim=True) - r.view(-1, G, r.size(1)).amin(1, "
-                          "keepdim=True)).clamp(min=1e-12).repeat_interleave(G, 0).reshape(r.shape)"},
-                         [4], False, False, "library wiring: rl.step_advantages"),
-    }
-    for name, (changes, numbers, required, full, words) in cases.items():
-        with library_from(wired_copy(tmp_path, name, **changes)):
-            ok, results, text = grade(KEY, 1, numbers, require_wiring=required)
-        assert ok == full and words in text, f"{name}:\n{text}"
-        if full:  # the wiring parts were graded, not skipped
-            assert "SKIP" not in text and all(r.parts[-1].status == "PASS" for r in results.values()), text
-        else:
-            assert results[numbers[0]].parts[-1].status == "FAIL", text
-    from minisapo import rl  # the real library is back
-
-    assert "range" not in rl.SCALE_REWARDS or "step_gamma" in {f.name for f in dataclasses.fields(rl.RLConfig)}
-    assert Path(rl.__file__).resolve().is_relative_to(REPO)
-
-
-def test_wiring_required_but_missing_is_todo():
-    ok, results, text = grade(KEY, 0, [4, 6], require_wiring=True)
-    assert not ok
-    for n, (fn_points, wiring_points) in {4: (4, 3), 6: (6, 4)}.items():
-        parts = results[n].parts
-        assert parts[0].out_of == fn_points and parts[-1].out_of == wiring_points and parts[-1].status == "TODO"
-        assert results[n].out_of == 10 and results[n].points == 10 - wiring_points
-    assert "score: 0/2 exercises, 13/20 points" in text
+@teacher
+@pytest.mark.slow
+def test_the_students_copy_passes_its_whole_test_suite(tmp_path):
+    out = tmp_path / "students"
+    subprocess.run([sys.executable, str(INSTRUCTOR / "make_student_copy.py"), str(out)], check=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(out)}
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=out, env=env,
+                           capture_output=True, text=True, timeout=1800)
+    assert tests.returncode == 0, tests.stdout[-3000:]

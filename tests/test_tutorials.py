@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import re
 import subprocess
 import sys
 import tokenize
@@ -43,11 +44,34 @@ PENDING: set[str] = set()
 # Tutorials that take over ~30 s on a busy 2-core CPU (06: ~70 s, 07: ~50 s): run with `pytest -m slow`.
 SLOW = {"06_sparsity.py", "07_real_data.py"}
 TAKEAWAY = "--- Takeaway "
+# Tutorials whose takeaway is checked to quote only numbers printed above it (05 and 06 are not checked here).
+QUOTES_PRINTED = {"01_data.py", "02_semantic_ids.py", "03_model_and_decoding.py", "04_reasoning_and_sft.py",
+                  "07_real_data.py", "08_your_own_advantage.py"}
+DECIMAL = re.compile(r"(?<![\w.])[-+\u2212]?\d+\.\d+(?![\d.]*e[-+]?\d)")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tutorial_data")
+
+
+def unprinted_numbers(stdout: str) -> list[str]:
+    """The decimal numbers of the takeaway that no number printed before it rounds to (same decimals)."""
+    body, _, takeaway = stdout.partition(TAKEAWAY)
+    takeaway = takeaway.split("\ndone in ")[0]
+
+    def value(text: str) -> float:
+        return abs(float(text.replace("\u2212", "-")))
+
+    printed = [value(x) for x in DECIMAL.findall(body)]
+    return [x for x in DECIMAL.findall(takeaway)
+            if not any(abs(p - value(x)) <= 0.5 * 10 ** -len(x.split(".")[1]) + 1e-9 for p in printed)]
+
+
+def test_unprinted_numbers_are_found():
+    out = ("step  loss\n  50  1.441\n 150  0.645\n--- Takeaway ---\n* the loss went from 4.41 to 0.65, "
+           "then 1.44 (+0.645, \u22121.4)\ndone in 7.8 s\n")
+    assert unprinted_numbers(out) == ["4.41"]
 
 
 def run_script(script: str, cwd: Path, data_dir: Path, *args: str, extra_env: dict | None = None):
@@ -76,6 +100,9 @@ def test_tutorial_runs(script, data_dir, tmp_path):
     if script not in PENDING:
         takeaway = proc.stdout[proc.stdout.find(TAKEAWAY):]
         assert TAKEAWAY in proc.stdout and takeaway.count("\n* ") >= 1, f"{script} printed no takeaway"
+        if script in QUOTES_PRINTED:
+            assert not unprinted_numbers(proc.stdout), f"{script}: its takeaway quotes numbers it never printed: " \
+                f"{unprinted_numbers(proc.stdout)}\n{takeaway}"
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 

@@ -8,7 +8,7 @@ What you will see
   2. the teacher's thinking blocks, built from the data (one per SID level), in both styles
      ("history", the default: what the history shows; "target": names the target, the paper-style rationale);
   3. the response in both layouts, and `step_index`: the reasoning step of every token
-     (step k = thinking block k + SID token k; a dedup token belongs to the last step);
+     (step k = thinking block k + SID token k; a dedup token is a step of its own, K);
   4. a short SFT on teacher traces: its validation records, its curves, and hit@K against popularity
      and the oracle, with the standard error that says which differences are sampling noise.
 Pictures: 04_steps_blocks_first.png, 04_steps_interleaved.png, 04_sft_curves.png
@@ -154,11 +154,19 @@ train_sft(model, train, sft_cfg, run_dir, valid_examples=valid, pad_id=tok.pad_i
 records = read_metrics(run_dir / "metrics.jsonl")
 train_loss = {r["step"]: r["loss"] for r in records if "loss" in r}
 validations = [r for r in records if "valid_loss" in r]
-print(f"the validation records of {run_dir / 'metrics.jsonl'}:")
-print(f"{'step':>5} {'train loss':>10} {'valid loss':>10} {'valid_hit@10':>12}")
+
+
+def se_valid(p: float) -> float:  # the standard error of a hit rate on the validation samples (see below)
+    return math.sqrt(p * (1 - p) / len(valid_samples))
+
+
+first = min(train_loss)  # the first logged training step, before any validation
+print(f"the first training record and the validation records of {run_dir / 'metrics.jsonl'}:")
+print(f"{'step':>5} {'train loss':>10} {'valid loss':>10} {'valid_hit@10':>12} {'+- SE':>6}")
+print(f"{first:>5} {train_loss[first]:>10.3f} {'-':>10} {'-':>12} {'-':>6}")
 for r in validations:
     print(f"{r['step']:>5} {train_loss.get(r['step'], float('nan')):>10.3f} {r['valid_loss']:>10.3f} "
-          f"{r['valid_hit@10']:>12.3f}")
+          f"{r['valid_hit@10']:>12.3f} {se_valid(r['valid_hit@10']):>6.3f}")
 C.saved(plot_sft_curves(records, C.OUT / "04_sft_curves.png"))
 
 # hit@K on test samples, with the two baselines: popularity (floor) and the exact oracle (ceiling)
@@ -191,6 +199,10 @@ for k in (1, 5, 10):
     verdicts[k] = "noise" if abs(pm - po) < two_se else ("model above" if pm > po else "model below")
     print(f"hit@{k:<3} {pm:>6.2f} +- {se(pm):.3f} {po:>6.2f} +- {se(po):.3f} {pm - po:>+10.2f}  {two_se:>5.2f}  "
           f"{verdicts[k]}")
+m10, p10 = report["hit@10"], popular["hit@10"]
+two_se_pop = 2 * math.hypot(se(m10), se(p10))
+print(f"{'metric':<7} {'model':>14} {'popularity':>14} {'difference':>10}  {'2 SE':>5}")
+print(f"hit@10  {m10:>6.2f} +- {se(m10):.3f} {p10:>6.2f} +- {se(p10):.3f} {m10 - p10:>+10.2f}  {two_se_pop:>5.2f}")
 
 # What the trained model writes for one test sample: its own (greedy) thinking, then its top 5.
 t = ds.splits["test"][0]
@@ -203,13 +215,13 @@ for r, item in enumerate(res.items[:5], 1):
           + ("   <- target" if item == t.target else ""))
 
 # %% Takeaway
-m10, p10, o10, e10 = report["hit@10"], popular["hit@10"], oracle["hit@10"], oracle["expected_hit@10"]
-se_pop = math.hypot(se(m10), se(p10))  # standard error of the model - popularity difference
-if m10 - p10 >= 2 * se_pop:
-    vs_pop = f"above popularity ({p10:.2f}) by {(m10 - p10) / se_pop:.1f} standard errors"
+o10, e10 = oracle["hit@10"], oracle["expected_hit@10"]
+if m10 - p10 >= two_se_pop:
+    vs_pop = (f"above popularity ({p10:.2f}): the difference {m10 - p10:+.2f} is more than 2 standard errors "
+              f"({two_se_pop:.2f})")
 else:
     vs_pop = (f"not clearly above popularity ({p10:.2f}; the difference {m10 - p10:+.2f} is under 2 standard errors, "
-              f"{2 * se_pop:.2f})")
+              f"{two_se_pop:.2f})")
 at_or_above = [f"hit@{k}" for k in (1, 5, 10) if report[f"hit@{k}"] >= oracle[f"hit@{k}"]]
 beyond = [f"hit@{k}" for k in (1, 5, 10) if verdicts[k] == "model above"]
 if not at_or_above:
@@ -221,14 +233,13 @@ else:
     vs_oracle = (f"The model beats the realised oracle by more than 2 standard errors at {', '.join(beyond)}: no "
                  f"model can in expectation, so these {n} samples are a lucky draw (it happens); evaluate on more.")
 v0, v1 = validations[0], validations[-1]
-dedup_note = ", the dedup token in the last step" if table.dedup[s.target] >= 0 else ""
+dedup_note = ", the dedup token a step of its own" if table.dedup[s.target] >= 0 else ""
 C.takeaway(
     f"A step is a thinking block plus its SID token ({sizes} tokens per step in this response{dedup_note}): "
     f"`step_index` is how RL (tutorial 5) gives each step its own credit.",
-    f"{v1['step']} SFT steps on teacher traces took the training loss from {train_loss[min(train_loss)]:.2f} to "
-    f"{train_loss[max(train_loss)]:.2f} and valid hit@10 from {v0['valid_hit@10']:.2f} (step {v0['step']}) to "
-    f"{v1['valid_hit@10']:.2f} (+- {math.sqrt(v1['valid_hit@10'] * (1 - v1['valid_hit@10']) / len(valid_samples)):.2f}"
-    f" on {len(valid_samples)} validation samples).",
+    f"{v1['step']} SFT steps on teacher traces took the training loss from {train_loss[first]:.2f} (step {first}) "
+    f"to {train_loss[v1['step']]:.2f} and valid hit@10 from {v0['valid_hit@10']:.2f} (step {v0['step']}) to "
+    f"{v1['valid_hit@10']:.2f} (+- {se_valid(v1['valid_hit@10']):.2f} on {len(valid_samples)} validation samples).",
     f"On {n} test samples the model's hit@10 is {m10:.2f} +- {se(m10):.2f}: {vs_pop}, against the oracle's "
     f"{o10:.2f} +- {se(o10):.2f} realised and {e10:.2f} expected. {vs_oracle}")
 

@@ -1,72 +1,69 @@
-"""Grader for tutorials/EXERCISES.md.
+"""Checker for tutorials/EXERCISES.md: the visible examples and the rules.
 
-    python tutorials/exercise_checks.py                  # every exercise, fresh hidden inputs
-    python tutorials/exercise_checks.py 2 9              # only exercises 2 and 9
-    python tutorials/exercise_checks.py 2 --seed=81234   # replay the hidden inputs of an earlier run
-    python tutorials/exercise_checks.py --require-wiring # also grade the library edits of exercises 4 and 6
+    python tutorials/exercise_checks.py          # every exercise: PASS / FAIL / TODO, points, a score line
+    python tutorials/exercise_checks.py 2 9      # only exercises 2 and 9
 
-Answers are read from tutorials/solutions.py, or from the file named by $MINISAPO_SOLUTIONS, e.g. the
-instructor key: `MINISAPO_SOLUTIONS=tutorials/instructor/solutions_key.py python tutorials/exercise_checks.py`.
+Answers are read from tutorials/solutions.py, or from the file named by $MINISAPO_SOLUTIONS.
 
-What it prints: the seed of this run, one line per exercise (PASS / FAIL / TODO, points, difficulty,
-expected time; exercises 5 and 7 are experiments and are not graded here), how many "Think" answers are
-filled in (free text is read by a person, never graded here), and a last line
+What it checks, for every exercise:
+* the visible examples: fixed inputs whose right outputs are written in this file (the examples of
+  EXERCISES.md and a few edge cases), with the type, dtype and shape the docstring asks for;
+* the rules, while your function runs (not only by reading its source): "write it yourself" means no
+  minisapo function may run and no minisapo module be imported; "with loops" means your code may call
+  only what is on the lists below (Python's builtins, list and dict methods, math, and from torch: making
+  tensors, reading and writing one element or a slice, shapes, and element-wise arithmetic) and index with
+  numbers and slices only (no tensor or list of indices);
+* that no input is changed in place;
+* exercises 4 and 6 also as plug-ins: your function loaded from your file by minisapo, as
+  `--rl.advantage=tutorials/solutions.py:range_advantages` loads it, inside a real RL scoring step.
 
-    score: 7/9 exercises, 70/100 points
+The last line is a score (exit status 0 at full marks). Passing here means passing the visible
+examples: your teacher's grader runs the same checks plus hidden random inputs compared with
+brute-force code, so an answer written for these examples only will not pass there.
 
-The exit status is 0 only at full marks (of the exercises selected).
-
-How it grades (so a right answer passes and a wrong one cannot):
-* hidden inputs are random and new on every run (the seed is printed; `--seed=N` replays them), plus
-  fixed edge cases that every run includes; your answer is compared with brute-force code written in
-  this file (plain Python loops in float64), never only with the library;
-* where an exercise says "write it yourself" (with loops, without `cumprod`, without the library's own
-  function), the source of your function and of the helpers it calls is read with `ast`, and the banned
-  calls also raise while your function runs;
-* your function must not change its inputs in place: the expected values are computed from a copy taken
-  before your function was called, and a changed input is reported as such;
-* a failure shows the inputs, the first differing element with its index in the output's shape
-  (e.g. `[2, 1]`), both values to 9 significant digits and the difference.
-
-Library edits (exercises 4 and 6 ask you to wire your function into `minisapo/rl.py`): the points are for
-the functions in solutions.py, so the instructor key reaches full marks without touching the library.
-The wiring is checked whenever it is there (a wrong wiring FAILs the exercise); when it is not there it is
-reported and not graded, unless `--require-wiring` is given: then it is worth 3 of exercise 4's points and
-4 of exercise 6's, and a missing wiring is a TODO.
+A submission may not import, open or run this checker (or the teacher's grader), nor change the
+functions of torch, numpy or the checker: it then gets no points.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import contextlib
 import copy
-import dataclasses
+import importlib
 import importlib.util
 import inspect
 import io
 import math
 import os
-import secrets
 import signal
 import sys
 import textwrap
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+import types
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # grade the library of the repository this file lives in
+if str(REPO) not in sys.path:  # check against the library of the repository this file lives in
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
 
-DEFAULT_SOLUTIONS = Path(__file__).with_name("solutions.py")
-TIME_LIMIT_S = 60  # per exercise: an endless loop in an answer becomes a FAIL, not a hang
+import minisapo  # noqa: E402
+
+CHECKER = Path(__file__).resolve()
+DEFAULT_SOLUTIONS = CHECKER.with_name("solutions.py")
+LIBRARY = Path(minisapo.__file__).resolve().parent  # the library the answers are compared with
+TORCH_DIR = Path(torch.__file__).resolve().parent
+TIME_LIMIT_S = 60  # per part: an endless loop in an answer becomes a FAIL, not a hang
 RTOL, ATOL = 1e-5, 1e-6  # float answers: a relative error of 1e-4 (a missing epsilon) always shows
 
 
@@ -82,20 +79,16 @@ class Fail(Exception):
     """A wrong answer; the message is what the student sees."""
 
 
-class Skip(Exception):
-    """Not graded in this run (library wiring that is not there and not required)."""
-
-
 class _Timeout(BaseException):  # BaseException: a student's `except Exception` cannot swallow it
     pass
 
 
-class _RuleBroken(BaseException):  # a banned call while the answer ran (same reason)
+class _RuleBroken(BaseException):  # a rule broken while the answer ran (same reason)
     pass
 
 
 # ================================================================================================
-# formatting
+# formatting and comparing
 
 
 def fmt_value(v) -> str:
@@ -145,9 +138,37 @@ def as_numpy(x, integer: bool = False) -> np.ndarray:
     return arr.astype(np.int64 if integer and arr.dtype.kind in "biu" else np.float64)
 
 
+KINDS = {  # what a docstring promises -> (test, what the message calls it)
+    "float": (lambda x: isinstance(x, torch.Tensor) and x.is_floating_point(), "a float tensor"),
+    "long": (lambda x: isinstance(x, torch.Tensor) and x.dtype == torch.int64, "a long (int64) tensor"),
+    "ints": (lambda x: isinstance(x, list) and all(type(v) is int for v in x), "a list of Python ints"),
+    "number": (lambda x: isinstance(x, float), "a Python float"),
+    "loss": (lambda x: isinstance(x, float) or (isinstance(x, torch.Tensor) and x.dim() == 0 and x.is_floating_point()),
+             "a Python float or a 0-d float tensor"),
+}
+
+
+def describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of dtype {x.dtype} and shape {list(x.shape)}"
+    if isinstance(x, list) and x and not all(type(v) is int for v in x):
+        bad = next(v for v in x if type(v) is not int)
+        return f"a list holding {type(bad).__name__} {bad!r}"
+    return f"{type(x).__name__} {fmt_array(x)}"[:300]
+
+
+def check_kind(what: str, got, kind: str, inputs: dict | None = None, note: str = "") -> None:
+    """Fail unless `got` is the type / dtype the docstring asks for (kind: a key of KINDS)."""
+    test, name = KINDS[kind]
+    if not test(got):
+        raise Fail(f"{what}: returned {describe(got)}; the docstring asks for {name}{note}{fmt_inputs(inputs)}")
+
+
 def compare(what: str, got, want, inputs: dict | None = None, exact: bool = False, note: str = "",
-            index_names: tuple[str, ...] | None = None, show_arrays: bool = True) -> None:
-    """Raise Fail with the first differing element (index in the output's shape) unless got ~= want."""
+            index_names: tuple[str, ...] | None = None, show_arrays: bool = True, kind: str | None = None) -> None:
+    """Raise Fail unless got has the promised kind and shape and ~= want (first differing element shown)."""
+    if kind is not None:
+        check_kind(what, got, kind, inputs, note)
     want = np.asarray(want, dtype=np.int64 if exact else np.float64)
     try:
         g = as_numpy(got, integer=exact)
@@ -157,10 +178,7 @@ def compare(what: str, got, want, inputs: dict | None = None, exact: bool = Fals
     if g.shape != want.shape:
         raise Fail(f"{what}: returned shape {list(g.shape)}, expected {list(want.shape)}{note}"
                    f"{fmt_inputs(inputs)}\ngot:\n  {fmt_array(g)}\nexpected:\n  {fmt_array(want)}")
-    if exact:
-        bad = g != want
-    else:
-        bad = ~np.isclose(g, want, rtol=RTOL, atol=ATOL)
+    bad = g != want if exact else ~np.isclose(g, want, rtol=RTOL, atol=ATOL)
     if not bad.any():
         return
     idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -211,32 +229,88 @@ def snapshot(x):
 
 
 # ================================================================================================
-# the rules: "write it yourself", read from the source with ast and enforced while the answer runs
+# the rules of an exercise, checked on the source (with line numbers) and while the answer runs
 
 
 @dataclass(frozen=True)
 class Rule:
-    banned: frozenset = frozenset()  # names of functions/methods the answer may not use
-    need_loop: bool = False  # the answer must be written with loops
-    why: str = "write it yourself"
+    why: str = "write it yourself: your answer may not use minisapo (that is what it is compared with)"
+    loops: bool = False  # "with loops": only the calls on the lists below, no vectorised indexing
+    library: tuple[str, ...] = ()  # minisapo modules the answer may use; ("*",): all of them (plug-ins)
+
+    def library_ok(self, module: str) -> bool:
+        return "*" in self.library or module in self.library
 
 
-NO_LIBRARY = Rule(why="write it yourself: your answer may not call minisapo (that is what it is compared with)")
-DYNAMIC = {"eval", "exec", "compile", "__import__"}
+NO_LIBRARY = Rule()
+PLUGIN = Rule(why="a plug-in runs inside minisapo's RL step: minisapo is fine here", library=("*",))
+
+# "with loops": what an answer may call. Everything else (cumprod, prod, sum, gather, one_hot, matmul, triu,
+# numpy, itertools, functools, ...) is a FAIL that names the line.
+LOOP_BUILTINS = {"range", "len", "enumerate", "zip", "reversed", "sorted", "min", "max", "abs", "sum", "round",
+                 "float", "int", "bool", "list", "tuple", "dict", "set", "str", "isinstance", "print", "all", "any",
+                 "divmod", "pow", "iter", "next", "repr", "map", "filter", "NotImplementedError", "ValueError"}
+LOOP_MATH = {"sqrt", "log", "log2", "log10", "exp", "isclose", "isfinite", "isnan", "isinf", "floor", "ceil", "fabs",
+             "pow", "copysign"}
+LOOP_TORCH = {  # torch functions and tensor methods
+    "zeros", "zeros_like", "ones", "ones_like", "empty", "empty_like", "full", "full_like", "tensor", "as_tensor",
+    "is_tensor", "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor",
+    "__getitem__", "__setitem__", "__get__", "__len__", "__iter__", "__bool__", "__float__", "__int__", "__index__",
+    "__format__", "__repr__", "__str__", "__contains__", "__hash__", "item", "tolist", "size", "dim", "numel",
+    "unbind", "view", "reshape", "unsqueeze", "squeeze", "clone", "detach", "contiguous", "float", "double", "long",
+    "int", "bool", "to", "cpu", "type", "type_as", "fill_", "zero_", "copy_", "is_floating_point",
+    "add", "sub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod", "neg", "pow", "abs", "exp",
+    "log", "log2", "sqrt", "minimum", "maximum", "clamp", "clamp_min", "clamp_max", "clip", "where", "isnan",
+    "isfinite", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "logical_xor",
+    "add_", "sub_", "mul_", "div_", "neg_",
+} | {f"__{op}__" for op in ("add", "sub", "mul", "truediv", "div", "floordiv", "mod", "pow", "neg", "pos", "abs",
+                             "and", "or", "xor", "invert", "eq", "ne", "lt", "le", "gt", "ge")} \
+  | {f"__{p}{op}__" for p in ("r", "i") for op in ("add", "sub", "mul", "truediv", "div", "floordiv", "mod", "pow",
+                                                    "and", "or", "xor")}
+PY_METHODS = {"append", "extend", "insert", "pop", "get", "setdefault", "items", "keys", "values", "index", "count",
+              "copy", "update", "add", "remove", "discard", "clear", "sort", "reverse", "join", "is_integer"}
+# never, in any exercise: running code from a string, walking the interpreter's frames or objects, switching
+# off the checker's watch or its clock
+DENIED = {"eval", "exec", "compile", "_getframe", "setprofile", "settrace", "get_objects", "get_referrers",
+          "get_referents", "addaudithook", "alarm", "setitimer", "signal"}
+INTROSPECTION = {"__dict__", "__globals__", "__builtins__", "__code__", "__subclasses__", "__closure__", "__bases__",
+                 "__mro__", "f_globals", "f_locals", "f_back", "f_builtins", "tb_frame", "gi_frame", "cr_frame"}
 
 
-def _banned_object(obj, rule: Rule, own_module: str) -> str | None:
-    """Why a global an answer refers to is banned, or None."""
-    if inspect.ismodule(obj):
-        return f"the library module `{obj.__name__}`" if obj.__name__.split(".")[0] == "minisapo" else None
-    mod = getattr(obj, "__module__", None) or ""
-    if mod == own_module:
+# what a submission may not import, open or run: this checker (and whatever the teacher's grader adds)
+PROTECTED_FILES: set[str] = {str(CHECKER)}
+PROTECTED_DIRS: list[str] = []
+PROTECTED_NAMES = {"exercise_checks", "__main__"}
+
+
+def protect(path: str | Path, module_name: str | None = None) -> None:
+    """Add a file or a folder (and a module name) to what a submission may not import, open or run."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        PROTECTED_DIRS.append(str(path) + os.sep)
+    else:
+        PROTECTED_FILES.add(str(path))
+    if module_name:
+        PROTECTED_NAMES.add(module_name)
+
+
+def is_protected(filename: str) -> bool:
+    if not filename or filename.startswith("<"):
+        return False
+    path = os.path.realpath(filename)
+    return path in PROTECTED_FILES or any(path.startswith(d) for d in PROTECTED_DIRS)
+
+
+def library_module(filename: str) -> str | None:
+    """'minisapo.sid.trie' for .../minisapo/sid/trie.py; None outside the library."""
+    path = Path(os.path.realpath(filename)) if filename and not filename.startswith("<") else None
+    if path is None or LIBRARY not in path.parents:
         return None
-    if mod.split(".")[0] == "minisapo":
-        return f"the library's `{mod}.{getattr(obj, '__name__', '?')}`"
-    if getattr(obj, "__name__", None) in rule.banned:
-        return f"`{obj.__name__}`"
-    return None
+    return ".".join(("minisapo",) + path.relative_to(LIBRARY).with_suffix("").parts).replace(".__init__", "")
+
+
+# ----------------------------------------------------------------------------------------------
+# the source: what a reader of the answer sees, with line numbers
 
 
 def is_stub(fn) -> bool:
@@ -253,8 +327,60 @@ def is_stub(fn) -> bool:
     return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
 
 
+def _banned_object(obj, rule: Rule, own_module: str) -> str | None:
+    """Why a global an answer refers to is not allowed, or None."""
+    if inspect.ismodule(obj):
+        name = obj.__name__
+        if name.split(".")[0] == "minisapo" and not rule.library_ok(name):
+            return f"the library module `{name}`"
+        if name in PROTECTED_NAMES or is_protected(getattr(obj, "__file__", "") or ""):
+            return f"the checker module `{name}`"
+        return None
+    mod = getattr(obj, "__module__", None) or ""
+    if mod == own_module:
+        return None
+    if mod.split(".")[0] == "minisapo" and not rule.library_ok(mod):
+        return f"the library's `{mod}.{getattr(obj, '__name__', '?')}`"
+    code = getattr(obj, "__code__", None)
+    if mod in PROTECTED_NAMES or (code is not None and is_protected(code.co_filename)):
+        return f"the checker's `{getattr(obj, '__name__', '?')}`"
+    return None
+
+
+def _loop_call_problem(node: ast.Call, glob: dict, local_defs: set[str]) -> str | None:
+    """Under "with loops": why this call is not on the lists, or None."""
+    f = node.func
+    if isinstance(f, ast.Name):
+        if f.id in local_defs:
+            return None
+        if f.id in glob:
+            obj = glob[f.id]
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                if getattr(obj, "__module__", "") == glob.get("__name__"):
+                    return None
+            if obj is torch or obj is math:
+                return None
+            owner = getattr(obj, "__module__", "") or ""
+            if owner.split(".")[0] == "torch" and getattr(obj, "__name__", "") in LOOP_TORCH:
+                return None
+            if owner == "math" and getattr(obj, "__name__", "") in LOOP_MATH:
+                return None
+            return f"`{f.id}` ({owner + '.' if owner else ''}{getattr(obj, '__name__', f.id)})"
+        return None if f.id in LOOP_BUILTINS else f"`{f.id}`"
+    if isinstance(f, ast.Attribute):
+        base = f.value
+        if isinstance(base, ast.Name) and base.id in glob and inspect.ismodule(glob[base.id]):
+            module = glob[base.id]
+            ok = {"torch": LOOP_TORCH, "math": LOOP_MATH}.get(module.__name__, set())
+            return None if f.attr in ok else f"`{base.id}.{f.attr}`"
+        if isinstance(base, ast.Name) and base.id in glob and inspect.isclass(glob[base.id]):
+            return None
+        return None if f.attr in LOOP_TORCH | PY_METHODS else f"`.{f.attr}`"
+    return None
+
+
 def rule_problems(fn, rule: Rule, module) -> list[str]:
-    """Banned calls in `fn` and in every function or class of the answers' module it uses (transitively)."""
+    """What the source of `fn` and of the functions of the answers' file it uses (transitively) breaks."""
     own = module.__name__
     glob = vars(module)
     if is_stub(fn):  # not written yet: calling it gives the TODO
@@ -275,13 +401,16 @@ def rule_problems(fn, rule: Rule, module) -> list[str]:
         def where(node):
             return f"line {first + node.lineno - 1}: `{src[node.lineno - 1].strip()}`"
 
+        local_defs = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        local_defs |= {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Lambda)
+                       for t in n.targets if isinstance(t, ast.Name)}
         for node in ast.walk(tree):
             if isinstance(node, (ast.For, ast.While, ast.comprehension)):
                 has_loop = True
-            if isinstance(node, ast.Attribute) and node.attr in rule.banned:
+            if isinstance(node, ast.Attribute) and node.attr in INTROSPECTION:
                 problems.append(f"`{node.attr}` ({where(node)})")
             elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-                if node.id in DYNAMIC:
+                if node.id in ("eval", "exec", "compile", "__import__", "globals", "vars"):
                     problems.append(f"`{node.id}` ({where(node)})")
                 elif node.id in glob:
                     obj = glob[node.id]
@@ -292,42 +421,242 @@ def rule_problems(fn, rule: Rule, module) -> list[str]:
                         todo.append(obj)
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                if any(n.split(".")[0] == "minisapo" for n in names):
-                    problems.append(f"an import of minisapo ({where(node)})")
-                if isinstance(node, ast.ImportFrom):
-                    problems += [f"`{a.name}` ({where(node)})" for a in node.names if a.name in rule.banned]
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
-                  and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and node.args[1].value in rule.banned):
-                problems.append(f"`{node.args[1].value}` ({where(node)})")
-    if rule.need_loop and not has_loop and not problems:
+                for n in names:
+                    if n.split(".")[0] == "minisapo" and not rule.library_ok(n):
+                        problems.append(f"an import of {n} ({where(node)})")
+                    elif n.split(".")[0] in PROTECTED_NAMES:
+                        problems.append(f"an import of the checker ({where(node)})")
+            if rule.loops and isinstance(node, ast.Call):
+                bad = _loop_call_problem(node, glob, local_defs)
+                if bad:
+                    problems.append(f"{bad}, not on the list of what this exercise may call ({where(node)})")
+    if rule.loops and not has_loop and not problems:
         problems.append("no loop at all (the exercise asks for plain `for` loops)")
     return list(dict.fromkeys(problems))
 
 
-@contextlib.contextmanager
-def banned_at_runtime(rule: Rule):
-    """While the answer runs, the banned torch functions/methods raise (catches indirect uses too)."""
-    patched = []
+# ----------------------------------------------------------------------------------------------
+# while the answer runs: a profile function sees every Python function that starts and every C function
+# the answer's file calls; with loop rules a torch function mode sees every torch operation
 
-    def raiser(name):
-        def _banned(*args, **kwargs):
-            raise _RuleBroken(f"rule broken: `{name}` was called while your answer ran ({rule.why})")
-        return _banned
 
-    for owner in (torch, torch.Tensor, torch.nn.functional):
-        for name in rule.banned:
-            if hasattr(owner, name):
-                patched.append((owner, name, name in vars(owner), getattr(owner, name)))
-    try:
-        for owner, name, _, _ in patched:
-            setattr(owner, name, raiser(name))
-        yield
-    finally:
-        for owner, name, own, old in reversed(patched):
-            if own:
-                setattr(owner, name, old)
+def _basic_index(idx) -> bool:
+    """Numbers, slices, None and ...: one element or a slice at a time (no tensor or list of indices)."""
+    for x in idx if isinstance(idx, tuple) else (idx,):
+        if x is None or x is Ellipsis or isinstance(x, (int, slice)):
+            continue
+        if isinstance(x, torch.Tensor) and x.dim() == 0 and not x.is_floating_point() and x.dtype != torch.bool:
+            continue
+        return False
+    return True
+
+
+def _c_function_ok(fn) -> bool:
+    """Under loop rules: may the answer's own code call this C function? (torch's: the torch mode decides)"""
+    owner = getattr(fn, "__self__", None)
+    module = getattr(fn, "__module__", None) or ""
+    if isinstance(owner, torch.Tensor) or module.split(".")[0] == "torch":
+        return True
+    name = getattr(fn, "__name__", "")
+    if owner is builtins:
+        return name in LOOP_BUILTINS
+    if owner is math:
+        return name in LOOP_MATH
+    return type(owner) in (list, dict, set, tuple, str, int, float, bool)
+
+
+class Watch:
+    """The rules of one call of an answer. `problem` is the first rule it broke (None: none)."""
+
+    def __init__(self, rule: Rule, own_file: Path):
+        self.rule, self.own = rule, os.path.realpath(own_file)
+        self.problem: str | None = None
+        self.kinds: dict = {}  # code object -> "own" | "checker" | "library" | "torch" | "other" | "safe"
+
+    def kind(self, code) -> str:
+        k = self.kinds.get(code)
+        if k is None:
+            name = code.co_filename
+            if code in SAFE_CODE:
+                k = "safe"
+            elif name and os.path.realpath(name) == self.own:
+                k = "own"
+            elif is_protected(name):
+                k = "checker"
+            elif library_module(name):
+                k = "library"
+            elif name and os.path.realpath(name).startswith(str(TORCH_DIR)):
+                k = "torch"
             else:
-                delattr(owner, name)
+                k = "other"
+            self.kinds[code] = k
+        return k
+
+    def own_frame(self, frame):
+        while frame is not None and self.kind(frame.f_code) != "own":
+            frame = frame.f_back
+        return frame
+
+    def broke(self, what: str, frame=None) -> None:
+        if self.problem is None:
+            frame = self.own_frame(frame)
+            where = ""
+            if frame is not None:
+                line = (inspect.getframeinfo(frame).code_context or [""])[0].strip()
+                where = f" (line {frame.f_lineno}: `{line}`)"
+            self.problem = f"{what}{where}"
+        raise _RuleBroken(self.problem)
+
+    def profile(self, frame, event, arg):
+        if event == "call":
+            k = self.kind(frame.f_code)
+            if k == "checker":
+                self.broke(f"it ran the checker's own `{frame.f_code.co_name}` "
+                           f"({Path(frame.f_code.co_filename).name})", frame.f_back)
+            if k == "library":
+                module = library_module(frame.f_code.co_filename)
+                if not self.rule.library_ok(module):
+                    self.broke(f"the library's `{module}.{frame.f_code.co_name}` ran", frame.f_back)
+            elif k == "other" and self.rule.loops and frame.f_back is not None and self.kind(frame.f_back.f_code) == "own":
+                module = frame.f_globals.get("__name__", "?")
+                if module in ("warnings", "linecache"):  # a warning being shown, not a call of the answer's
+                    return
+                self.broke(f"`{module}.{frame.f_code.co_name}` was called, which is not on the list of what this "
+                           "exercise may call", frame.f_back)
+        elif event == "c_call" and self.kind(frame.f_code) == "own":
+            name = getattr(arg, "__name__", "")
+            if name in DENIED:
+                self.broke(f"`{name}` was called", frame)
+            if self.rule.loops and not _c_function_ok(arg):
+                owner = getattr(arg, "__self__", None)
+                owner = getattr(owner, "__name__", type(owner).__name__)
+                self.broke(f"`{owner}.{name}` was called, which is not on the list of what this exercise may call",
+                           frame)
+
+    def check_import(self, name: str, fromlist) -> None:
+        top = name.split(".")[0]
+        if top in PROTECTED_NAMES:
+            self.broke(f"it imports the checker (`{name}`)", sys._getframe(2))
+        if top == "minisapo":
+            wanted = [f"{name}.{f}" for f in fromlist or ()] or [name]
+            bad = [w for w in wanted if not self.rule.library_ok(w) and not (w == "minisapo" and fromlist)]
+            if bad:
+                self.broke(f"it imports `{bad[0]}`", sys._getframe(2))
+
+
+class _TorchRules(TorchFunctionMode):
+    """Loop rules: every torch operation must be on the list, and indexing takes numbers and slices only."""
+
+    def __init__(self, watch: Watch):
+        super().__init__()
+        self.watch = watch
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name not in LOOP_TORCH:
+            self.watch.broke(f"`{name}` was called, which is not on the list of what this exercise may call",
+                             sys._getframe(1))
+        if name in ("__getitem__", "__setitem__") and len(args) > 1 and not _basic_index(args[1]):
+            self.watch.broke("indexing with a tensor or a list of indices (vectorised: index one position at a "
+                             "time, with numbers and slices)", sys._getframe(1))
+        return func(*args, **(kwargs or {}))
+
+
+_WATCHES: list[Watch] = []
+_real_import, _real_import_module = builtins.__import__, importlib.import_module
+
+
+def _import(name, globals=None, locals=None, fromlist=(), level=0):
+    if _WATCHES and level == 0:
+        _WATCHES[-1].check_import(name, fromlist)
+    return _real_import(name, globals, locals, fromlist, level)
+
+
+def _import_module(name, package=None):
+    if _WATCHES:
+        _WATCHES[-1].check_import(name, ())
+    return _real_import_module(name, package)
+
+
+def _audit(event, args):
+    if event == "open" and _WATCHES and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = Path(os.fsdecode(args[0]))
+        source = path.parent.parent / (path.name.split(".")[0] + ".py") if path.parent.name == "__pycache__" else path
+        if os.path.realpath(source) == _WATCHES[-1].own:  # the answers' own file (and its .pyc)
+            return
+        if is_protected(str(path)) or is_protected(str(source)):
+            _WATCHES[-1].broke(f"it opened {path.name}, a file of the checker", sys._getframe(1))
+
+
+def _on_alarm(*_):
+    raise _Timeout()
+
+
+def _codes(fn) -> set:
+    """The code objects of a function, a method or a class (and the ones nested in them)."""
+    out, todo = set(), []
+    if inspect.isclass(fn):
+        todo += [v.__code__ for v in vars(fn).values() if hasattr(v, "__code__")]
+    elif hasattr(fn, "__code__"):
+        todo.append(fn.__code__)
+    while todo:
+        c = todo.pop()
+        out.add(c)
+        todo += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+    return out
+
+
+SAFE_CODE: set = set()  # the checker's code that runs while an answer runs: the watch itself (filled in below)
+sys.addaudithook(_audit)  # acts only while an answer runs (_WATCHES), and only on the checker's files
+
+
+@contextlib.contextmanager
+def watching(rule: Rule, own_file: Path):
+    """Run the block under `rule`: yields the Watch; afterwards `watch.problem` says what was broken."""
+    watch = Watch(rule, Path(own_file))
+    mode = _TorchRules(watch) if rule.loops else contextlib.nullcontext()
+    old = sys.getprofile()
+    _WATCHES.append(watch)
+    builtins.__import__, importlib.import_module = _import, _import_module
+    try:
+        with mode:
+            sys.setprofile(watch.profile)
+            threading.setprofile(watch.profile)
+            try:
+                yield watch
+            finally:
+                intact = sys.getprofile() == watch.profile
+                sys.setprofile(old)
+                threading.setprofile(None)
+                if not intact and watch.problem is None:
+                    watch.problem = "it switched off the checker's watch (sys.setprofile)"
+    finally:
+        builtins.__import__, importlib.import_module = _real_import, _real_import_module
+        _WATCHES.pop()
+
+
+SAFE_CODE.update(*(_codes(f) for f in (Rule, Watch, _TorchRules, _import, _import_module, _audit, _on_alarm, _basic_index,
+                                        _c_function_ok, is_protected, library_module, watching.__wrapped__)))
+
+
+def fingerprint() -> dict:
+    """Which object every name of torch, numpy, math, builtins and the checker's modules is bound to: an
+    answer that rebinds one (to fool a comparison) is caught by `tampered`."""
+    spaces = {"builtins": builtins, "math": math, "numpy": np, "torch": torch, "torch.Tensor": torch.Tensor,
+              "torch.TensorBase": getattr(torch._C, "TensorBase", None) or torch._C._TensorBase,
+              "torch.nn.functional": torch.nn.functional}
+    for name, mod in list(sys.modules.items()):
+        if mod is not None and name in PROTECTED_NAMES and is_protected(getattr(mod, "__file__", "") or ""):
+            spaces[name] = mod
+            spaces.update({f"{name}.{k}": v for k, v in vars(mod).items()
+                           if inspect.isclass(v) and getattr(v, "__module__", None) == mod.__name__})
+    return {(s, k): id(v) for s, obj in spaces.items() for k, v in list(vars(obj).items())
+            if not (s == "builtins" and k == "__import__")}
+
+
+def tampered(before: dict) -> list[str]:
+    now = fingerprint()
+    return [f"{s}.{k}" for (s, k), i in before.items() if now.get((s, k), i) != i]
 
 
 # ================================================================================================
@@ -338,28 +667,40 @@ def banned_at_runtime(rule: Rule):
 class Ctx:
     sol: object  # the answers' module
     sol_path: Path
-    seed: int
     number: int
-    require_wiring: bool
     rule: Rule = NO_LIBRARY
-    rng: np.random.Generator | None = None
-    _checked: set | None = None
+    rng: np.random.Generator | None = None  # hidden checks: their random inputs
+    seed: int | None = None
+    _checked: set = field(default_factory=set)
 
     def fn(self, name: str) -> Callable:
         """The answer function `name`, after checking its source against the exercise's rule."""
         f = getattr(self.sol, name, None)
         if f is None or not callable(f):
             raise Fail(f"{self.sol_path.name} has no function `{name}` (keep the names of the stubs)")
-        key = (name, self.rule)
-        if self._checked is None:
-            self._checked = set()
-        if key not in self._checked:
+        if name not in self._checked:
             problems = rule_problems(f, self.rule, self.sol)
             if problems:
-                raise Fail(f"rule broken: `{name}` uses " + "; ".join(problems) + f".\n{self.rule.why[0].upper()}"
-                           f"{self.rule.why[1:]} (EXERCISES.md, exercise {self.number}).")
-            self._checked.add(key)
+                raise Fail(f"rule broken: `{name}` uses " + "; ".join(problems) + f".\n{self.why()}")
+            self._checked.add(name)
         return f
+
+    def why(self) -> str:
+        return f"{self.rule.why[0].upper()}{self.rule.why[1:]} (EXERCISES.md, exercise {self.number})."
+
+    @contextlib.contextmanager
+    def watch(self):
+        """Run library code that calls the answer (a plug-in) under this part's rule; a broken rule is a Fail."""
+        try:
+            with watching(self.rule, self.sol_path) as w:
+                try:
+                    yield
+                except _RuleBroken:
+                    pass
+        except NotImplementedError as e:
+            raise Todo(str(e) or "not written yet") from None
+        if w.problem:
+            raise Fail(f"rule broken while your answer ran: {w.problem}.\n{self.why()}")
 
     def call(self, name: str, inputs: dict, *, show: dict | None = None, shared: tuple = ()):
         """Call answer `name` with `inputs` (positional, in order) -> (result, note).
@@ -371,17 +712,22 @@ class Ctx:
         f = self.fn(name)
         passed = {k: v if k in shared else snapshot(v) for k, v in inputs.items()}
         shown = show if show is not None else inputs
-        try:
-            with banned_at_runtime(self.rule):
+        out, error = None, None
+        with watching(self.rule, self.sol_path) as w:
+            try:
                 out = f(*passed.values())
-        except NotImplementedError as e:
-            raise Todo(str(e) or f"`{name}` is not written yet") from None
-        except (Fail, Todo, _Timeout):
-            raise
-        except _RuleBroken as e:
-            raise Fail(str(e)) from None
-        except Exception as e:
-            raise Fail(self.crash(name, e) + fmt_inputs(shown)) from None
+            except _RuleBroken:
+                pass
+            except (_Timeout, Todo, Fail):
+                raise
+            except Exception as e:
+                error = e
+        if w.problem:
+            raise Fail(f"rule broken while `{name}` ran: {w.problem}.\n{self.why()}")
+        if isinstance(error, NotImplementedError):
+            raise Todo(str(error) or f"`{name}` is not written yet")
+        if error is not None:
+            raise Fail(self.crash(name, error) + fmt_inputs(shown))
         changed = []
         for k, v in inputs.items():
             where = None if k in shared else first_change(v, passed[k])
@@ -400,6 +746,16 @@ class Ctx:
         return f"`{name}` raised {type(e).__name__}: {e}\n{where}"
 
 
+SAFE_CODE.update(_codes(Ctx.watch.__wrapped__))
+
+
+def written(ctx: Ctx, *names: str) -> None:
+    """A Todo unless every function in `names` is written (before library code calls them as plug-ins)."""
+    for name in names:
+        if is_stub(ctx.fn(name)):
+            raise Todo(f"`{name}` is not written yet")
+
+
 def unchanged(note: str, name: str) -> None:
     """After the outputs are right: an input changed in place is still a FAIL."""
     if note:
@@ -407,118 +763,31 @@ def unchanged(note: str, name: str) -> None:
 
 
 # ================================================================================================
-# brute-force references (plain Python, float64; written independently of the library)
-
-
-def ref_sample_std(xs: list[float]) -> float:
-    n = len(xs)
-    mu = sum(xs) / n
-    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
-
-
-def ref_step_advantages(m: list[list[float]], G: int) -> list[list[float]]:
-    """Group-relative advantages of each column; groups are G consecutive rows; sample std + 1e-4."""
-    B, K = len(m), len(m[0])
-    out = [[0.0] * K for _ in range(B)]
-    for g0 in range(0, B, G):
-        for k in range(K):
-            col = [m[i][k] for i in range(g0, g0 + G)]
-            if max(col) == min(col):
-                continue
-            mu, sd = sum(col) / G, ref_sample_std(col)
-            for i in range(g0, g0 + G):
-                out[i][k] = (m[i][k] - mu) / (sd + 1e-4)
-    return out
-
-
-def ref_range_advantages(r: list[list[float]], G: int) -> list[list[float]]:
-    B, C = len(r), len(r[0])
-    out = [[0.0] * C for _ in range(B)]
-    for g0 in range(0, B, G):
-        for c in range(C):
-            col = [r[i][c] for i in range(g0, g0 + G)]
-            hi, lo = max(col), min(col)
-            if hi == lo:
-                continue
-            mu = sum(col) / G
-            for i in range(g0, g0 + G):
-                out[i][c] = (r[i][c] - mu) / (hi - lo + 1e-4)
-    return out
-
-
-def ref_token_credit(adv: list, steps: list[list[int]], mask: list[list[bool]], step_token_mean: bool):
-    """One number per token: sequence advantage on every real token; step advantage on its step's tokens."""
-    B, T = len(steps), len(steps[0])
-    out = [[0.0] * T for _ in range(B)]
-    for i in range(B):
-        if not isinstance(adv[i], list):  # a sequence advantage
-            for t in range(T):
-                out[i][t] = float(adv[i]) if mask[i][t] else 0.0
-            continue
-        K = len(adv[i])
-        counts = [0] * K
-        for t in range(T):
-            if mask[i][t] and steps[i][t] >= 0:
-                counts[steps[i][t]] += 1
-        n, k_i = sum(counts), sum(1 for c in counts if c > 0)
-        for t in range(T):
-            k = steps[i][t]
-            if mask[i][t] and k >= 0:
-                out[i][t] = adv[i][k] * (n / (k_i * counts[k]) if step_token_mean else 1.0)
-    return out
-
-
-def ref_loss(tok_adv, logp, old, mask, eps: float) -> float:
-    """TRL's "grpo" aggregation of the PPO-clip loss: mean over rows of each row's token mean."""
-    rows = []
-    for i in range(len(mask)):
-        total, n = 0.0, 0
-        for t in range(len(mask[i])):
-            if not mask[i][t]:
-                continue
-            w = math.exp(logp[i][t] - old[i][t])
-            a = tok_adv[i][t]
-            total += -min(w * a, min(max(w, 1 - eps), 1 + eps) * a)
-            n += 1
-        rows.append(total / max(n, 1))
-    return sum(rows) / len(rows)
-
-
-def ref_interleaved_steps(response: list[int], level: list[int], eos: int, K: int) -> list[int]:
-    out, written, ended = [], 0, False
-    for x in response:
-        if x == eos:
-            ended = True
-        if ended:
-            out.append(-1)
-            continue
-        out.append(written)
-        if 0 <= level[x] < K:
-            written += 1
-    return out
-
-
-# ================================================================================================
-# small random worlds (no dataset is built; library setup output is silenced)
+# small worlds built with the library (the checker may use it; answers may not)
 
 WORDS = ("red blue green warm cold tea apple sky river stone light dark sweet sour soft loud quiet old new "
          "small large fresh dry wet").split()
 
 
-def random_world(rng: np.random.Generator, K: int | None = None):
-    """A random SID table with at least one collision (-> a dedup token) and its tokenizer."""
+def make_world(codes, sizes):
+    """A SID table from codes (N, K) (repeated codes get a dedup token) and its tokenizer."""
     from minisapo.sid.table import SIDTable
     from minisapo.tokenizer import Tokenizer
 
+    with contextlib.redirect_stdout(io.StringIO()):
+        table = SIDTable.from_codes(np.asarray(codes), codebook_sizes=list(sizes))
+        tok = Tokenizer.build([" ".join(WORDS)], table)
+    return table, tok
+
+
+def random_world(rng: np.random.Generator, K: int | None = None):
+    """A random SID table with at least one collision (-> a dedup token) and its tokenizer."""
     K = int(rng.integers(2, 5)) if K is None else K
     sizes = [int(rng.integers(2, 5)) for _ in range(K)]
     N = int(rng.integers(8, 16))
     codes = np.stack([rng.integers(0, s, N) for s in sizes], 1)
     codes[1] = codes[0]  # a collision: those items get a dedup token
-    with contextlib.redirect_stdout(io.StringIO()):
-        table = SIDTable.from_codes(codes, codebook_sizes=sizes)
-        tok = Tokenizer.build([" ".join(WORDS)], table)
-    return table, tok
+    return make_world(codes, sizes)
 
 
 def random_blocks(rng, K: int, min_words: int = 0, max_words: int = 4) -> list[str]:
@@ -526,7 +795,7 @@ def random_blocks(rng, K: int, min_words: int = 0, max_words: int = 4) -> list[s
 
 
 def synthetic_batch(rng, groups: int = 3, G: int = 4, layout: str = "blocks_first"):
-    """Real responses (built by the library's formatter, parsed by its grammar) for score_rollouts."""
+    """Real responses (built by the library's formatter, parsed by its grammar), ready for rl.score_rollouts."""
     from minisapo.grammar import Grammar
     from minisapo.reasoning import build_response
     from minisapo.sid.trie import SIDTrie
@@ -549,153 +818,126 @@ def synthetic_batch(rng, groups: int = 3, G: int = 4, layout: str = "blocks_firs
     return responses, mask, parsed, targets, tok, K
 
 
-def wiring(ctx: Ctx, present: bool, what: str) -> None:
-    """Library wiring absent: TODO when required, else not graded."""
-    if not present:
-        if ctx.require_wiring:
-            raise Todo(f"library wiring: {what}")
-        raise Skip(f"not there yet ({what}); not graded without --require-wiring")
+def score_with_plugin(ctx: Ctx, algo: str, spec: str, batch, G: int = 4) -> dict:
+    """rl.score_rollouts with `--rl.advantage=spec` (loaded from the answers' file by minisapo, fresh), as an
+    RL step calls it; the answer's code runs under the part's rule."""
+    from minisapo import plugins, rl
+    from minisapo.config import rl_config
+
+    responses, mask, parsed, targets, tok, K = batch
+    plugins.forget()  # read the file as it is now
+    out = io.StringIO()
+    try:
+        with ctx.watch(), contextlib.redirect_stdout(out):
+            cfg = rl_config(algo, num_generations=G, advantage=spec)  # the plug-in is tried on an example here
+            scored = rl.score_rollouts(responses, mask, parsed, targets, tok, cfg, K, dedup=True)
+    except ValueError as e:
+        raise Fail(f"as a plug-in (--rl.advantage={Path(spec.rsplit(':', 1)[0]).name}:{spec.rsplit(':', 1)[1]}, "
+                   f"--algo={algo}): {e}") from None
+    printed = out.getvalue().strip()
+    scored["note"] = f"\n{printed}" if printed else ""
+    return scored
 
 
 # ================================================================================================
-# exercise 1
+# the visible examples (their right outputs are written here; the grader adds hidden random inputs)
 
 
-CUM = frozenset({"cumprod", "cumprod_", "cumsum", "cumsum_", "cummin", "cummax", "logcumsumexp"})
-
-
-def check_prefix_reward(ctx: Ctx) -> None:
-    rng = ctx.rng
-    cases = []
-    for K in range(1, 5):  # every 0/1 pattern
-        cases.append(np.array(list(np.ndindex(*([2] * K))), dtype=np.float32).reshape(-1, K))
-    for _ in range(10):  # hidden random shapes
-        B, K = int(rng.integers(1, 7)), int(rng.integers(1, 7))
-        cases.append((rng.random((B, K)) < 0.7).astype(np.float32))
-    for m_np in cases:
-        m = torch.from_numpy(m_np)
+def visible_prefix_reward(ctx: Ctx) -> None:
+    cases = [([[1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]],
+              [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]),
+             ([[0.0]], [[0.0]]), ([[1.0, 1.0]], [[1.0, 1.0]])]
+    for m, want in cases:
+        m = torch.tensor(m)
         got, note = ctx.call("prefix_reward", {"m": m})
-        want = [[float(all(row[: k + 1])) for k in range(len(row))] for row in m_np.tolist()]
-        compare("prefix_reward(m)", got, want, {"m": m}, note=note, index_names=("row", "step"))
+        compare("prefix_reward(m)", got, want, {"m": m}, note=note, index_names=("row", "step"), kind="float")
         unchanged(note, "prefix_reward")
 
 
-# ================================================================================================
-# exercise 2
+TOKEN_CREDIT_EXAMPLES = [  # steps, mask, advantages, step_token_mean -> expected
+    ([[0, 0, 1, 2, -1], [-1, -1, -1, -1, -1]], [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], [0.5, -1.0], False,
+     [[0.5, 0.5, 0.5, 0.5, 0.5], [-1.0, -1.0, -1.0, -1.0, 0.0]]),
+    ([[0, 0, 1, 2, -1], [-1, -1, -1, -1, -1]], [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], [[0.5, -1.0, 2.0], [1.0, 1.0, 1.0]],
+     False, [[0.5, 0.5, -1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]]),
+    ([[0, 0, 1, 2, -1], [-1, -1, -1, -1, -1]], [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], [[0.5, -1.0, 2.0], [1.0, 1.0, 1.0]],
+     True, [[1 / 3, 1 / 3, -4 / 3, 8 / 3, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]]),
+    ([[0, 2, 2, 2, -1, -1], [1, 1, 0, 2, 2, 2]], [[1, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]], [0.25, 2.0], True,
+     [[0.25, 0.25, 0.25, 0.0, 0.25, 0.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]]),
+    ([[0, 2, 2, 2, -1, -1], [1, 1, 0, 2, 2, 2]], [[1, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]],
+     [[1.5, 0.5, -2.0], [-0.5, 1.0, 3.0]], False, [[1.5, -2.0, -2.0, 0.0, 0.0, 0.0], [1.0, 1.0, -0.5, 3.0, 3.0, 3.0]]),
+    ([[0, 2, 2, 2, -1, -1], [1, 1, 0, 2, 2, 2]], [[1, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]],
+     [[1.5, 0.5, -2.0], [-0.5, 1.0, 3.0]], True, [[2.25, -1.5, -1.5, 0.0, 0.0, 0.0], [1.0, 1.0, -1.0, 2.0, 2.0, 2.0]]),
+]
 
 
-def random_steps(rng, B: int, T: int, K: int, structured: bool):
-    """Step index per token: either a realistic layout (prompt/-1, contiguous steps, eos, pad) or noise."""
-    if not structured:
-        return rng.integers(-1, K, (B, T))
-    steps = np.full((B, T), -1)
-    for i in range(B):
-        t = int(rng.integers(0, 3))  # a few -1 tokens first
-        for k in range(K):
-            if rng.random() < 0.15:  # a step that is missing (a cut response)
-                continue
-            n = int(rng.integers(1, 4))
-            steps[i, t:t + n] = k
-            t += n
-    return steps
+def visible_token_credit(ctx: Ctx) -> None:
+    for steps, mask, adv, stm, want in TOKEN_CREDIT_EXAMPLES:
+        inputs = {"advantages": torch.tensor(adv), "steps": torch.tensor(steps), "mask": torch.tensor(mask).bool(),
+                  "step_token_mean": stm}
+        got, note = ctx.call("token_advantages_loops", inputs)
+        compare(f"token_advantages_loops(advantages {list(inputs['advantages'].shape)}, step_token_mean={stm})",
+                got, want, inputs, note=note, index_names=("row", "token"), kind="float")
+        unchanged(note, "token_advantages_loops")
 
 
-def check_token_credit(ctx: Ctx) -> None:
-    rng = ctx.rng
-    fixed = [  # a row with no step at all, a step with no token, masked step tokens
-        (np.array([[0, 0, 1, 2, -1], [-1, -1, -1, -1, -1]]), np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], bool), 3),
-        (np.array([[0, 2, 2, 2, -1, -1]]), np.array([[1, 1, 1, 0, 1, 0]], bool), 3),
-    ]
-    cases = list(fixed)
-    for trial in range(14):
-        B, T, K = int(rng.integers(1, 6)), int(rng.integers(1, 11)), int(rng.integers(1, 5))
-        steps = random_steps(rng, B, T, K, structured=trial % 2 == 0)[:, :T]
-        mask = rng.random((B, T)) > 0.2
-        cases.append((steps, mask, K))
-    for steps_np, mask_np, K in cases:
-        B = len(steps_np)
-        steps, mask = torch.from_numpy(steps_np.astype(np.int64)), torch.from_numpy(mask_np)
-        for adv_np in (rng.normal(size=B).round(4), rng.normal(size=(B, K)).round(4)):
-            adv = torch.from_numpy(adv_np).float()
-            for stm in (False, True):
-                inputs = {"advantages": adv, "steps": steps, "mask": mask, "step_token_mean": stm}
-                got, note = ctx.call("token_advantages_loops", inputs)
-                want = ref_token_credit(adv.double().tolist(), steps_np.tolist(), mask_np.tolist(), stm)
-                compare(f"token_advantages_loops(advantages {list(adv.shape)}, step_token_mean={stm})", got, want,
-                        inputs, note=note, index_names=("row", "token"))
-                unchanged(note, "token_advantages_loops")
+# one small world (K = 3; items 0 and 1 share a code, so they get dedup tokens) and a few responses
+EX3_CODES, EX3_SIZES = [[0, 1, 2], [0, 1, 2], [1, 0, 0], [2, 2, 1]], [3, 3, 3]
+EX3_EXAMPLES = [  # item, thinking blocks, what is done to the response -> steps
+    (2, ["red sky", "tea", "cold apple river"], "as built",
+     [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, -1]),
+    (0, ["warm", "", "old new"], "as built", [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 3, -1]),
+    (1, ["sky", "soft", "dry"], "padded after <eos>", [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, -1, -1, -1]),
+    (3, ["blue blue", "sour", "light"], "cut before <eos>", [0, 0, 0, 0, 0, 1, 1, 1]),
+    (2, ["", "", ""], "tokens after <eos>", [0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -1, -1, -1]),
+]
 
 
-# ================================================================================================
-# exercise 3
-
-
-def check_interleaved(ctx: Ctx) -> None:
+def visible_interleaved(ctx: Ctx) -> None:
     from minisapo.reasoning import build_response
 
-    rng = ctx.rng
-    for _ in range(4):  # four random worlds, K = 2..4, each with a dedup token
-        table, tok = random_world(rng)
-        K = table.num_levels
-        items = [0, 1] + [int(i) for i in rng.integers(0, table.num_items, 6)]  # 0, 1 collide: dedup
-        for n, item in enumerate(items):
-            resp = build_response(item, random_blocks(rng, K), table, tok, "interleaved")
-            variant = n % 4
-            if variant == 1:  # padding after <eos>
-                resp = resp + [tok.pad_id] * int(rng.integers(1, 4))
-            elif variant == 2:  # cut before <eos> (a response that hit the length cap)
-                resp = resp[: int(rng.integers(1, len(resp)))]
-            elif variant == 3:  # anything after <eos> is outside the response
-                resp = resp + [tok.think_id, tok.sid_ids(table, item)[0], tok.eos_id]
-            tokens = " ".join(f"[{t}]{tok.id_to_token(x)}" for t, x in enumerate(resp))
-            got, note = ctx.call("interleaved_step_index", {"response": resp, "tokenizer": tok, "num_steps": K},
-                                 show={"response": tokens, "num_steps": K}, shared=("tokenizer",))
-            want = ref_interleaved_steps(resp, tok.token_level, tok.eos_id, K)
-            compare(f"interleaved_step_index(response, tokenizer, num_steps={K})", got, want,
-                    {"response": tokens}, exact=True, note=note, index_names=("token",))
-            unchanged(note, "interleaved_step_index")
+    table, tok = make_world(EX3_CODES, EX3_SIZES)
+    K = table.num_levels
+    for item, blocks, variant, want in EX3_EXAMPLES:
+        resp = build_response(item, blocks, table, tok, "interleaved")
+        if variant == "padded after <eos>":
+            resp = resp + [tok.pad_id] * 2
+        elif variant == "cut before <eos>":
+            resp = resp[:8]
+        elif variant == "tokens after <eos>":
+            resp = resp + [tok.think_id, tok.sid_ids(table, item)[0], tok.eos_id]
+        tokens = " ".join(f"[{t}]{tok.id_to_token(x)}" for t, x in enumerate(resp))
+        got, note = ctx.call("interleaved_step_index", {"response": resp, "tokenizer": tok, "num_steps": K},
+                             show={"response": tokens, "num_steps": K}, shared=("tokenizer",))
+        compare(f"interleaved_step_index(response ({variant}), tokenizer, num_steps={K})", got, want,
+                {"response": tokens}, exact=True, note=note, index_names=("token",), kind="ints")
+        unchanged(note, "interleaved_step_index")
 
 
-# ================================================================================================
-# exercise 4
+RANGE_EXAMPLES = [  # rewards, group_size -> advantages
+    ([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5], 4,
+     [0.5 / 1.0001, -0.5 / 1.0001, -0.5 / 1.0001, 0.5 / 1.0001, 0.0, 0.0, 0.0, 0.0]),
+    ([[1.0, 0.2], [0.0, 0.2], [0.0, 0.2], [0.0, 0.2], [0.25, 1.0], [0.75, 0.0], [0.5, 0.5], [0.25, 0.0]], 4,
+     [[0.75 / 1.0001, 0.0], [-0.25 / 1.0001, 0.0], [-0.25 / 1.0001, 0.0], [-0.25 / 1.0001, 0.0],
+      [-0.1875 / 0.5001, 0.625 / 1.0001], [0.3125 / 0.5001, -0.375 / 1.0001], [0.0625 / 0.5001, 0.125 / 1.0001],
+      [-0.1875 / 0.5001, -0.375 / 1.0001]]),
+]
 
 
-def range_cases(rng):
-    cases = []
-    for real in (False, True, False, True):
-        groups, G, C = int(rng.integers(2, 5)), int(rng.integers(2, 7)), int(rng.integers(1, 4))
-        r = rng.random((groups * G, C)).round(3) if real else (rng.random((groups * G, C)) < 0.4).astype(float)
-        r[:G] = 1.0 if not real else 0.25  # a group with no variance
-        if not real:
-            r[G:2 * G, 0] = 0.0
-            r[G, 0] = 1.0  # one hit out of G
-        cases.append((r.astype(np.float32), G))
-    return cases
-
-
-def check_range_function(ctx: Ctx) -> None:
-    for r_np, G in range_cases(ctx.rng):
-        r = torch.from_numpy(r_np)
-        inputs = {"rewards": r, "group_size": G}
+def visible_range_function(ctx: Ctx) -> None:
+    for r, G, want in RANGE_EXAMPLES:
+        inputs = {"rewards": torch.tensor(r), "group_size": G}
         got, note = ctx.call("range_advantages", inputs)
-        want = ref_range_advantages(r.double().tolist(), G)
-        compare(f"range_advantages(rewards, group_size={G})", got, want, inputs, note=note,
-                index_names=("row", "column"))
+        compare(f"range_advantages(rewards {list(inputs['rewards'].shape)}, group_size={G})", got, want, inputs,
+                note=note, index_names=("row", "column"), kind="float")
         unchanged(note, "range_advantages")
 
 
-def one_hit_of_8() -> dict:
-    r = [1.0] + [0.0] * 7
-    mu, sd = 1 / 8, ref_sample_std(r)
-    return {"group": {"hit": (1 - mu) / (sd + 1e-4), "miss": (0 - mu) / (sd + 1e-4)},
-            "range": {"hit": (1 - mu) / (1 + 1e-4), "miss": (0 - mu) / (1 + 1e-4)}}
-
-
-def check_range_by_hand(ctx: Ctx) -> None:
+def hand_numbers(ctx: Ctx) -> dict:
+    """EX4_ONE_HIT_OF_8, filled in: {"group": {"hit": x, "miss": y}, "range": {...}} as floats."""
     slot = getattr(ctx.sol, "EX4_ONE_HIT_OF_8", None)
     if slot is None:
         raise Fail(f"{ctx.sol_path.name} has no EX4_ONE_HIT_OF_8 (keep the answer slot of the stub)")
-    want = one_hit_of_8()
+    out = {}
     for scale in ("group", "range"):
         for who in ("hit", "miss"):
             try:
@@ -705,301 +947,141 @@ def check_range_by_hand(ctx: Ctx) -> None:
             if v is None or v is Ellipsis:
                 raise Todo(f'fill in EX4_ONE_HIT_OF_8["{scale}"]["{who}"] (your hand computation)')
             try:
-                ok = abs(float(v) - want[scale][who]) <= 2e-3
+                out.setdefault(scale, {})[who] = float(v)
             except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise Fail(f'EX4_ONE_HIT_OF_8["{scale}"]["{who}"] = {v!r} is not the advantage of the '
-                           f"{who}{'' if who == 'hit' else 'es'} in a group of 8 with one hit under "
-                           f'scale_rewards="{scale}" (to 3 decimals). Hint: the group std is the sample std '
-                           "(divide by G - 1), as torch.std.")
+                raise Fail(f'EX4_ONE_HIT_OF_8["{scale}"]["{who}"] = {v!r} is not a number') from None
+    return out
 
 
-def check_range_wiring(ctx: Ctx) -> None:
-    from minisapo import config, rl
-    from minisapo.config import make_config
-
-    wiring(ctx, "range" in rl.SCALE_REWARDS, '"range" is not in rl.SCALE_REWARDS')
-    try:
-        config.rl_config("sapo", scale_rewards="range")
-        with contextlib.redirect_stdout(io.StringIO()):
-            cfg = make_config({"scale_rewards": "range"}, preset="tiny")  # what `--scale_rewards=range` does
-            config.check_rl(cfg.rl)
-    except Exception as e:
-        raise Fail(f"library wiring: the config does not accept scale_rewards='range': {type(e).__name__}: {e}")
-    for r_np, G in range_cases(ctx.rng):
-        r = torch.from_numpy(r_np)
-        want = ref_range_advantages(r.double().tolist(), G)
-        compare(f"library wiring: rl.step_advantages(rewards, {G}, 'range')", rl.step_advantages(r, G, "range"),
-                want, {"rewards": r})
-        compare(f"library wiring: rl.sequence_advantages(rewards[:, 0], {G}, 'range')",
-                rl.sequence_advantages(r[:, 0].clone(), G, "range"), [row[0] for row in want], {"rewards[:, 0]": r[:, 0]})
-    for algo in ("sapo", "grpo"):  # the run: score_rollouts with the new mode, as tutorial 5 calls it
-        batch = synthetic_batch(ctx.rng, G=4)
-        responses, mask, parsed, targets, tok, K = batch
-        cfg = config.rl_config(algo, num_generations=4, scale_rewards="range")
-        s = rl.score_rollouts(responses, mask, parsed, targets, tok, cfg, K, dedup=True)
-        rew = s["rewards"].double()
-        want = ref_range_advantages(rew.reshape(len(rew), -1).tolist(), 4)
-        compare(f"library wiring: rl.score_rollouts(.., rl_config('{algo}', scale_rewards='range'))['advantages']",
-                s["advantages"].reshape(len(rew), -1), want, {"rewards": s["rewards"]})
+def visible_range_by_hand(ctx: Ctx) -> None:
+    numbers = hand_numbers(ctx)
+    for scale, v in numbers.items():
+        if not (math.isfinite(v["hit"]) and math.isfinite(v["miss"]) and v["hit"] > 0 > v["miss"]):
+            raise Fail(f'EX4_ONE_HIT_OF_8["{scale}"] = {v}: the hit is above the group mean (advantage > 0) and '
+                       "a miss below it (< 0). (The numbers themselves are checked by your teacher's grader.)")
 
 
-# ================================================================================================
-# exercise 6
+def visible_range_plugin(ctx: Ctx) -> None:
+    written(ctx, "range_advantages")
+    spec = f"{ctx.sol_path}:range_advantages"
+    for algo in ("sapo", "grpo"):  # step rewards (B, K), then one exact-match reward per response (B,)
+        scored = score_with_plugin(ctx, algo, spec, synthetic_batch(np.random.default_rng(4)))
+        got, note = ctx.call("range_advantages", {"rewards": scored["rewards"], "group_size": 4})
+        compare(f"the plug-in's advantages in rl.score_rollouts (--algo={algo}) vs range_advantages(rewards, 4)",
+                scored["advantages"], as_numpy(got), {"rewards": scored["rewards"]}, note=scored["note"], kind="float")
 
 
-def ref_reward_to_go(adv: list[list[float]], gamma: float) -> list[list[float]]:
-    return [[sum(gamma ** (k - j) * row[k] for k in range(j, len(row))) for j in range(len(row))] for row in adv]
+REWARD_TO_GO_EXAMPLES = [  # advantages, gamma -> expected
+    ([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], 0.0, [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]),
+    ([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], 0.5, [[2.75, 3.5, 3.0], [0.5, 0.0, 2.0]]),
+    ([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], 1.0, [[6.0, 5.0, 3.0], [1.5, 1.0, 2.0]]),
+    ([[-2.0]], 0.7, [[-2.0]]),
+]
 
 
-def check_reward_to_go(ctx: Ctx) -> None:
-    rng = ctx.rng
-    for trial in range(10):
-        B, K = int(rng.integers(1, 7)), int(rng.integers(1, 6))
-        adv = torch.from_numpy(rng.normal(size=(B, K)).round(4)).float()
-        gamma = [0.0, 1.0][trial] if trial < 2 else round(float(rng.uniform(0.1, 0.95)), 3)
-        inputs = {"advantages": adv, "gamma": gamma}
+def visible_reward_to_go(ctx: Ctx) -> None:
+    for adv, gamma, want in REWARD_TO_GO_EXAMPLES:
+        inputs = {"advantages": torch.tensor(adv), "gamma": gamma}
         got, note = ctx.call("reward_to_go", inputs)
-        compare(f"reward_to_go(advantages, gamma={gamma})", got, ref_reward_to_go(adv.double().tolist(), gamma),
-                inputs, note=note, index_names=("row", "step"))
+        compare(f"reward_to_go(advantages, gamma={gamma})", got, want, inputs, note=note,
+                index_names=("row", "step"), kind="float")
         unchanged(note, "reward_to_go")
 
 
-def check_reward_to_go_wiring(ctx: Ctx) -> None:
-    from minisapo import config, rl
-    from minisapo.config import field_comments, make_config
-
-    fields = {f.name: f for f in dataclasses.fields(rl.RLConfig)}
-    wiring(ctx, "step_gamma" in fields, "RLConfig has no field `step_gamma`")
-    default = fields["step_gamma"].default
-    if not isinstance(default, (int, float)) or default != 0.0:
-        raise Fail(f"library wiring: RLConfig.step_gamma defaults to {default!r}; it must be 0.0, so that nothing "
-                   "changes unless a run asks for it")
-    if not field_comments(rl.RLConfig).get("step_gamma", "").strip():
-        raise Fail("library wiring: RLConfig.step_gamma has no comment; every field says what it does "
-                   "(`step_gamma: float = 0.0  # ...`)")
-    with contextlib.redirect_stdout(io.StringIO()):
-        if make_config({"step_gamma": "0.5"}, preset="tiny").rl.step_gamma != 0.5:
-            raise Fail("library wiring: `--step_gamma=0.5` does not reach cfg.rl.step_gamma")
-    for layout in ("blocks_first", "interleaved"):
-        responses, mask, parsed, targets, tok, K = synthetic_batch(ctx.rng, G=4, layout=layout)
-        gamma = round(float(ctx.rng.uniform(0.3, 0.9)), 3)
-        args = (responses, mask, parsed, targets, tok)
-        plain = rl.score_rollouts(*args, config.rl_config("sapo", num_generations=4), K, dedup=True)
-        zero = rl.score_rollouts(*args, config.rl_config("sapo", num_generations=4, step_gamma=0.0), K, dedup=True)
-        for key in ("advantages", "token_adv"):
-            compare(f"library wiring: score_rollouts with step_gamma=0.0, '{key}' (must equal plain SAPO)",
-                    zero[key], plain[key].double().numpy(), show_arrays=False)
-        cfg = config.rl_config("sapo", num_generations=4, step_gamma=gamma)
-        s = rl.score_rollouts(*args, cfg, K, dedup=True)
-        want = ref_reward_to_go(plain["advantages"].double().tolist(), gamma)
-        compare(f"library wiring: score_rollouts(.., step_gamma={gamma})['advantages'] (reward-to-go of plain "
-                "SAPO's step advantages)", s["advantages"], want, {"plain SAPO advantages": plain["advantages"]})
-        credit = ref_token_credit(s["advantages"].double().tolist(), s["steps"].tolist(), mask.tolist(),
-                                  cfg.step_token_mean)
-        compare(f"library wiring: score_rollouts(.., step_gamma={gamma})['token_adv'] (the credit of the new "
-                "advantages)", s["token_adv"], credit, index_names=("row", "token"), show_arrays=False)
-        g0 = rl.score_rollouts(*args, config.rl_config("grpo", num_generations=4), K, dedup=True)
-        g1 = rl.score_rollouts(*args, config.rl_config("grpo", num_generations=4, step_gamma=gamma), K, dedup=True)
-        compare("library wiring: GRPO (advantage='sequence') must ignore step_gamma", g1["token_adv"],
-                g0["token_adv"].double().numpy(), show_arrays=False)
+def step_gamma(ctx: Ctx) -> float:
+    gamma = getattr(ctx.sol, "STEP_GAMMA", None)
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
+        raise Fail(f"STEP_GAMMA = {gamma!r}: the discount the plug-in uses, a number in (0, 1] (keep the slot of "
+                   "the stub; 0 would be plain SAPO)")
+    return float(gamma)
 
 
-# ================================================================================================
-# exercise 8
+def visible_reward_to_go_plugin(ctx: Ctx) -> None:
+    from minisapo import rl
+
+    written(ctx, "reward_to_go", "step_reward_to_go")
+    gamma = step_gamma(ctx)
+    scored = score_with_plugin(ctx, "sapo", f"{ctx.sol_path}:step_reward_to_go", synthetic_batch(np.random.default_rng(6)))
+    sapo = rl.step_advantages(scored["rewards"], 4, "group")
+    got, note = ctx.call("reward_to_go", {"advantages": sapo, "gamma": gamma})
+    compare(f"the plug-in's advantages in rl.score_rollouts (--algo=sapo) vs reward_to_go(SAPO's step "
+            f"advantages, STEP_GAMMA={gamma})", scored["advantages"], as_numpy(got), {"rewards": scored["rewards"]},
+            note=scored["note"], index_names=("row", "step"), kind="float")
 
 
-def ref_rank(ranked: list[int], target: int, k: int) -> int | None:
-    for r, item in enumerate(ranked[:k], start=1):
-        if item == target:
-            return r
-    return None
-
-
-def ndcg_cases(rng):
-    cases = [([], 3, 1), ([7], 7, 1), ([4, 9, 2], 9, 1), ([4, 9, 2], 9, 2), ([4, 9, 2], 2, 3), ([4, 9, 2], 2, 2),
-             ([4, 9, 2], 5, 3), ([4, 9, 2], 4, 10)]
-    for _ in range(40):
-        L = int(rng.integers(1, 13))
-        ranked = [int(x) for x in rng.choice(100, L, replace=False)]
-        pos = int(rng.integers(0, L))
-        target = ranked[pos] if rng.random() < 0.8 else 100 + int(rng.integers(10))
-        k = [pos + 1, pos + 2, pos, int(rng.integers(1, L + 3))][int(rng.integers(4))]  # the edges: rank k, k +- 1
-        cases.append((ranked, target, max(k, 1)))
-    return cases
+NDCG_EXAMPLES = [  # ranked, target, k -> hit, ndcg
+    ([], 3, 1, 0.0, 0.0), ([7], 7, 1, 1.0, 1.0), ([4, 9, 2], 9, 1, 0.0, 0.0),
+    ([4, 9, 2], 9, 2, 1.0, 0.6309297535714575), ([4, 9, 2], 2, 3, 1.0, 0.5), ([4, 9, 2], 5, 3, 0.0, 0.0),
+    ([4, 9, 2], 4, 10, 1.0, 1.0),
+]
 
 
 def check_scalar(ctx: Ctx, name: str, args: dict, want: float) -> None:
     got, note = ctx.call(name, args)
     call = f"{name}(ranked, target={args['target']}, k={args['k']})"
-    try:
-        g = float(got)
-    except Exception:
-        raise Fail(f"{call} returned {got!r}, expected a number{fmt_inputs(args)}") from None
-    if not (math.isfinite(g) and math.isclose(g, want, rel_tol=1e-9, abs_tol=1e-12)):
-        rank = ref_rank(args["ranked"], args["target"], len(args["ranked"]))
-        raise Fail(f"{call}: got {g:.9g}, expected {want:.9g} (the target's 1-based rank in the whole list is "
-                   f"{rank}){note}{fmt_inputs(args)}")
+    check_kind(call, got, "number", args, note)
+    if not (math.isfinite(got) and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)):
+        raise Fail(f"{call}: got {got:.9g}, expected {want:.9g}{note}{fmt_inputs(args)}")
     unchanged(note, name)
 
 
-def check_hit(ctx: Ctx) -> None:
-    for ranked, target, k in ndcg_cases(ctx.rng):
-        r = ref_rank(ranked, target, k)
-        check_scalar(ctx, "hit_at_k", {"ranked": ranked, "target": target, "k": k}, 0.0 if r is None else 1.0)
+def visible_hit(ctx: Ctx) -> None:
+    for ranked, target, k, hit, _ in NDCG_EXAMPLES:
+        check_scalar(ctx, "hit_at_k", {"ranked": ranked, "target": target, "k": k}, hit)
 
 
-def check_ndcg(ctx: Ctx) -> None:
-    for ranked, target, k in ndcg_cases(ctx.rng):
-        r = ref_rank(ranked, target, k)
-        check_scalar(ctx, "ndcg_at_k", {"ranked": ranked, "target": target, "k": k},
-                     0.0 if r is None else 1.0 / math.log2(r + 1))
+def visible_ndcg(ctx: Ctx) -> None:
+    for ranked, target, k, _, ndcg in NDCG_EXAMPLES:
+        check_scalar(ctx, "ndcg_at_k", {"ranked": ranked, "target": target, "k": k}, ndcg)
 
 
-# ================================================================================================
-# exercise 9
-
-
-def kmeans_cases(rng):
-    """(x, centroids) in float32 where the nearest centroid of every row wins by a clear margin, after two
-    fixed cases: squared distance vs |.| distance disagree; exact ties (-> the lowest index) and an empty cluster."""
-    f32 = torch.float32
-    cases = [(torch.tensor([[0.0, 0.0], [2.0, 2.0], [0.1, 0.0]], dtype=f32), torch.tensor([[1.0, 1.0], [1.8, 0.0]])),
-             (torch.tensor([[0.0, 0.0], [3.0, 3.0]], dtype=f32), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))]
-    for trial in range(12):
-        N, d, k = int(rng.integers(3, 13)), int(rng.integers(1, 4)), int(rng.integers(1, 5))
-        k = min(k, N)
-        for _ in range(100):
-            x = rng.normal(size=(N, d)).round(3)
-            c = (x[rng.choice(N, k, replace=False)] + rng.normal(scale=0.3, size=(k, d))).round(3)
-            if trial % 3 == 0 and k > 1:
-                c[int(rng.integers(k))] = 40.0 + rng.random(d).round(3)  # a centroid nobody is close to
-            d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
-            srt = np.sort(d2, axis=1)
-            if k == 1 or (srt[:, 1] - srt[:, 0] > 1e-2 * (1 + srt[:, 0])).all():
-                break
-        cases.append((torch.from_numpy(x.astype(np.float32)), torch.from_numpy(c.astype(np.float32))))
-    return cases
+KMEANS_EXAMPLES = [  # x, centroids -> codes, new centroids, residual
+    # nearest by squared distance (row 1 is closer to centroid 1 by |.| distance)
+    ([[0.0, 0.0], [2.0, 2.0], [0.1, 0.0]], [[1.0, 1.0], [1.8, 0.0]],
+     [0, 0, 0], [[0.7, 2 / 3], [1.8, 0.0]], [[-0.7, -2 / 3], [1.3, 4 / 3], [-0.6, -2 / 3]]),
+    # exact ties: the lowest index
+    ([[0.0, 0.0], [3.0, 3.0]], [[1.0, 0.0], [0.0, 1.0]], [0, 0], [[1.5, 1.5], [0.0, 1.0]], [[-1.5, -1.5], [1.5, 1.5]]),
+    # a centroid no row is close to keeps its place
+    ([[1.0], [2.0], [4.0], [10.0]], [[1.5], [3.5], [50.0]], [0, 0, 1, 1], [[1.5], [7.0], [50.0]],
+     [[-0.5], [0.5], [-3.0], [3.0]]),
+]
 
 
 def kmeans_outputs(ctx: Ctx, x, c):
     inputs = {"x": x, "centroids": c}
     got, note = ctx.call("kmeans_step", inputs)
     if not isinstance(got, (tuple, list)) or len(got) != 3:
-        raise Fail(f"kmeans_step must return (codes, new_centroids, residual), got {type(got).__name__}"
+        raise Fail(f"kmeans_step must return (codes, new_centroids, residual), got {describe(got)}"
                    f"{fmt_inputs(inputs)}")
     return got, note, inputs
 
 
-def ref_assign(x: list[list[float]], c: list[list[float]]) -> list[int]:
-    out = []
-    for row in x:
-        d = [sum((a - b) ** 2 for a, b in zip(row, cen)) for cen in c]
-        out.append(min(range(len(c)), key=lambda j: (d[j], j)))
-    return out
+def visible_assign(ctx: Ctx) -> None:
+    for x, c, codes, _, _ in KMEANS_EXAMPLES:
+        got, note, inputs = kmeans_outputs(ctx, torch.tensor(x), torch.tensor(c))
+        compare("kmeans_step(x, centroids): codes", got[0], codes, inputs, exact=True, note=note,
+                index_names=("row",), kind="long")
 
 
-def ref_update(x, c, codes) -> list[list[float]]:
-    out = []
-    for j in range(len(c)):
-        members = [x[n] for n in range(len(x)) if codes[n] == j]
-        out.append([sum(col) / len(members) for col in zip(*members)] if members else list(c[j]))
-    return out
-
-
-def student_codes(got, x, inputs) -> list[int]:
-    try:
-        codes = [int(v) for v in as_numpy(got[0], integer=True).reshape(-1)]
-    except Exception:
-        raise Fail(f"kmeans_step: codes must be N integers, got {fmt_array(got[0])}{fmt_inputs(inputs)}") from None
-    return codes
-
-
-def check_assign(ctx: Ctx) -> None:
-    for x, c in kmeans_cases(ctx.rng):
-        got, note, inputs = kmeans_outputs(ctx, x, c)
-        compare("kmeans_step(x, centroids): codes", got[0], ref_assign(x.double().tolist(), c.double().tolist()),
-                inputs, exact=True, note=note, index_names=("row",))
-
-
-def check_update(ctx: Ctx) -> None:  # an input changed in place costs this part (not all three)
-    for x, c in kmeans_cases(ctx.rng):
-        got, note, inputs = kmeans_outputs(ctx, x, c)
-        codes = student_codes(got, x, inputs)
-        if len(codes) != len(x) or not all(0 <= a < len(c) for a in codes):
-            raise Fail(f"kmeans_step: codes {codes} are not N = {len(x)} indices in [0, {len(c)}){fmt_inputs(inputs)}")
-        want = ref_update(x.double().tolist(), c.double().tolist(), codes)
-        compare("kmeans_step(x, centroids): new_centroids (given your codes)", got[1], want,
-                {**inputs, "your codes": codes}, note=note, index_names=("centroid", "dim"))
+def visible_update(ctx: Ctx) -> None:
+    for x, c, _, cen, _ in KMEANS_EXAMPLES:
+        got, note, inputs = kmeans_outputs(ctx, torch.tensor(x), torch.tensor(c))
+        compare("kmeans_step(x, centroids): new_centroids", got[1], cen, inputs, note=note,
+                index_names=("centroid", "dim"), kind="float")
         unchanged(note, "kmeans_step")
 
 
-def check_residual(ctx: Ctx) -> None:
-    for x, c in kmeans_cases(ctx.rng):
-        got, note, inputs = kmeans_outputs(ctx, x, c)
-        codes = student_codes(got, x, inputs)
-        try:
-            new_c = as_numpy(got[1])
-            want = x.double().numpy() - new_c[codes]
-        except Exception:
-            raise Fail("kmeans_step: residual needs codes (N,) and new_centroids (k, d) first") from None
-        compare("kmeans_step(x, centroids): residual = x - new_centroids[codes] (given your codes and centroids)",
-                got[2], want, inputs, note=note, index_names=("row", "dim"))
+def visible_residual(ctx: Ctx) -> None:
+    for x, c, _, _, res in KMEANS_EXAMPLES:
+        got, note, inputs = kmeans_outputs(ctx, torch.tensor(x), torch.tensor(c))
+        compare("kmeans_step(x, centroids): residual", got[2], res, inputs, note=note, index_names=("row", "dim"),
+                kind="float")
 
 
-# ================================================================================================
-# exercise 10
-
-
-def random_sid_table(rng) -> list[list[int]]:
-    """SIDs as token ids: level l codes are 10 + 100 l + code; colliding items get a dedup token."""
-    K, N = int(rng.integers(2, 5)), int(rng.integers(3, 13))
-    sizes = [int(rng.integers(2, 5)) for _ in range(K)]
-    codes = [tuple(int(rng.integers(s)) for s in sizes) for _ in range(N)]
-    codes[1] = codes[0]
-    seen: dict[tuple, int] = {}
-    counts = {c: codes.count(c) for c in codes}
-    sids = []
-    for c in codes:
-        sid = [10 + 100 * level + code for level, code in enumerate(c)]
-        if counts[c] > 1:
-            sid.append(10 + 100 * K + seen.get(c, 0))
-            seen[c] = seen.get(c, 0) + 1
-        sids.append(sid)
-    order = rng.permutation(N)
-    return [sids[i] for i in order]
-
-
-def ref_next(sids: list[list[int]], prefix: list[int]) -> list[int] | None:
-    """Scan the table: sorted next tokens, [] for a complete SID, None if no SID starts with prefix."""
-    starts = [s for s in sids if s[:len(prefix)] == prefix]
-    if not starts:
-        return None
-    return sorted({s[len(prefix)] for s in starts if len(s) > len(prefix)})
-
-
-def trie_cases(rng):
-    for _ in range(12):
-        sids = random_sid_table(rng)
-        valid = sorted({tuple(s[:d]) for s in sids for d in range(len(s) + 1)})
-        impossible = []
-        for _ in range(8):
-            p = list(valid[int(rng.integers(len(valid)))])
-            kind = int(rng.integers(3))
-            if kind == 0:  # a next token no SID has there
-                p.append(10 + 100 * len(p) + int(rng.integers(5, 9)))
-            elif kind == 1:  # a complete SID, then anything
-                s = sids[int(rng.integers(len(sids)))]
-                p = s + [s[-1]]
-            else:  # a valid path whose last token is swapped for an unused sibling
-                if not p:
-                    p = [999]
-                else:
-                    p[-1] = 10 + 100 * (len(p) - 1) + 7
-            if ref_next(sids, p) is None:
-                impossible.append(p)
-        yield sids, [list(v) for v in valid], impossible
+TRIE_SIDS = [[10, 110, 210], [10, 111, 210, 310], [10, 111, 210, 311], [11, 110, 212]]
+TRIE_NEXT = [([], [10, 11]), ([10], [110, 111]), ([11], [110]), ([10, 111], [210]), ([10, 111, 210], [310, 311]),
+             ([10, 110, 210], []), ([11, 110, 212], [])]
+TRIE_IMPOSSIBLE = [[12], [10, 112], [11, 111], [10, 110, 210, 310], [10, 111, 212]]
 
 
 def build(ctx: Ctx, sids, check_inputs: bool):
@@ -1009,73 +1091,72 @@ def build(ctx: Ctx, sids, check_inputs: bool):
     return trie
 
 
-def check_trie_valid(ctx: Ctx) -> None:
-    for sids, valid, _ in trie_cases(ctx.rng):
-        trie = build(ctx, sids, check_inputs=True)
-        for p in valid:
-            args = {"trie": trie, "prefix": p}
-            try:
-                got, note = ctx.call("next_tokens", args, show={"sids": sids, "prefix": p}, shared=("trie",))
-            except Fail as e:
-                raise Fail(f"next_tokens(trie, {p}) on a valid prefix: {e}") from None
-            want = ref_next(sids, p)
-            if not isinstance(got, (list, tuple)) or [int(v) for v in got] != want:
-                raise Fail(f"next_tokens(trie, prefix={p}): got {got!r}, expected {want} (sorted next token ids; "
-                           f"[] after a complete SID){note}{fmt_inputs({'sids': sids})}")
-            unchanged(note, "next_tokens")
+def next_of(ctx: Ctx, trie, prefix, sids):
+    try:
+        return ctx.call("next_tokens", {"trie": trie, "prefix": prefix}, show={"sids": sids, "prefix": prefix},
+                        shared=("trie",))
+    except Fail as e:
+        raise Fail(f"next_tokens(trie, {prefix}) on a valid prefix: {e}") from None
 
 
-def check_trie_impossible(ctx: Ctx) -> None:
-    for sids, _, impossible in trie_cases(ctx.rng):
-        trie = build(ctx, sids, check_inputs=False)
-        for p in impossible:
-            f = ctx.fn("next_tokens")
-            try:
-                with banned_at_runtime(ctx.rule):
-                    got = f(trie, list(p))
-            except NotImplementedError as e:
-                raise Todo(str(e) or "`next_tokens` is not written yet") from None
-            except ValueError:
-                continue
-            except _RuleBroken as e:
-                raise Fail(str(e)) from None
-            except Exception as e:
-                raise Fail(f"next_tokens(trie, {p}) raised {type(e).__name__}: {e}; no SID starts with this prefix, "
-                           f"so it must raise ValueError{fmt_inputs({'sids': sids})}") from None
-            raise Fail(f"next_tokens(trie, {p}) returned {got!r}; no SID starts with this prefix, so it must raise "
-                       f"ValueError (constrained decoding must never fall back to 'anything goes')"
-                       f"{fmt_inputs({'sids': sids})}")
+def check_next(ctx: Ctx, trie, sids, prefix, want) -> None:
+    got, note = next_of(ctx, trie, prefix, sids)
+    check_kind(f"next_tokens(trie, prefix={prefix})", got, "ints", {"sids": sids}, note)
+    if got != want:
+        raise Fail(f"next_tokens(trie, prefix={prefix}): got {got!r}, expected {want} (sorted next token ids; "
+                   f"[] after a complete SID){note}{fmt_inputs({'sids': sids})}")
+    unchanged(note, "next_tokens")
 
 
-# ================================================================================================
-# exercise 11
+def check_impossible(ctx: Ctx, trie, sids, prefix) -> None:
+    f = ctx.fn("next_tokens")
+    error, got = None, None
+    with watching(ctx.rule, ctx.sol_path) as w:
+        try:
+            got = f(trie, list(prefix))
+        except _RuleBroken:
+            pass
+        except Exception as e:
+            error = e
+    if w.problem:
+        raise Fail(f"rule broken while `next_tokens` ran: {w.problem}.\n{ctx.why()}")
+    if isinstance(error, NotImplementedError):
+        raise Todo(str(error) or "`next_tokens` is not written yet")
+    if isinstance(error, ValueError):
+        return
+    if error is not None:
+        raise Fail(f"next_tokens(trie, {prefix}) raised {type(error).__name__}: {error}; no SID starts with this "
+                   f"prefix, so it must raise ValueError{fmt_inputs({'sids': sids})}")
+    raise Fail(f"next_tokens(trie, {prefix}) returned {got!r}; no SID starts with this prefix, so it must raise "
+               f"ValueError (constrained decoding must never fall back to 'anything goes')"
+               f"{fmt_inputs({'sids': sids})}")
 
-HAND_CASE = {  # EXERCISES.md works this one out by hand
+
+def visible_trie_valid(ctx: Ctx) -> None:
+    trie = build(ctx, TRIE_SIDS, check_inputs=True)
+    for prefix, want in TRIE_NEXT:
+        check_next(ctx, trie, TRIE_SIDS, prefix, want)
+
+
+def visible_trie_impossible(ctx: Ctx) -> None:
+    trie = build(ctx, TRIE_SIDS, check_inputs=False)
+    for prefix in TRIE_IMPOSSIBLE:
+        check_impossible(ctx, trie, TRIE_SIDS, prefix)
+
+
+HAND_CASE = {  # EXERCISES.md works this one out by hand (ratio 1); the second case moves the ratio
     "matches": [[1.0, 0.0], [0.0, 0.0]],
     "steps": [[0, 0, 1, -1], [0, 1, -1, -1]],
     "mask": [[True, True, True, True], [True, True, True, False]],
     "logprobs": [[-1.0, -0.5, -0.2, -0.1], [-0.7, -0.3, -0.1, -2.0]],
     "epsilon": 0.2,
+    "advantages": [[0.5 / (0.5 ** 0.5 + 1e-4), 0.0], [-0.5 / (0.5 ** 0.5 + 1e-4), 0.0]],
+    "token_adv": [[0.375 / (0.5 ** 0.5 + 1e-4), 0.375 / (0.5 ** 0.5 + 1e-4), 0.0, 0.0],
+                  [-0.5 / (0.5 ** 0.5 + 1e-4), 0.0, 0.0, 0.0]],
+    "loss": -0.014729298651218414,
+    "old_logprobs_moved": [[-0.7, -0.8, -0.2, 0.0], [-1.2, 0.1, -0.1, -2.0]],
+    "loss_moved": 0.0656351,
 }
-
-
-def loss_cases(rng):
-    h = HAND_CASE
-    cases = [(torch.tensor(h["matches"]), torch.tensor(h["steps"]), torch.tensor(h["mask"]),
-              torch.tensor(h["logprobs"]), torch.tensor(h["logprobs"]), h["epsilon"])]
-    for _ in range(10):
-        G, K, T = int(rng.integers(2, 7)), int(rng.integers(2, 4)), 14
-        m = (rng.random((G, K)) < 0.5).astype(np.float32)
-        m[:, int(rng.integers(K))] = float(rng.integers(2))  # a step with no variance
-        steps = random_steps(rng, G, T, K, structured=True)
-        lengths = [int((row >= 0).nonzero()[0].max()) + 2 if (row >= 0).any() else 1 for row in steps]  # + <eos>
-        mask = np.array([[t < n for t in range(T)] for n in lengths])
-        logp = -rng.uniform(0.05, 3.0, (G, T)).round(4)
-        old = (logp + rng.normal(scale=0.3, size=(G, T))).round(4)
-        eps = float(rng.choice([0.1, 0.2, 0.28]))
-        cases.append((torch.from_numpy(m), torch.from_numpy(steps), torch.from_numpy(mask),
-                      torch.from_numpy(logp).float(), torch.from_numpy(old).float(), eps))
-    return cases
 
 
 def loss_outputs(ctx: Ctx, case):
@@ -1083,35 +1164,37 @@ def loss_outputs(ctx: Ctx, case):
     inputs = {"matches": m, "steps": steps, "mask": mask, "logprobs": logp, "old_logprobs": old, "epsilon": eps}
     got, note = ctx.call("sapo_group_loss", inputs)
     if not isinstance(got, (tuple, list)) or len(got) != 3:
-        raise Fail(f"sapo_group_loss must return (advantages, token_adv, loss), got {type(got).__name__}"
+        raise Fail(f"sapo_group_loss must return (advantages, token_adv, loss), got {describe(got)}"
                    f"{fmt_inputs(inputs)}")
     return got, note, inputs
 
 
-def check_loss_advantages(ctx: Ctx) -> None:  # an input changed in place costs this part (not all three)
-    for case in loss_cases(ctx.rng):
+def hand_cases():
+    h = HAND_CASE
+    base = (torch.tensor(h["matches"]), torch.tensor(h["steps"]), torch.tensor(h["mask"]), torch.tensor(h["logprobs"]))
+    return [(*base, torch.tensor(h["logprobs"]), h["epsilon"], h["loss"]),
+            (*base, torch.tensor(h["old_logprobs_moved"]), h["epsilon"], h["loss_moved"])]
+
+
+def visible_loss_advantages(ctx: Ctx) -> None:
+    for *case, _ in hand_cases():
         got, note, inputs = loss_outputs(ctx, case)
-        want = ref_step_advantages(case[0].double().tolist(), len(case[0]))
-        compare("sapo_group_loss: advantages", got[0], want, inputs, note=note, index_names=("rollout", "step"))
+        compare("sapo_group_loss: advantages", got[0], HAND_CASE["advantages"], inputs, note=note,
+                index_names=("rollout", "step"), kind="float")
         unchanged(note, "sapo_group_loss")
 
 
-def check_loss_credit(ctx: Ctx) -> None:
-    for case in loss_cases(ctx.rng):
+def visible_loss_credit(ctx: Ctx) -> None:
+    for *case, _ in hand_cases():
         got, note, inputs = loss_outputs(ctx, case)
-        adv = as_numpy(got[0]).tolist()
-        want = ref_token_credit(adv, case[1].tolist(), case[2].tolist(), True)
-        compare("sapo_group_loss: token_adv (given your advantages)", got[1], want, {**inputs, "your advantages":
-                np.asarray(adv)}, note=note, index_names=("rollout", "token"))
+        compare("sapo_group_loss: token_adv", got[1], HAND_CASE["token_adv"], inputs, note=note,
+                index_names=("rollout", "token"), kind="float")
 
 
-def check_loss_value(ctx: Ctx) -> None:
-    for case in loss_cases(ctx.rng):
+def visible_loss_value(ctx: Ctx) -> None:
+    for *case, want in hand_cases():
         got, note, inputs = loss_outputs(ctx, case)
-        tok_adv = as_numpy(got[1]).tolist()
-        want = ref_loss(tok_adv, case[3].double().tolist(), case[4].double().tolist(), case[2].tolist(), case[5])
-        compare("sapo_group_loss: loss (given your token_adv)", got[2], want,
-                {**inputs, "your token_adv": np.asarray(tok_adv)}, note=note)
+        compare("sapo_group_loss: loss", got[2], want, inputs, note=note, kind="loss")
 
 
 # ================================================================================================
@@ -1121,12 +1204,9 @@ def check_loss_value(ctx: Ctx) -> None:
 @dataclass
 class Part:
     name: str
-    points: int  # points in the default mode
-    check: Callable[[Ctx], None]
-    points_wired: int | None = None  # points with --require-wiring (None: the same)
-
-    def worth(self, require_wiring: bool) -> int:
-        return self.points_wired if require_wiring and self.points_wired is not None else self.points
+    points: int
+    check: Callable[[Ctx], None]  # the visible examples
+    rule: Rule | None = None  # None: the exercise's
 
 
 @dataclass
@@ -1138,47 +1218,48 @@ class Exercise:
     parts: list[Part]  # [] = an experiment: nothing to grade automatically
     rule: Rule = NO_LIBRARY
 
-    def points(self, require_wiring: bool) -> int:
-        return sum(p.worth(require_wiring) for p in self.parts)
+    @property
+    def points(self) -> int:
+        return sum(p.points for p in self.parts)
 
 
 EXERCISES = [
     Exercise(1, "prefix-gated rewards, by hand", "easy", 10,
-             [Part("prefix_reward", 5, check_prefix_reward)],
-             Rule(CUM, need_loop=True, why="write it with plain loops: no cumprod/cumsum/cummin, no minisapo")),
+             [Part("prefix_reward", 5, visible_prefix_reward)],
+             Rule("write it with plain loops: no cumprod, prod or any other vectorised shortcut, no minisapo",
+                  loops=True)),
     Exercise(2, "per-token credit with loops", "medium", 30,
-             [Part("token_advantages_loops", 15, check_token_credit)],
-             Rule(frozenset({"gather", "take_along_dim", "one_hot", "scatter", "scatter_", "scatter_add",
-                             "scatter_add_", "index_select", "bincount"}), need_loop=True,
-                  why="write it with loops over rows and positions: no gather/one_hot/scatter, no minisapo")),
+             [Part("token_advantages_loops", 15, visible_token_credit)],
+             Rule("write it with loops over rows and positions: no gather/one_hot/scatter, no indexing with a "
+                  "tensor of indices, no minisapo", loops=True)),
     Exercise(3, "the interleaved layout and step_index", "medium", 20,
-             [Part("interleaved_step_index", 10, check_interleaved)],
-             Rule(why="write the rule yourself: no reasoning.step_index, no minisapo")),
+             [Part("interleaved_step_index", 10, visible_interleaved)],
+             Rule("write the rule yourself: no reasoning.step_index, no minisapo (the tokenizer you are given is fine)",
+                  library=("minisapo.tokenizer",))),
     Exercise(4, 'a new scale_rewards mode: "range"', "medium", 30,
-             [Part("range_advantages", 7, check_range_function, points_wired=4),
-              Part("EX4_ONE_HIT_OF_8 (by hand)", 3, check_range_by_hand),
-              Part("library wiring (minisapo/rl.py) and the run", 0, check_range_wiring, points_wired=3)]),
+             [Part("range_advantages", 5, visible_range_function),
+              Part("EX4_ONE_HIT_OF_8 (by hand)", 3, visible_range_by_hand),
+              Part("as a plug-in (--rl.advantage=...:range_advantages)", 2, visible_range_plugin, PLUGIN)]),
     Exercise(5, "make exact match sparser (experiment)", "easy", 30, []),
     Exercise(6, "let a step's reward also credit earlier steps", "medium", 25,
-             [Part("reward_to_go", 10, check_reward_to_go, points_wired=6),
-              Part("library wiring (RLConfig.step_gamma, score_rollouts)", 0, check_reward_to_go_wiring,
-                   points_wired=4)]),
+             [Part("reward_to_go", 6, visible_reward_to_go),
+              Part("as a plug-in (--rl.advantage=...:step_reward_to_go)", 4, visible_reward_to_go_plugin, PLUGIN)]),
     Exercise(7, "how many SID levels? (experiment)", "easy", 20, []),
     Exercise(8, "hit@K and ndcg@K", "easy", 10,
-             [Part("hit_at_k", 3, check_hit), Part("ndcg_at_k", 7, check_ndcg)],
-             Rule(why="write it yourself: no minisapo.evaluate")),
+             [Part("hit_at_k", 3, visible_hit), Part("ndcg_at_k", 7, visible_ndcg)],
+             Rule("write it yourself: no minisapo.evaluate")),
     Exercise(9, "one step of one RQ-KMeans level", "medium", 25,
-             [Part("assignment (codes)", 5, check_assign), Part("centroid update", 7, check_update),
-              Part("residual", 3, check_residual)],
-             Rule(why="write it yourself: no minisapo.sid.rqkmeans")),
+             [Part("assignment (codes)", 5, visible_assign), Part("centroid update", 7, visible_update),
+              Part("residual", 3, visible_residual)],
+             Rule("write it yourself: no minisapo.sid.rqkmeans")),
     Exercise(10, "the prefix trie", "medium", 20,
-             [Part("next tokens of valid prefixes", 6, check_trie_valid),
-              Part("impossible prefixes raise ValueError", 4, check_trie_impossible)],
-             Rule(why="write it yourself: no minisapo.sid.SIDTrie")),
+             [Part("next tokens of valid prefixes", 6, visible_trie_valid),
+              Part("impossible prefixes raise ValueError", 4, visible_trie_impossible)],
+             Rule("write it yourself: no minisapo.sid.SIDTrie")),
     Exercise(11, "the step-aligned loss on one group", "hard", 40,
-             [Part("step advantages", 5, check_loss_advantages), Part("per-token credit", 5, check_loss_credit),
-              Part("loss value", 5, check_loss_value)],
-             Rule(why="write it yourself: no minisapo.rl (step_advantages, token_advantages, policy_loss)")),
+             [Part("step advantages", 5, visible_loss_advantages), Part("per-token credit", 5, visible_loss_credit),
+              Part("loss value", 5, visible_loss_value)],
+             Rule("write it yourself: no minisapo.rl (step_advantages, token_advantages, policy_loss)")),
 ]
 BY_NUMBER = {e.number: e for e in EXERCISES}
 
@@ -1192,7 +1273,7 @@ THINK_KEYS = ("1", "2", "3a", "3b", "4", "5", "6", "7", "8", "9", "10", "11")
 @dataclass
 class PartResult:
     name: str
-    status: str  # PASS | FAIL | TODO | SKIP
+    status: str  # PASS | FAIL | TODO
     points: int
     out_of: int
     message: str = ""
@@ -1211,14 +1292,31 @@ class Result:
         return "\n".join(p.message for p in self.parts if p.status == "FAIL")
 
 
+class LoadError(Exception):
+    """The answers' file could not be loaded (a syntax error, a crash, or it reached for the checker)."""
+
+
 def load_solutions(path: str | Path, name: str = "solutions"):
+    """Import the answers' file under the rules (no checker imports, opens or runs) and a time limit."""
     path = Path(path).resolve()
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None:
-        raise FileNotFoundError(f"cannot load answers from {path}")
+        raise LoadError(f"cannot load answers from {path}")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # so that inspect can read the source of its classes
-    spec.loader.exec_module(mod)
+    error = None
+    with time_limit(TIME_LIMIT_S), contextlib.redirect_stdout(io.StringIO()):
+        with watching(Rule(library=("*",)), path) as w:
+            try:
+                spec.loader.exec_module(mod)
+            except _RuleBroken:
+                pass
+            except Exception as e:
+                error = e
+    if w.problem:
+        raise LoadError(f"{path.name} may not import, open or run the checker: {w.problem}. No points.")
+    if error is not None:
+        raise LoadError("".join(traceback.format_exception(type(error), error, error.__traceback__, limit=-2)))
     return mod
 
 
@@ -1227,11 +1325,7 @@ def time_limit(seconds: int):
     if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():  # no limit
         yield
         return
-
-    def _alarm(*_):
-        raise _Timeout()
-
-    old = signal.signal(signal.SIGALRM, _alarm)
+    old = signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(seconds)
     try:
         yield
@@ -1240,34 +1334,44 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, old)
 
 
-def grade(ex: Exercise, sol, sol_path: Path, seed: int, require_wiring: bool = False) -> Result:
+def grade(ex: Exercise, sol, sol_path: Path, hidden: dict | None = None, seed: int = 0,
+          baseline: dict | None = None) -> Result:
+    """Grade one exercise: each part's visible examples, then (the teacher's grader) its hidden check
+    hidden[(number, part name)](ctx). `baseline` (a fingerprint) catches an answer that rebinds torch, numpy or
+    checker functions."""
     if not ex.parts:
         return Result(ex, "EXPERIMENT", 0, 0, [])
     parts = []
     for i, part in enumerate(ex.parts):
-        worth = part.worth(require_wiring)
-        ctx = Ctx(sol, sol_path, seed, ex.number, require_wiring, ex.rule, np.random.default_rng([seed, ex.number, i]))
-        torch.manual_seed(seed)
-        try:
-            with time_limit(TIME_LIMIT_S):
-                part.check(ctx)
-            parts.append(PartResult(part.name, "PASS", worth, worth))
-        except Todo as e:
-            parts.append(PartResult(part.name, "TODO", 0, worth, str(e)))
-        except Skip as e:
-            parts.append(PartResult(part.name, "SKIP", 0, worth, str(e)))
-        except Fail as e:
-            parts.append(PartResult(part.name, "FAIL", 0, worth, str(e)))
-        except _Timeout:
-            parts.append(PartResult(part.name, "FAIL", 0, worth, f"took more than {TIME_LIMIT_S} s (an endless loop?)"))
-        except Exception:  # an output the check could not even read, or (wiring) the library raised
-            parts.append(PartResult(part.name, "FAIL", 0, worth, "the check could not grade this part (your "
-                                    "answer's output is unreadable, or the library raised):\n"
-                                    + traceback.format_exc(limit=-3)))
-    graded = [p for p in parts if p.status != "SKIP"]
-    statuses = {p.status for p in graded}
+        checks = [part.check] + ([hidden[(ex.number, part.name)]] if hidden is not None else [])
+        status, message = "PASS", ""
+        for check in checks:
+            ctx = Ctx(sol, Path(sol_path), ex.number, part.rule or ex.rule, np.random.default_rng([seed, ex.number, i]),
+                      seed)
+            torch.manual_seed(seed)
+            try:
+                with time_limit(TIME_LIMIT_S):
+                    check(ctx)
+            except Todo as e:
+                status, message = "TODO", str(e)
+            except Fail as e:
+                status, message = "FAIL", str(e)
+            except _Timeout:
+                status, message = "FAIL", f"took more than {TIME_LIMIT_S} s (an endless loop?)"
+            except Exception:  # an output the check could not even read, or the library raised
+                status, message = "FAIL", ("the check could not grade this part (your answer's output is unreadable, "
+                                           "or the library raised):\n" + traceback.format_exc(limit=-3))
+            if baseline is not None and status != "TODO":
+                changed = tampered(baseline)
+                if changed:
+                    status, message = "FAIL", (f"your answers changed `{changed[0]}`, which the checker relies on: "
+                                               "not graded")
+            if status != "PASS":
+                break
+        parts.append(PartResult(part.name, status, part.points if status == "PASS" else 0, part.points, message))
+    statuses = {p.status for p in parts}
     status = "FAIL" if "FAIL" in statuses else "TODO" if "TODO" in statuses else "PASS"
-    return Result(ex, status, sum(p.points for p in parts), ex.points(require_wiring), parts)
+    return Result(ex, status, sum(p.points for p in parts), ex.points, parts)
 
 
 def think_answers(sol) -> list[str]:
@@ -1281,7 +1385,15 @@ def indent(text: str, n: int) -> str:
     return textwrap.indent(text, " " * n)
 
 
-def report(results: list[Result], sol, seed: int, numbers: list[int], out=None) -> bool:
+def score_line(results: list[Result]) -> str:
+    graded = [r for r in results if r.status != "EXPERIMENT"]
+    n_pass = sum(r.status == "PASS" for r in graded)
+    return (f"score: {n_pass}/{len(graded)} exercises, {sum(r.points for r in graded)}/"
+            f"{sum(r.out_of for r in graded)} points")
+
+
+def report(results: list[Result], sol, out=None, replay: str = "python tutorials/exercise_checks.py {n}",
+           visible_only: bool = True) -> bool:
     out = out or sys.stdout
     graded = [r for r in results if r.status != "EXPERIMENT"]
     for r in results:
@@ -1297,9 +1409,8 @@ def report(results: list[Result], sol, seed: int, numbers: list[int], out=None) 
             msg = p.message if p.status != "PASS" else ""
             short = msg and "\n" not in msg and len(msg) < 110 and p.status != "FAIL"
             if len(r.parts) > 1:
-                score = f"{p.points}/{p.out_of}" if p.status != "SKIP" else "-"
                 tail = f": {msg}" if short and msg not in said else ""
-                print(f"      {p.status:<4} {score:>5}  {p.name}{tail}", file=out)
+                print(f"      {p.status:<4} {p.points:>2}/{p.out_of:<2}  {p.name}{tail}", file=out)
                 if short:
                     said.add(msg)
                     continue
@@ -1307,51 +1418,45 @@ def report(results: list[Result], sol, seed: int, numbers: list[int], out=None) 
                 print(indent(msg, 16 if len(r.parts) > 1 else 6), file=out)
                 said.add(msg)
         if r.status == "FAIL":
-            print(f"      replay: python tutorials/exercise_checks.py {ex.number} --seed={seed}", file=out)
+            print(f"      replay: {replay.format(n=ex.number)}", file=out)
     filled = think_answers(sol)
     print(f"think answers: {len(filled)}/{len(THINK_KEYS)} filled in (THINK_ANSWERS; free text is read by your "
           "teacher, not graded here)", file=out)
-    n_pass = sum(r.status == "PASS" for r in graded)
-    pts, total = sum(r.points for r in graded), sum(r.out_of for r in graded)
-    print(f"score: {n_pass}/{len(graded)} exercises, {pts}/{total} points", file=out)
-    return n_pass == len(graded) and pts == total
+    print(score_line(results) + (" (visible examples; your teacher's grader adds hidden random inputs)"
+                                 if visible_only else ""), file=out)
+    return all(r.status == "PASS" for r in graded)
 
 
-def run(sol, sol_path: Path, seed: int, numbers: list[int] | None = None, require_wiring: bool = False,
-        out=None) -> tuple[bool, list[Result]]:
-    """Grade `numbers` (default: all) -> (full marks?, results). Used by main() and by the tests."""
+def run(sol, sol_path: Path, numbers: list[int] | None = None, hidden: dict | None = None, seed: int = 0,
+        out=None, replay: str = "python tutorials/exercise_checks.py {n}", baseline: dict | None = None):
+    """Grade `numbers` (default: all) -> (full marks?, results). Used by main(), the teacher's grader and tests."""
     torch.set_num_threads(1)
     numbers = numbers or [e.number for e in EXERCISES]
-    results = [grade(BY_NUMBER[n], sol, sol_path, seed, require_wiring) for n in numbers]
-    return report(results, sol, seed, numbers, out), results
+    results = [grade(BY_NUMBER[n], sol, sol_path, hidden, seed, baseline) for n in numbers]
+    return report(results, sol, out, replay, visible_only=hidden is None), results
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exercises", nargs="*", type=int, help="exercise numbers (default: all)")
-    parser.add_argument("--seed", type=int, default=None, help="replay the hidden inputs of an earlier run")
-    parser.add_argument("--require-wiring", action="store_true",
-                        help="grade the library edits of exercises 4 and 6 (minisapo/rl.py) too")
     args = parser.parse_args(argv)
     unknown = [n for n in args.exercises if n not in BY_NUMBER]
     if unknown:
         parser.error(f"no exercise {unknown[0]}; the exercises are {', '.join(map(str, BY_NUMBER))}")
-    seed = secrets.randbelow(1_000_000) if args.seed is None else args.seed
     sol_path = Path(os.environ.get("MINISAPO_SOLUTIONS") or DEFAULT_SOLUTIONS).resolve()
     t0 = time.time()
-    print(f"answers: {sol_path}\nseed: {seed}  (replay these hidden inputs with --seed={seed})"
-          + ("\nlibrary wiring of exercises 4 and 6: required" if args.require_wiring else ""))
+    print(f"answers: {sol_path}")
+    baseline = fingerprint()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the answers' own prints while loading
-            sol = load_solutions(sol_path)
-    except Exception:
-        print(f"could not load your answers:\n{traceback.format_exc(limit=-2)}")
+        sol = load_solutions(sol_path)
+    except LoadError as e:
         graded = [BY_NUMBER[n] for n in (args.exercises or BY_NUMBER) if BY_NUMBER[n].parts]
-        print(f"score: 0/{len(graded)} exercises, 0/{sum(e.points(args.require_wiring) for e in graded)} points")
+        print(f"could not load your answers:\n{e}")
+        print(f"score: 0/{len(graded)} exercises, 0/{sum(e.points for e in graded)} points")
         return 1
-    ok, _ = run(sol, sol_path, seed, args.exercises, args.require_wiring)
-    print(f"(graded in {time.time() - t0:.1f} s)", file=sys.stderr)
+    ok, _ = run(sol, sol_path, args.exercises, baseline=baseline)
+    print(f"(checked in {time.time() - t0:.1f} s)", file=sys.stderr)
     return 0 if ok else 1
 
 

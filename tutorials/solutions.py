@@ -8,9 +8,12 @@ The checker calls your functions on hidden random inputs (new ones on every run;
 `--seed=N` replays a run) and compares them with its own brute-force code. Rules that matter:
 * keep the function names and signatures;
 * never change an input in place (work on a copy: `x = x.clone()`);
-* where a docstring says "write it yourself" or "with loops", the checker reads your code: calling the
-  library's version (anything from `minisapo`) or a banned helper (`cumprod`, `gather`, ...) is a FAIL.
-Helpers of your own in this file are fine (the rules apply to them too).
+* where a docstring says "write it yourself", no minisapo function may run while your function runs; "with
+  loops" means only plain Python, math and element-by-element torch (the list is in exercise_checks.py):
+  `cumprod`, `prod`, `sum`, `gather`, indexing with a tensor of indices, numpy, itertools ... are a FAIL;
+* your file may not import, open or run the checker.
+Helpers of your own in this file are fine (the rules apply to them too). Hand in this one file: exercises 4
+and 6 are plug-ins that minisapo loads from it, so nothing in minisapo/ is edited.
 """
 
 import torch
@@ -50,12 +53,14 @@ def interleaved_step_index(response: list[int], tokenizer, num_steps: int) -> li
 
 
 # Exercise 4 (medium, ~30 min, 10 points) --------------------------------------------------------
-def range_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """scale_rewards="range": group-relative advantages of each column of rewards (B, C) on its own,
+def range_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "range") -> torch.Tensor:
+    """scale_rewards="range": group-relative advantages of each column of rewards on its own,
         A[i, c] = (r[i, c] - mean of its group's column c) / (max - min of that column + 1e-4),
     and exactly 0 for every row of a group whose column c has all rewards equal.
-    Rows of one group are consecutive: group g is rows g*group_size .. (g+1)*group_size - 1.
-    Returns (B, C) float. (A (B,) reward is rewards[:, None].)"""
+    rewards (B,) -> (B,) (one reward per response, as GRPO's) or (B, C) -> (B, C) (per-step rewards, SAPO's).
+    Rows of one group are consecutive: group g is rows g*group_size .. (g+1)*group_size - 1. Returns float.
+    This is an advantage plug-in (`scale_rewards` is ignored: the function IS the scaling), so RL runs it with
+    --rl.advantage=tutorials/solutions.py:range_advantages."""
     raise NotImplementedError
 
 
@@ -71,8 +76,18 @@ EX4_ONE_HIT_OF_8 = {
 # Exercise 6 (medium, ~25 min, 10 points) --------------------------------------------------------
 def reward_to_go(advantages: torch.Tensor, gamma: float) -> torch.Tensor:
     """Let step k's advantage also credit the earlier steps, discounted:
-    out[i, j] = sum_{k >= j} gamma ** (k - j) * advantages[i, k].   (B, K) -> (B, K)
-    gamma = 0 gives back `advantages`; gamma = 1 gives plain suffix sums."""
+    out[i, j] = sum_{k >= j} gamma ** (k - j) * advantages[i, k].   (B, K) float -> (B, K) float
+    gamma = 0 gives back `advantages`; gamma = 1 gives plain suffix sums. Write it yourself (no minisapo)."""
+    raise NotImplementedError
+
+
+STEP_GAMMA = 0.5  # the discount step_reward_to_go uses, in (0, 1]
+
+
+def step_reward_to_go(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group") -> torch.Tensor:
+    """An advantage plug-in: SAPO's step advantages of `rewards` (B, K), then reward_to_go with STEP_GAMMA.
+    (B, K) -> (B, K). Calling minisapo.rl.step_advantages(rewards, group_size, scale_rewards) is fine here.
+    RL runs it with --rl.advantage=tutorials/solutions.py:step_reward_to_go (with per-step rewards: --algo=sapo)."""
     raise NotImplementedError
 
 

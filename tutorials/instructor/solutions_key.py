@@ -1,37 +1,18 @@
 """Instructor key for tutorials/EXERCISES.md: reference solutions, the hand computation of exercise 4, the
-library edits of exercises 4 and 6, and model answers to the "Think" questions.
+plug-ins of exercises 4 and 6, and model answers to the "Think" questions.
 
-    MINISAPO_SOLUTIONS=tutorials/instructor/solutions_key.py python tutorials/exercise_checks.py
+    python tutorials/instructor/grade.py tutorials/instructor/solutions_key.py
 
-gives full marks (exit status 0). The students' file is tutorials/solutions.py; if you hand the exercises
-out as a repository, delete this folder (tutorials/instructor/) from the students' copy first.
-
-Library edits (exercises 4 and 6) -- the checker grades them only when they are in minisapo/rl.py (always
-when given --require-wiring); this key reaches full marks without them. What a student should write:
-
-    # exercise 4, minisapo/rl.py
-    SCALE_REWARDS = ("group", "batch", "none", "range")
-    ...in _group_advantages, next to the other modes:
-        elif scale_rewards == "range":
-            span = grouped.amax(dim=1, keepdim=True) - grouped.amin(dim=1, keepdim=True)  # (groups, 1, C)
-            adv = adv / (span + 1e-4)
-      (the existing `zero` line already gives 0 to a group whose rewards are all equal)
-
-    # exercise 6, minisapo/rl.py
-    class RLConfig:
-        ...
-        step_gamma: float = 0.0  # step advantage: step k's advantage also credits steps j < k, times gamma^(k-j)
-    ...in score_rollouts, right after `adv = step_advantages(...)`:
-        if cfg.step_gamma > 0:
-            adv = reward_to_go(adv, cfg.step_gamma)  # (B, K)
-      (with reward_to_go below pasted into rl.py, or imported from where the student keeps it)
-
-Then `python tutorials/exercise_checks.py --require-wiring` grades them too.
+gives full marks (visible examples and hidden random inputs; exit status 0). The students' file is
+tutorials/solutions.py; `python tutorials/instructor/make_student_copy.py OUT` writes a copy of the repository
+for them without this folder.
 """
 
 import math
 
 import torch
+
+from minisapo.rl import step_advantages
 
 
 # Exercise 1 ---------------------------------------------------------------------------------------
@@ -88,11 +69,12 @@ def interleaved_step_index(response: list[int], tokenizer, num_steps: int) -> li
 
 
 # Exercise 4 ---------------------------------------------------------------------------------------
-def range_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    B, C = rewards.shape
+def range_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "range") -> torch.Tensor:
+    r = rewards.reshape(rewards.size(0), -1)  # (B, C); C = 1 for one reward per response
+    B, C = r.shape
     out = torch.zeros(B, C)
     for g0 in range(0, B, group_size):
-        group = rewards[g0:g0 + group_size].double()  # (G, C)
+        group = r[g0:g0 + group_size].double()  # (G, C)
         for c in range(C):
             col = group[:, c]
             hi, lo = float(col.max()), float(col.min())
@@ -100,7 +82,7 @@ def range_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
                 continue  # no variance: advantage exactly 0
             centred = col - col.mean()
             out[g0:g0 + group_size, c] = (centred / (hi - lo + 1e-4)).float()
-    return out
+    return out.reshape(rewards.shape)
 
 
 # one hit of 8: mean 1/8; sample std sqrt((7/8)^2/7 + 7 (1/8)^2/7) = sqrt(1/8) = 0.35355; range 1 - 0 = 1
@@ -116,6 +98,13 @@ def reward_to_go(advantages: torch.Tensor, gamma: float) -> torch.Tensor:
     for j in range(advantages.size(1) - 2, -1, -1):  # right to left: out[j] = A[j] + gamma * out[j + 1]
         out[:, j] = advantages[:, j] + gamma * out[:, j + 1]
     return out
+
+
+STEP_GAMMA = 0.5
+
+
+def step_reward_to_go(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group") -> torch.Tensor:
+    return reward_to_go(step_advantages(rewards, group_size, scale_rewards), STEP_GAMMA)
 
 
 # Exercise 8 ---------------------------------------------------------------------------------------
@@ -231,10 +220,14 @@ THINK_ANSWERS = {
          "(about .7/.65/.35): nearly every rollout misses the first SID token there, so step 0's group is "
          "all-equal most often, while the last level has few codes and is hit by chance. Hit@K outcomes are "
          "for tutorial 5 and `minisapo compare`, not for a 10-step run.",
-    "6": "gamma=0 is plain SAPO; with gamma>0 step 0's thinking tokens also receive credit from later steps' "
-         "advantages (discounted), so a block that leads to a right later SID token is reinforced even when "
-         "its own SID token was wrong. The heatmap's step-0 band changes colour on rows whose later steps "
-         "have large advantages. The default 0.0 leaves every test unchanged.",
+    "6": "gamma=0 is plain SAPO; with gamma>0 the tokens of step j also receive the discounted advantages of "
+         "the steps after it, so an early SID token (and, with --rl.think_credit=true, the thinking block of "
+         "its step) that leads to right later tokens is reinforced even when its own token was wrong, and "
+         "one that leads to wrong later tokens is pushed down even when it was right. In the token-credit "
+         "picture the early steps' colours change on rows whose later steps have large advantages. It helps "
+         "when early choices cause later hits (a coarse code that makes the fine ones findable); it hurts "
+         "when the later steps' luck is unrelated to the early ones: their noise is added to the early steps' "
+         "credit.",
     "7": "2 levels: 32-code books and about 19% colliding items (more dedup tokens); 4 levels: no collisions "
          "but low perplexity at the later levels (3-4 codes carry most items), so those steps are right by "
          "chance more often and their per-step zero-variance rate differs from the first levels'. SAPO's "
