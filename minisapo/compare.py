@@ -18,12 +18,16 @@ Arms besides the RL presets (`rl.ALGOS`):
                    learning rate, from the same SFT model, with what RL learns from and nothing more: each
                    prompt's true target SID after the SFT model's own greedy thinking (no loss on the thinking).
                    A gain of RL over SFT that this arm also makes is just more training on the same labels.
+                   `sft_continued+learning_rate=1e-5` gives it settings of its own, as `algo+key=value` below.
   `supervised`     plain supervised learning on the same outcomes: a `sid_only` model trained from scratch on
-                   every training user's samples (no traces), for the SFT stage's budget.
+                   every training user's samples (no traces), for the SFT stage's budget
+                   (= `sft+reasoning.mode=sid_only+sft.user_fraction=1`).
+  `sft+key=value`  an SFT model with settings of its own and no RL, e.g. `sft+reasoning.mode=sid_only` (the same
+                   users, no thinking) or `sft+reasoning.mode=sid_only+sft.max_steps=12800` (4x the steps).
   `algo+key=value` an RL preset with settings of its own; a key outside `rl.` that changes SFT (e.g.
                    `sapo+reasoning.teacher=world_misaligned`) gives the arm its own SFT model of the same seed.
 
-`--tune=rl.learning_rate:1e-5,3e-5,1e-4` runs seed 0 of every arm (not `supervised`) at each value, keeps each
+`--tune=rl.learning_rate:1e-5,3e-5,1e-4` runs seed 0 of every arm (not the SFT-only ones) at each value, keeps each
 arm's value of best validation hit@10 (its own validation users, never the test split), and runs the other
 seeds at it.
 
@@ -58,6 +62,7 @@ from minisapo.sft import load_sft_weights, train_sft
 
 CONTROL = "sft_continued"  # the control arm: SFT on the same outcomes for the RL stage's budget
 SUPERVISED = "supervised"  # sid_only from scratch on every training user's outcomes (no traces, no RL)
+SFT_ARM = "sft+"  # an arm that is an SFT model of its own settings, no RL: sft+key=value[+key=value...]
 BASELINES = ("popularity", "markov", "item_knn", "oracle")  # counting baselines, shown beside the arms
 
 METRICS = ("hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "valid_rate", "frac_reward_zero_std")
@@ -112,11 +117,27 @@ def sft_continued(cfg: Config, stack, model, run_dir: Path) -> bool:
     return fresh
 
 
-def supervised_config(cfg: Config) -> Config:
-    """The `supervised` arm's config: `cfg` with SIDs only (no thinking), every training user, no RL."""
+def is_control(arm: str) -> bool:
+    return arm.split("+")[0] == CONTROL
+
+
+def sft_only(arm: str) -> bool:
+    """An arm without RL: an SFT model of its own settings is the arm."""
+    return arm == SUPERVISED or arm.startswith(SFT_ARM)
+
+
+def sft_arm_config(cfg: Config, arm: str) -> Config:
+    """An SFT-only arm's config: `cfg` with the arm's settings (`supervised`: SIDs only, every training user)
+    and no RL."""
     out = copy.deepcopy(cfg)
-    out.reasoning.mode, out.sft.user_fraction, out.rl.max_steps = "sid_only", 1.0, 0
-    return out
+    mods = ["reasoning.mode=sid_only", "sft.user_fraction=1"] if arm == SUPERVISED else arm[len(SFT_ARM):].split("+")
+    for mod in mods:
+        key, eq, value = mod.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--algos={arm}: expected sft+key=value[+key=value...], got {mod!r}")
+        apply_overrides(out, {key: value}, validate_now=False)
+    out.rl.max_steps = 0
+    return apply_overrides(out, {})
 
 
 def paired_tests(hits: dict[str, list[int]]) -> dict[str, dict]:
@@ -144,10 +165,16 @@ def _row(report: dict, records: list[dict]) -> dict:
 def arm_config(overrides: dict, arm: str, from_run: str | Path | None = None) -> Config:
     """An arm's config under the one precedence rule: defaults (or the `from_run` run's config), preset, the
     arm's preset, then the user's overrides (so `--rl.reward=prefix` applies to every algorithm)."""
-    if arm == CONTROL:
-        return start_config(overrides, None, from_run)
-    if arm == SUPERVISED:
-        return supervised_config(start_config(overrides, None, from_run))
+    if is_control(arm):  # sft_continued[+key=value...]: the control with settings of its own (rl.* by default)
+        cfg = start_config(overrides, None, from_run)
+        for mod in arm.split("+")[1:]:
+            key, eq, value = mod.partition("=")
+            if not eq or not key:
+                raise ConfigError(f"--algos={arm}: expected {CONTROL}+key=value, got {mod!r}")
+            apply_overrides(cfg, {key if "." in key else f"rl.{key}": value}, validate_now=False)
+        return apply_overrides(cfg, {})
+    if sft_only(arm):
+        return sft_arm_config(start_config(overrides, None, from_run), arm)
     return start_config(overrides, arm, from_run)
 
 
@@ -229,7 +256,7 @@ def compare(overrides: dict, algos: list[str], seeds: int, tag: str = "", from_r
             if from_run is None:
                 _check_piece(_seeded(base, s), root / f"seed{s}" / "sft", root)
             for algo in algos:
-                for value in (tuning[1] if tuning and algo != SUPERVISED else [None]):
+                for value in (tuning[1] if tuning and not sft_only(algo) else [None]):
                     cfg = _tuned(per_algo[algo], tuning, value)
                     _check_piece(_seeded(cfg, s), root / f"seed{s}" / folder(algo, _suffix(tuning, value)), root)
         return _compare(base, per_algo, overrides, algos, seeds, tag, root, from_run, tuning)
@@ -290,7 +317,7 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
                 stack = load_stack(cfg, sft_dir, reuse_run_sids=True)  # the arms of this model use its SIDs
                 for algo in algos:  # every RL arm of this model is checked against its stack before SFT trains
                     acfg = _seeded(per_algo[algo], s)
-                    if algo != SUPERVISED and sft_key(acfg) == key:
+                    if not sft_only(algo) and sft_key(acfg) == key:
                         check_rl_stack(acfg, stack)
                 save_config(cfg, sft_dir)
                 snapshot_sids(stack, sft_dir)
@@ -305,8 +332,8 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
         hits["sft"] += _hits(sft_report)
         for algo in algos:
             acfg = _seeded(per_algo[algo], s)
-            if algo == SUPERVISED:  # an SFT model of its own is the arm
-                _, _, report = sft_for(acfg, SUPERVISED)
+            if sft_only(algo):  # an SFT model of its own is the arm
+                _, _, report = sft_for(acfg, folder(algo))
                 results[algo].append(_row(report, []))
                 hits[algo] += _hits(report)
                 continue
@@ -329,7 +356,7 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
             report, records = _final_eval(cfg_v, stack, model, run_dir, fresh), read_metrics(run_dir / "metrics.jsonl")
             results[algo].append(_row(report, records))
             hits[algo] += _hits(report)
-            if s == 0 and algo != CONTROL:
+            if s == 0 and not is_control(algo):
                 curves[algo] = records
     tests = paired_tests(hits)
     summary = summarize(results)
@@ -352,7 +379,7 @@ def _run_arm(algo: str, cfg: Config, stack, start_model, run_dir: Path) -> tuple
     = it trained now (so an earlier test evaluation is stale)."""
     save_config(cfg, run_dir)
     model = copy.deepcopy(start_model)
-    if algo == CONTROL:
+    if is_control(algo):
         return model, sft_continued(cfg, stack, model, run_dir)
     ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", need=("step",))
     fresh = ckpt is None or ckpt["step"] < cfg.rl.max_steps

@@ -61,19 +61,25 @@ class Config:
 
 SECTIONS = ("data", "sid", "model", "reasoning", "sft", "rl", "eval")
 
-# The CPU budget shared by `small`, `sparse` and `easy` (a few minutes on 2 cores).
-# SFT: first 10 epochs of next-item pretraining on overlapping windows of the training sequences (cheap: every
-# item of a window is a target; test hit@10 .31 -> .37 at this budget, measured), then ~3 epochs of the ~12k
-# train samples at a high learning rate (a 0.36M model wants it); validation on 250 users picks the kept
-# checkpoints. RL: the recipe of rl.py's defaults (the top 16 beams as the group, credit on SID tokens, lr 1e-4,
-# no KL) for 60 steps x 16 prompts, keeping the best-validated weights: in this regime (SFT on every user's
-# traces) RL does not raise validation hit@10, so the run usually leaves RL with the SFT model (README, Results).
-# Test metrics on the first 500 test users.
-_CPU: dict[str, object] = {
-    "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
+# The compose world (README "Results"): the next item's SID is computed from facts of the history, the thinking
+# states those facts (teacher "world"), and a fifth of the users have reasoning traces (SFT) while RL learns from
+# the others' outcomes in the paper's setting: G = 16 samples at temperature 1, sampled thinking credited with its
+# step's advantage, KL 1e-3 to the SFT model. A 2-layer GPT (d = 64), one CPU thread.
+_COMPOSE: dict[str, object] = {
+    "data.world": "compose",  # sid.method and reasoning.teacher "auto": the world's own codes and facts
+    "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 64,
+    "sft.user_fraction": 0.2, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_samples": 1000,
+}  # RL: rl.py's defaults (the paper's setting)
+
+# The taxonomy world's CPU budget (presets `taxonomy`, `sparse`, `easy`): a first-order world where the thinking
+# restates what the history shows; next-item pretraining, SFT on every user's traces, the beam recipe of RL.
+_TAXONOMY: dict[str, object] = {
+    "data.world": "default", "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96,
     "sft.pretrain_epochs": 10.0, "sft.pretrain_stride": 4,
     "sft.max_steps": 600, "sft.batch_size": 64, "sft.learning_rate": 3e-3, "sft.eval_every": 300,
     "sft.eval_samples": 250,
+    "rl.rollout": "beam", "rl.think_credit": False, "rl.num_generations": 16, "rl.beta": 0.0,
+    "rl.learning_rate": 1e-4, "rl.batch_size": 16,
     "rl.max_steps": 60, "rl.eval_every": 30, "rl.keep_best": True,
     "eval.max_samples": 500,
 }
@@ -81,59 +87,54 @@ _CPU: dict[str, object] = {
 # Presets are plain override dicts applied to the defaults, so a preset never hides a setting:
 # `minisapo run --preset=tiny --n_layer=4` is exactly "tiny, then n_layer=4".
 PRESETS: dict[str, dict[str, object]] = {
-    # seconds on a laptop CPU: for tests and smoke checks (numbers only need to be sane)
+    # about a minute on a laptop CPU: tests and smoke checks (a tiny compose world: 2 SID levels, 128 items)
     "tiny": {
-        "data.world": "tiny",
+        **_COMPOSE, "data.world": "compose_tiny", "sid.levels": 2,
         "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32,
-        "sft.max_steps": 200, "sft.batch_size": 32, "sft.learning_rate": 3e-3, "sft.eval_every": 100,
+        "sft.user_fraction": 1.0, "sft.max_steps": 600, "sft.batch_size": 32, "sft.eval_every": 200,
         "sft.eval_samples": 16,
         "rl.max_steps": 8, "rl.batch_size": 4, "rl.num_generations": 8, "rl.eval_every": 4,
-        "eval.max_samples": 0,  # all 100 test users
+        "eval.max_samples": 0,  # all 300 test users
     },
-    # the default: the synthetic world, a small model, a few minutes on a 2-core CPU (see _CPU)
-    "small": _CPU,
-    # one consumer GPU: bigger model, longer training
-    "base": {
-        "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384,
-        "sft.max_steps": 4000, "sft.batch_size": 128,
-        "rl.max_steps": 400, "rl.batch_size": 32, "rl.num_generations": 16,
+    # the default: the compose world in minutes on one CPU thread, with the sid_only comparison
+    "small": {
+        **_COMPOSE, "sft.max_steps": 1200, "sft.eval_every": 600, "sft.compare_sid_only": True,
+        "rl.max_steps": 40, "rl.eval_every": 20, "rl.keep_best": True, "eval.max_samples": 1000,
+    },
+    # the compose world's race (README "Results"): SFT to its plateau, 50 RL steps, every test user
+    "fewtraces": {
+        **_COMPOSE, "sft.max_steps": 3200, "sft.eval_every": 400,
+        "rl.max_steps": 50, "rl.eval_every": 25, "rl.save_every": 25, "rl.keep_best": False,
         "eval.max_samples": 0,
     },
-    # real data of about 100k interactions (MovieLens-100k, an Amazon 5-core category), ~20 min on a CPU thread.
-    # A real catalog's SIDs (codebook auto-sized to it: 64 codes per level for ~1.3k items) get distinct
-    # last codes (sid.unique_last). Training is sized in epochs, not steps: first next-item pretraining on
-    # overlapping windows of the training sequences (a window every 4 items: cheap, every item of a window is a
-    # target; measured best of strides 11/4 and windows 11/31/101), then SFT; small batches (16) learned the most
-    # per token (measured). Validation on every validation user (943 on MovieLens-100k) steers both stages'
-    # kept checkpoints, which are moving averages of the weights (sft.ema 0.999): between two checkpoints 2,000
-    # steps apart the raw weights' validation hit@10 swung by up to 3 points; the average's loss is lower
-    # (1.47-1.48 vs 1.49-1.51) and its test hit@10 over 3 seeds .1269 +- .0072 (raw weights: .1220, .1241).
-    # Reasoning mode `sid_only`: on MovieLens-100k the data-built thinking blocks cost 2 points of hit@10
-    # (.106 vs .125, measured), so the real preset writes SIDs only.
-    # 12 pretraining epochs with dropout 0.1: the best validation hit@10 of those tried on MovieLens-100k
-    # (.134 on 500 validation users; 7 epochs without dropout .120, 12 without .118, 12 with dropout 0.2 .122).
+    # one consumer GPU: bigger model, longer training
+    "base": {
+        **_COMPOSE, "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384,
+        "sft.max_steps": 4000, "sft.batch_size": 128, "sft.eval_every": 500,
+        "rl.max_steps": 400, "rl.batch_size": 64, "rl.eval_every": 50,
+        "eval.max_samples": 0,
+    },
+    # real data of about 100k interactions (MovieLens-100k, an Amazon 5-core category), ~20 min on a CPU thread
+    # (README "Real data": how each setting was chosen)
     "real": {
         "sid.unique_last": True, "reasoning.mode": "sid_only",
         "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96, "model.dropout": 0.1,
         "sft.pretrain_epochs": 12.0, "sft.pretrain_stride": 4, "sft.max_steps": 0, "sft.epochs": 0.3,
         "sft.batch_size": 16, "sft.learning_rate": 3e-3, "sft.eval_every": 2000, "sft.eval_samples": 0,
         "sft.ema": 0.999, "sft.log_every": 50,
+        "rl.rollout": "beam", "rl.think_credit": False, "rl.learning_rate": 1e-4, "rl.batch_size": 16,
         "rl.max_steps": 30, "rl.eval_every": 15, "rl.keep_best": True,
         "eval.max_samples": 0,
     },
-    # the same budget on a world where exact match is sparse (large catalog, many items per leaf):
-    # where the paper says SAPO helps most
-    "sparse": {**_CPU, "data.world": "sparse"},
-    # the same budget on a world where exact match is easy (few items per leaf, peaked popularity)
-    "easy": {**_CPU, "data.world": "easy"},
-    # RL that learns (README, "RL that beats its SFT start"): reasoning traces for a fifth of the users, outcome
-    # labels for all. SFT trains to convergence on the traces of 1,000 of 5,000 users; RL then learns from the
-    # outcomes of the other 4,000, with the group = the top G beams (the ranking evaluation scores), credit on
-    # SID tokens only; every test user is evaluated (5,000: one standard error of a paired difference ~0.4 points)
-    # (measured as below: no pretraining, RL's last weights, not a selected checkpoint; GRPO's test hit@10 over
-    # SFT / over the control at 200, 400, 600 RL steps: +1.9 / +0.7, +2.6 / +0.8, +3.1 / +0.9 points)
-    "fewtraces": {
-        **_CPU, "data.num_users": 5000, "sft.pretrain_epochs": 0.0,
+    # the first-order taxonomy world (the earlier default): thinking restates the history (see _TAXONOMY)
+    "taxonomy": _TAXONOMY,
+    # the taxonomy world where exact match is sparse (large catalog, many items per leaf)
+    "sparse": {**_TAXONOMY, "data.world": "sparse"},
+    # the taxonomy world where exact match is easy (few items per leaf, peaked popularity)
+    "easy": {**_TAXONOMY, "data.world": "easy"},
+    # the taxonomy world's fewtraces regime: SFT on a fifth of the users' traces, the beam recipe on the others'
+    "taxonomy_fewtraces": {
+        **_TAXONOMY, "data.num_users": 5000, "sft.pretrain_epochs": 0.0,
         "sft.user_fraction": 0.2, "sft.max_steps": 3000, "sft.eval_every": 500, "sft.eval_samples": 500,
         "rl.max_steps": 600, "rl.eval_every": 50, "rl.save_every": 50, "rl.keep_best": False,
         "eval.max_samples": 0,

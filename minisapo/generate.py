@@ -259,21 +259,27 @@ def rollouts(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_gene
 def response_logprobs(model, grammar: Grammar, prompts: Sequence[Sequence[int]], responses: torch.Tensor,
                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob (B, T) of every response token and entropy (B, T) of the constrained distribution,
-    both at `temperature`, with gradients, from ONE full forward pass over prompt + response and
-    the grammar's masks (the ones the sampler used). 0 on padding."""
+    both at `temperature`, with gradients, under the grammar's masks (the ones the sampler used). 0 on
+    padding. Each distinct prompt is run once and its keys/values are shared by its rows (the G responses of
+    a group), with gradients through them: the same numbers as one full forward pass per row, less work."""
     dev = _device(model)
     tok = grammar.tok
     responses = responses.to(dev)
     B, T = responses.shape
     if len(prompts) != B:
         raise ValueError(f"{len(prompts)} prompts for {B} responses; pass one prompt per row (Rollouts.prompts)")
-    ids, real = left_pad(prompts, tok.pad_id, dev)  # (B, Lp)
-    Lp = ids.shape[1]
+    distinct: dict[tuple, int] = {}
+    row_prompt = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=dev)  # (B,)
+    ids, real = left_pad([list(p) for p in distinct], tok.pad_id, dev)  # (P, Lp)
     resp_real = response_mask(responses, tok.eos_id, tok.pad_id)  # (B, T)
-    idx = torch.cat([ids, responses], 1)  # (B, Lp+T)
+    cache = model.new_cache(len(distinct), ids.shape[1] + T, grad=True)
     with autocast(dev):
-        h = model.hidden_states(idx, attn_mask=torch.cat([real, resp_real], 1))  # (B, Lp+T, C)
-        logits = model.logits(h[:, Lp - 1 : Lp - 1 + T])  # (B, T, V): position t predicts response token t
+        h_prompt = model.hidden_states(ids, attn_mask=real, cache=cache)[:, -1:]  # (P, 1, C): predicts token 0
+        cache.reorder(row_prompt)  # each row gets its prompt's keys/values
+        h = h_prompt[row_prompt]  # (B, 1, C)
+        if T > 1:  # position t predicts response token t from response token t-1
+            h = torch.cat([h, model.hidden_states(responses[:, :-1], attn_mask=resp_real[:, :-1], cache=cache)], 1)
+        logits = model.logits(h)  # (B, T, V)
     allowed = grammar.masks(responses)  # (B, T, V)
     logp_all = _constrained_logp(logits, allowed, temperature)  # (B, T, V)
     logp = logp_all.gather(2, responses[..., None]).squeeze(2)  # (B, T)

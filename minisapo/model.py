@@ -110,8 +110,9 @@ class KVCache:
     token's RoPE position).
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device):
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, grad: bool = False):
         self.cfg, self.max_len = cfg, max_len
+        self.grad = grad  # keys/values are concatenated, never written in place, so gradients flow through them
         self.k: list[torch.Tensor | None] = [None] * cfg.n_layer  # allocated on first write (dtype of k)
         self.v: list[torch.Tensor | None] = [None] * cfg.n_layer
         self.key_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
@@ -125,6 +126,11 @@ class KVCache:
     def write(self, layer: int, k, v):
         """Store the new keys/values (B,H,T,D) of `layer`; return all keys/values so far (B,H,S,D)."""
         T = k.shape[2]
+        if self.grad:
+            if self.k[layer] is not None:
+                k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+            self.k[layer], self.v[layer] = k, v
+            return k, v
         if self.k[layer] is None:
             B, H, _, D = k.shape
             self.k[layer] = k.new_zeros(B, H, self.max_len, D)
@@ -142,6 +148,8 @@ class KVCache:
         def keep(buf):  # (B,H,max_len,D) -> (R,H,max_len,D); only the filled slots are copied (the rest is unread)
             if buf is None:
                 return None
+            if self.grad:
+                return buf.index_select(0, index)
             out = buf.new_empty(len(index), *buf.shape[1:])
             out[:, :, :L] = buf[:, :, :L].index_select(0, index)
             return out
@@ -235,11 +243,12 @@ class GPT(nn.Module):
         """Number of parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache for `batch_size` rows and up to `max_len` tokens per row."""
+    def new_cache(self, batch_size: int, max_len: int, grad: bool = False) -> KVCache:
+        """An empty KV cache for `batch_size` rows and up to `max_len` tokens per row (`grad`: gradients flow
+        through the cached keys/values, e.g. a prompt computed once for the G responses of a group)."""
         if max_len > self.cfg.max_seq_len:
             raise ValueError(f"max_len={max_len} exceeds model max_seq_len={self.cfg.max_seq_len}; raise max_seq_len")
-        return KVCache(self.cfg, batch_size, max_len, self.wte.weight.device)
+        return KVCache(self.cfg, batch_size, max_len, self.wte.weight.device, grad)
 
     def hidden_states(self, idx, pos=None, attn_mask=None, cache: KVCache | None = None):
         """Final normalised hidden states (B,T,C). Arguments as in `forward`."""

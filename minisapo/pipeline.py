@@ -173,10 +173,13 @@ def start_run(cfg: Config, resume: bool, stack: Stack | None = None) -> Path:
     if distributed.is_main():  # torchrun: rank 0 prepares the run directory, the others wait for it
         old = [p for p in run_dir.glob("*") if p.suffix in (".pt", ".jsonl", ".png") or p.name.startswith("eval_")
                or p.name in ("rl_config.json", "report.md")]
-        if old and not resume:
+        sub = run_dir / "sid_only"  # sft.compare_sid_only's run (minisapo made it: it has a config.json)
+        if (old or (sub / "config.json").exists()) and not resume:
             print(f"{run_dir} holds an earlier run: starting afresh (use --resume to continue it instead)")
             for p in old:
                 p.unlink()
+            if (sub / "config.json").exists() and not sub.is_symlink():
+                shutil.rmtree(sub)
         save_config(cfg, run_dir)
         if stack is not None:
             snapshot_sids(stack, run_dir)
@@ -338,6 +341,7 @@ def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str
     report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, cfg.eval,
                             reasoning=cfg.reasoning)
     report["settings"] = {"eval": to_dict(cfg)["eval"], "reasoning": to_dict(cfg)["reasoning"]}
+    report["machine"] = machine(cfg)
     path = run_dir / f"eval_{split}{tag}.json"
     write_json(path, report)
     rl_done = cfg.rl.max_steps and (run_dir / "rl_config.json").exists()
@@ -345,6 +349,14 @@ def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str
     print(format_table(report))
     print(f"wrote {path}")
     return report
+
+
+def machine(cfg: Config) -> dict:
+    """What the digits of a result depend on besides the settings: torch, the CPU's kernels, the device."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": str(pick_device(cfg.device))}
 
 
 EVAL_SECTIONS = ("eval", "reasoning", "data")  # settings that change what an evaluation measures
@@ -479,11 +491,30 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
         token_credit_figure(model, stack.grammar, stack.table, test, prompts_for(cfg, stack, test[:32]),
                             run_dir / "token_credit.png",
                             num_generations=min(cfg.rl.num_generations, 8), seed=cfg.seed)
+        if cfg.sft.compare_sid_only and cfg.reasoning.mode == "reasoning":
+            stage_sid_only(cfg, run_dir, resume)
         if cfg.rl.max_steps > 0:
             stage_rl(cfg, stack, model, run_dir, resume=resume)
         stage_eval(cfg, stack, model, run_dir)
         _finish(cfg, run_dir, seconds=time.time() - t0)
+        from minisapo.report import results_table
+
+        print(f"\n{cfg.name}: the run in one table\n\n{results_table(run_dir)}")
     return 0
+
+
+def stage_sid_only(cfg: Config, run_dir: Path, resume: bool) -> None:
+    """The comparison row of `sft.compare_sid_only`: the same SFT (users, steps, seed) without thinking, in
+    <run>/sid_only/ (its own config.json, checkpoints and eval_test.json)."""
+    sub_cfg = copy.deepcopy(cfg)
+    sub_cfg.reasoning.mode, sub_cfg.sft.compare_sid_only, sub_cfg.rl.max_steps = "sid_only", False, 0
+    sub = run_dir / "sid_only"
+    stack = load_stack(sub_cfg, sub, reuse_run_sids=resume)
+    examples = sft_examples(sub_cfg, stack)
+    save_config(sub_cfg, sub)
+    snapshot_sids(stack, sub)
+    print("sid_only: the same SFT without thinking, for comparison")
+    stage_eval(sub_cfg, stack, stage_sft(sub_cfg, stack, sub, resume=resume, examples=examples), sub)
 
 
 def _finish(cfg: Config, run_dir: Path, seconds: float | None = None) -> None:

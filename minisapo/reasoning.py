@@ -68,7 +68,7 @@ class ReasoningConfig:
     recent: int = 5  # teacher blocks look at the user's last `recent` history items
     descriptor_words: int = 3  # words kept from each descriptor inside a teacher block
     traces: str | None = None  # optional JSONL of external traces (see minisapo.traces); None = teacher blocks
-    teacher: str = "history"  # teacher blocks: "history" (what the history shows at level k, no target; in interleaved also the SID so far), "target" (names the target's level-k descriptor: the paper-style rationale), "world" (compose worlds: the two facts level k's code is computed from) or "world_misaligned" (the same facts, block k carrying level k+1's: a control)
+    teacher: str = "auto"  # teacher blocks: "auto" (world on a compose world, else history), "history" (what the history shows at level k, no target; in interleaved also the SID so far), "target" (names the target's level-k descriptor: the paper-style rationale), "world" (compose worlds: the two facts level k's code is computed from) or "world_misaligned" (the same facts, block k carrying level k+1's: a control)
 
     def __post_init__(self):
         check_config(self)
@@ -76,7 +76,7 @@ class ReasoningConfig:
 
 MODES = ("reasoning", "sid_only")
 LAYOUTS = ("blocks_first", "interleaved")
-TEACHERS = ("history", "target", "world", "world_misaligned")
+TEACHERS = ("auto", "history", "target", "world", "world_misaligned")
 
 
 def check_config(cfg: ReasoningConfig) -> None:
@@ -180,7 +180,11 @@ def teacher_blocks(history: Sequence[int], target: int, table, tokenizer,
     codes = table.codes
     tcodes = [int(c) for c in codes[target]]
     recent = list(history)[-cfg.recent:] if cfg.recent > 0 else list(history)
-    may_use_target_prefix = cfg.teacher == "target" or cfg.layout == "interleaved"
+    if cfg.teacher.startswith("world"):
+        raise ValueError(f"teacher_blocks builds the history and target styles; reasoning.teacher={cfg.teacher} is "
+                         f"the world's facts (use reasoning.teacher(...))")
+    style = "target" if cfg.teacher == "target" else "history"  # "auto" outside a compose world: history
+    may_use_target_prefix = style == "target" or cfg.layout == "interleaved"
     blocks = []
     for k in range(table.num_levels):
         seen = recent
@@ -193,7 +197,7 @@ def teacher_blocks(history: Sequence[int], target: int, table, tokenizer,
         def desc(prefix) -> list[int]:
             return _descriptor_ids(table, prefix, tokenizer, cfg.descriptor_words, cache)
 
-        if cfg.teacher == "history":
+        if style == "history":
             words = []
             if prefixes:  # an empty history gives no block content (the fallback word below)
                 often = max(counts, key=lambda p: (counts[p], last_seen[p]))
@@ -232,8 +236,22 @@ def world_blocks(history: Sequence[int], orc, tokenizer, misaligned: bool = Fals
     return blocks[1:] + blocks[:1] if misaligned else blocks
 
 
+def teacher_style(dataset, cfg: ReasoningConfig) -> str:
+    """cfg.teacher with "auto" resolved: "world" on a compose world (its facts are what the thinking should
+    compute), "history" on any other data."""
+    if cfg.teacher != "auto":
+        return cfg.teacher
+    rule = ((getattr(dataset, "info", None) or {}).get("generator") or {}).get("rule", "markov")
+    return "history" if rule == "markov" else "world"
+
+
 def teacher(dataset, table, tokenizer, cfg: ReasoningConfig):
     """`blocks(history, target) -> K block texts` for `cfg.teacher` (the world's facts need a compose world)."""
+    style = teacher_style(dataset, cfg)
+    if style != cfg.teacher:
+        from dataclasses import replace
+
+        cfg = replace(cfg, teacher=style)
     if cfg.teacher.startswith("world"):
         from minisapo.data import oracle
 

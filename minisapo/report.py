@@ -42,6 +42,60 @@ def algo_label(rl: dict) -> str:
     return name or f"{rl.get('reward')}/{rl.get('advantage')}"
 
 
+def _hits(report: dict, k: int = 10) -> list[int]:
+    return [int(0 < r <= k) for r in report.get("ranks", [])]
+
+
+def results_table(run_dir: str | Path) -> str:
+    """The run's answer in one table (Markdown): the counting baselines, the sid_only SFT (with
+    sft.compare_sid_only), the reasoning SFT and the final model, on the same test users, with paired sign tests
+    on hit@10 (reasoning vs sid_only, SFT+RL vs SFT) and which model RL left with. '' without a test report."""
+    from minisapo.evaluate import paired_sign_test
+
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json")
+    evals = _eval_reports(run_dir)
+    if not evals:
+        return ""
+    first = next(iter(evals.values()))
+    sid_only = run_dir / "sid_only" / "eval_test.json"
+    rows: list[tuple[str, dict, str]] = [(f"{n}{' (the ceiling)' if n == 'oracle' else ''}", b, "")
+                                         for n, b in first.get("baselines", {}).items()]
+    if sid_only.exists():
+        rows.append(("SFT, sid_only (no thinking; same users and steps)", read_json(sid_only), ""))
+    sft = evals.get("SFT")
+    if sft is not None:
+        test = ""
+        if sid_only.exists():
+            t = paired_sign_test(_hits(read_json(sid_only)), _hits(sft))
+            test = f"vs sid_only: +{t['up']} / −{t['down']}, p = {t['p']:.2g}"
+        rows.append((f"SFT, {config['reasoning']['mode']}", sft, test))
+    if "SFT+RL" in evals:
+        final, test = evals["SFT+RL"], ""
+        if sft is not None:
+            t = paired_sign_test(_hits(sft), _hits(final))
+            test = f"vs SFT: +{t['up']} / −{t['down']}, p = {t['p']:.2g}"
+        rows.append((f"SFT + RL ({algo_label(config['rl'])}), the model the run leaves with", final, test))
+    keys = ["hit@1", "hit@5", "hit@10", "ndcg@10"]
+    lines = [f"| test, {first.get('num_samples', '?')} users | " + " | ".join(keys) + " | paired sign test on hit@10 |",
+             "|---|" + "---|" * (len(keys) + 1)]
+    for name, rep, test in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{rep[k]:.4f}" if isinstance(rep.get(k), float) else "-"
+                                                for k in keys) + f" | {test} |")
+    kept = [r for r in read_metrics(run_dir / "metrics.jsonl") if "selected_step" in r and r.get("stage") == "rl"]
+    if kept:
+        r = kept[-1]
+        lines += ["", (f"RL kept step {r['selected_step']}: its validation gain over the SFT model is significant "
+                       f"(+{r['selected_up']} / −{r['selected_down']} validation users, p = {r['selected_p']:.2g})")
+                  if r["selected_step"] else "RL kept the SFT model (step 0): no evaluation beat it significantly "
+                                              "on the validation users (rl.keep_best_p)"]
+    machine = first.get("machine")
+    if machine:
+        lines += ["", f"Machine: torch {machine['torch']}, CPU capability {machine['cpu_capability']}, device "
+                      f"{machine['device']} (other kernels give other digits; seeds give the spread)."]
+    return "\n".join(lines)
+
+
 def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) -> Path:
     """Write the run's plots and report.md; returns the report's path."""
     from minisapo import plots
@@ -56,6 +110,9 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
                  f"layout `{config['reasoning']['layout']}`, seed {config['seed']}"
                  + (f", {seconds:.0f} s in all" if seconds is not None else "") + ".")
     lines.append("")
+    table = results_table(run_dir)
+    if table:
+        lines += ["## Results", "", table, ""]
     if any(r.get("stage") == "sft" for r in records):
         plots.plot_sft_curves(records, run_dir / "sft_curves.png")
         lines += ["## SFT", "", "![SFT curves](sft_curves.png)", ""]

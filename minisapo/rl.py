@@ -15,16 +15,17 @@ evaluation schedule), rl_metrics.py measures, config.py checks settings (`rl_con
 S = K reasoning steps, plus one when SIDs have a dedup token: that token (which of the items sharing all K
 codes) is step K, rewarded by the exact match, so the within-SID lottery never blurs step K-1's reward.
 
-How the loop departs from textbook GRPO (each is a switch; the defaults are the recipe README measured):
-1) The group is a choice (`rollout`): G samples at temperature 1 (textbook), greedy thinking + G sampled
-   SIDs (`greedy_think`), or the top G distinct items of the constrained beam search after greedy thinking
-   (`beam`, MiniOneRec; the default): the group is then the ranking hit@K scores (`reward="rank"` adds
-   MiniOneRec's penalty for wrong items ranked high).
-2) `think_credit=False` (default) credits SID tokens (and <eos>) only; greedy thinking was not sampled and
-   is treated like the prompt. With sampled thinking, `think_credit=True` gives step k's thinking block
-   step k's advantage too (the paper); `sid_credit=False` then credits the thinking only.
+How the loop departs from textbook GRPO (each is a switch; the defaults are the paper's setting, which
+README's compose-world race measured):
+1) The group is a choice (`rollout`): G samples at temperature 1 (textbook and the paper; the default),
+   greedy thinking + G sampled SIDs (`greedy_think`), or the top G distinct items of the constrained beam
+   search after greedy thinking (`beam`, MiniOneRec): the group is then the ranking hit@K scores
+   (`reward="rank"` adds MiniOneRec's penalty for wrong items ranked high).
+2) `think_credit=True` (default) gives step k's sampled thinking block step k's advantage, with SID token k
+   (the paper); `sid_credit=False` credits the thinking only (the first author's prototype). With greedy
+   thinking (`greedy_think`, `beam`) it was not sampled and is treated like the prompt: no loss, no credit.
 3) Dropout is off (TRL's disable_dropout), so with num_iterations = 1 the ratio is exactly 1 and PPO-clip
-   is REINFORCE with a group baseline, plus the k3 KL to the frozen SFT model (`beta`, 0 by default).
+   is REINFORCE with a group baseline, plus the k3 KL to the frozen SFT model (`beta`, 1e-3 as the paper).
 4) `step_token_mean` gives step k's tokens weight n_i / (K_i |y_i^(k)|): the paper's per-step mean,
    rescaled so a response keeps its total token weight; every `loss_type` then scales SAPO as GRPO.
 5) Loss normalisers count the whole batch, so gradient accumulation (and torchrun ranks) sum to exactly
@@ -62,25 +63,25 @@ class RLConfig:
     advantage: str = "step"  # sequence (GRPO: one per response) | step (SAPO: one per step) | module:function
     step_token_mean: bool = True  # step advantage: each step weighs the same whatever its length (1/|y_i^(k)|)
     scale_rewards: str = "group"  # group (group std) | batch (std over batch) | none; the mean is always per group
-    think_credit: bool = False  # thinking tokens get their step's advantage (False: only SID tokens and <eos>)
+    think_credit: bool = True  # sampled thinking tokens get their step's advantage (False: only SID tokens, <eos>)
     sid_credit: bool = True  # SID tokens get their step's advantage (False with think_credit: the thinking only)
     # --- the group
-    rollout: str = "beam"  # sample (G samples) | greedy_think (greedy thinking, G sampled SIDs) | beam (top G beams)
+    rollout: str = "sample"  # sample (G samples) | greedy_think (greedy thinking, G sampled SIDs) | beam (top G beams)
     num_generations: int = 16  # G: responses per prompt (the group); the paper uses 16
     temperature: float = 1.0  # sampling temperature (the loss uses the same one)
     max_completion_length: int | None = None  # cap on response tokens; None = the grammar's own cap
-    batch_size: int = 16  # prompts per RL step (rows per step = batch_size * num_generations)
+    batch_size: int = 64  # prompts per RL step (rows per step = batch_size * num_generations)
     # --- the surrogate
     loss_type: str = "grpo"  # grpo | bnpo | dr_grpo | dapo (TRL's normalisers, see policy_loss)
     epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
     epsilon_high: float | None = None  # upper clip: ratio <= 1 + epsilon_high (None = epsilon; DAPO: 0.28)
-    beta: float = 0.0  # KL(pi || pi_ref) coefficient, k3 estimator; 0 = no reference model needed
+    beta: float = 0.001  # KL(pi || pi_ref) coefficient, k3 estimator (the paper: 1e-3); 0 = no reference model
     dynamic_sampling: bool = False  # DAPO: drop groups without signal (all rewards equal) and draw more prompts
     #   (at most 3 extra batches) until the step has batch_size groups that carry one
     num_iterations: int = 1  # mu: PPO updates per batch of rollouts (1 = on-policy, ratio == 1)
     # --- optimisation
     optimizer: str = "adamw"  # adamw | sgd (plain, no momentum)
-    learning_rate: float = 1e-4  # constant after warm-up
+    learning_rate: float = 3e-5  # constant after warm-up
     warmup_steps: int = 0  # linear warm-up of the learning rate over this many steps
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)

@@ -71,6 +71,8 @@ class SFTConfig:
     keep_best: bool = True  # after training use the checkpoint with the best validation hit@10 (sft_best.pt), not the last
     log_every: int = 10  # write a training record to metrics.jsonl every this many steps
     user_fraction: float = 1.0  # SFT sees only this fraction of the training users; RL prompts come from the others
+    compare_sid_only: bool = False  # `minisapo run`: also train the same SFT without thinking (mode sid_only, same
+    #   users and steps) and show it beside the reasoning model in the final table
 
 
 # ----------------------------------------------------------------------------------------------

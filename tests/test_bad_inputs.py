@@ -124,16 +124,16 @@ def _make_inputs() -> None:
     _write("inputs/traces_bad.jsonl", "not json\n{\"user\": \"x\"}\n[1]\n")
     _write("inputs/traces_utf8.jsonl", b'{"user": 0, "target": 1, "steps": ["a\xff", "b", "c"]}\n')
     Path("inputs/tracesdir").mkdir()
-    # item vectors for the tiny world (64 items)
-    vec = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
-    np.save("inputs/zeros.npy", np.zeros((64, 8), np.float32))
-    np.save("inputs/nodims.npy", np.zeros((64, 0), np.float32))
+    # item vectors for the tiny world (128 items)
+    vec = np.random.default_rng(0).normal(size=(128, 8)).astype(np.float32)
+    np.save("inputs/zeros.npy", np.zeros((128, 8), np.float32))
+    np.save("inputs/nodims.npy", np.zeros((128, 0), np.float32))
     np.save("inputs/rows10.npy", vec[:10])
     np.save("inputs/flat.npy", vec[:, 0])
-    np.save("inputs/nan.npy", np.where(np.arange(64)[:, None] == 3, np.nan, vec))
-    np.save("inputs/object.npy", np.array([{"a": 1}] * 64, dtype=object), allow_pickle=True)
+    np.save("inputs/nan.npy", np.where(np.arange(128)[:, None] == 3, np.nan, vec))
+    np.save("inputs/object.npy", np.array([{"a": 1}] * 128, dtype=object), allow_pickle=True)
     np.save("inputs/complex.npy", vec.astype(np.complex64))
-    np.save("inputs/strings.npy", np.array([["a"] * 8] * 64))
+    np.save("inputs/strings.npy", np.array([["a"] * 8] * 128))
     np.savez("inputs/arrays.npz", a=vec)
     _write("inputs/garbage.npy", os.urandom(100))
     partial = vec.copy()
@@ -280,7 +280,7 @@ def set_key(section: str, key: str, value) -> Callable[[dict], None]:
 
 
 def corrupt_processed(ws: Path) -> None:
-    p = ws / "data/processed/tiny/tiny.inter"
+    p = ws / "data/processed/compose_tiny/compose_tiny.inter"
     p.write_text(p.read_text() + "u1\tNOT_AN_ITEM\t1\t2\n")
 
 
@@ -419,7 +419,8 @@ CASES = [
     Case("rerun-with-missing-traces", ["run", *TOY, "--name=toy", "--traces=inputs/nope.jsonl"], ("inputs/nope.jsonl",)),
     Case("rerun-with-traces-dir", ["sft", *TOY, "--name=toy", "--traces=inputs/tracesdir"], ("tracesdir", "directory")),
     Case("rerun-with-bad-traces", ["run", *TOY, "--name=toy", "--traces=inputs/traces_bad.jsonl"], ("traces_bad.jsonl", "none of its")),
-    Case("rerun-with-missing-vectors", ["run", *TOY, "--name=toy", "--sid.vectors=inputs/nope.npy"], ("nope.npy",)),
+    Case("rerun-with-missing-vectors", ["run", *TOY, "--name=toy", "--sid.method=rqkmeans", "--sid.vectors=inputs/nope.npy"],
+         ("nope.npy",)),
     Case("rl-model-does-not-fit", ["rl", "--from=runs/toy", "--name=toy2", "--n_layer=3"], ("sft.pt", "another vocabulary")),
     Case("truncated-gz-keeps-dataset", ["data", *A14, "--reviews=inputs/trunc/reviews_Toy_5.json.gz", "--name=toy14"],
          ("reviews_Toy_5.json.gz", "truncated")),
@@ -524,7 +525,7 @@ CASES = [
     Case("tokenizer-json-empty-object", EVAL, ("tokenizer.json",), put("runs/toy/sid/tokenizer.json", "{}")),
     Case("sid-table-corrupt", EVAL, ("runs/toy/sid", "damaged"), put("runs/toy/sid/sid_table.json", "[[[")),
     Case("sid-meta-missing-key", EVAL, ("runs/toy/sid", "damaged"), put("runs/toy/sid/sid_meta.json", "{}")),
-    Case("processed-dataset-damaged", EVAL, ("data/processed/tiny", "damaged"), corrupt_processed),
+    Case("processed-dataset-damaged", EVAL, ("data/processed/compose_tiny", "damaged"), corrupt_processed),
     Case("unavailable-device-cuda7", [*EVAL, "--device=cuda:7"], ("--device=cuda:7",)),
     Case("unavailable-device-rl", ["rl", "--from=runs/toy", "--device=cuda:7"], ("--device=cuda:7",)),
     Case("unavailable-device-bench", ["bench", "--device=cuda:7"], ("--device=cuda:7",)),
@@ -554,8 +555,9 @@ CASES = [
     Case("atomic-item-is-dir", ["data", "--source=atomic", "--path=inputs/itemdir", "--kcore=0", "--data_dir=data"],
          ("itemdir.item", "directory")),
     Case("atomic-path-not-inter", ["data", "--source=atomic", "--path=inputs/notinter.txt", "--data_dir=data"], (".inter",)),
-    *[Case(f"vectors-{f}", ["sid", "--preset=tiny", "--data_dir=data", f"--sid.vectors=inputs/{f}"], (f, why))
-      for f, why in [("zeros.npy", "all zero"), ("nodims.npy", "(64, 0)"), ("rows10.npy", "10 rows"), ("flat.npy", "2-d"),
+    *[Case(f"vectors-{f}", ["sid", "--preset=tiny", "--data_dir=data", "--sid.method=rqkmeans",
+                            f"--sid.vectors=inputs/{f}"], (f, why))
+      for f, why in [("zeros.npy", "all zero"), ("nodims.npy", "(128, 0)"), ("rows10.npy", "10 rows"), ("flat.npy", "2-d"),
                      ("nan.npy", "nan"), ("object.npy", "not a readable"), ("complex.npy", "complex"),
                      ("strings.npy", "numeric"), ("arrays.npz", "several arrays"), ("garbage.npy", "not a readable"),
                      ("vecdir.npy", "directory"), ("nope.npy", "does not exist")]],
@@ -574,7 +576,7 @@ CASES = [
     Case("link-sft-curves-png", ["sft", *TOY, "--name=toy"], ("sft_curves.png", "symbolic link"),
          link("runs/toy/sft_curves.png", "mine/photo.png")),
     Case("dangling-link-sid-tree", ["sid", "--preset=tiny", "--data_dir=data"], ("sid_tree.png", "symbolic link"),
-         link("data/processed/tiny/sid/sid_tree.png", "mine/created.png", content=None)),
+         link("data/processed/compose_tiny/sid/sid_tree.png", "mine/created.png", content=None)),
     Case("link-run-folder", [*EVAL, "--eval.max_samples=4"], ("runs/toy", "symbolic link"),
          lambda ws: os.replace(ws / "runs/toy", ws / "mine_run") or os.symlink(ws / "mine_run", ws / "runs/toy")),
     # a folder of the user's under the name: refused, not cleared
@@ -588,11 +590,11 @@ CASES = [
     # every setting is checked before a finished run is replaced
     Case("rerun-bad-pretrain-stride", ["sft", *TOY, "--name=toy", "--sft.pretrain_stride=-2"], ("sft.pretrain_stride",)),
     Case("rerun-inf-pretrain-epochs", ["sft", *TOY, "--name=toy", "--sft.pretrain_epochs=inf"], ("sft.pretrain_epochs",)),
-    Case("rerun-group-larger-than-catalog", ["run", *TOY, "--name=toy", "--rl.num_generations=200"],
-         ("rl.num_generations=200", "has 64")),
+    Case("rerun-group-larger-than-catalog", ["run", *TOY, "--name=toy", "--rl.rollout=beam", "--rl.num_generations=200"],
+         ("rl.num_generations=200", "has 128")),
     Case("rerun-no-rl-users-left", ["run", *TOY, "--name=toy", "--sft.user_fraction=0.9999"], ("sft.user_fraction",)),
-    Case("rl-from-group-larger-than-catalog", ["rl", "--from=runs/toy", "--rl.num_generations=100"],
-         ("rl.num_generations=100",)),
+    Case("rl-from-group-larger-than-catalog", ["rl", "--from=runs/toy", "--rl.rollout=beam", "--rl.num_generations=200"],
+         ("rl.num_generations=200",)),
     Case("data-name-of-no-dataset", ["run", *TINY, "--data.name=ml100k_typo"], ("--data.name=ml100k_typo", "no dataset")),
     # a SID build that fails keeps the old cache (nothing of the new one is left, no fingerprint over new files)
     Case("failed-sid-build-keeps-cache", ["sid", "--preset=tiny", "--data_dir=data", "--sid.sid_seed=7",
@@ -630,8 +632,8 @@ OK_CASES = [  # handled correctly: exit 0, nothing outside the command's own out
          setup=put("runs/toy/.lock", "not a pid at all\n"), may_change=("runs/toy/",)),
     Case("stale-leftovers-are-cleaned", [*EVAL, "--eval.max_samples=4"], code=0,
          setup=chain(put("runs/toy/.sft.pt.tmp-999999999", b"half a checkpoint"), put("runs/toy/.sid.tmp-999999999", "DIR"),
-                     put("data/processed/.tiny.building-999999999/tiny.inter", "half a dataset"),
-                     put("data/processed/tiny/.dataset.json.tmp-999999999", "{")),
+                     put("data/processed/.compose_tiny.building-999999999/compose_tiny.inter", "half a dataset"),
+                     put("data/processed/compose_tiny/.dataset.json.tmp-999999999", "{")),
          may_change=("runs/toy/", "data/processed/")),
     Case("sft-over-a-full-run-drops-its-rl-files", ["sft", *TOY, "--name=toy"], code=0, may_change=("runs/toy/",)),
 ]
@@ -741,8 +743,9 @@ def test_atomic_reader_counts_duplicates_nan_and_undecodable_ids(ws, capsys):
 
 
 def test_vectors_with_some_zero_rows_warn(ws, capsys):
-    assert main(["sid", "--preset=tiny", "--data_dir=data", "--sid.vectors=inputs/somezero.npy"]) == 0
-    assert "1 of 64 rows" in capsys.readouterr().err
+    assert main(["sid", "--preset=tiny", "--data_dir=data", "--sid.method=rqkmeans",
+                 "--sid.vectors=inputs/somezero.npy"]) == 0
+    assert "1 of 128 rows" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
     assert rl_steps == [1, 2, 3]
     # the data and SID stages are cached: a second `data` call says so
     capsys.readouterr()
-    assert main(["data", "--world=tiny", *dirs[:1]]) == 0
+    assert main(["data", "--world=compose_tiny", *dirs[:1]]) == 0
     assert "cache hit" in capsys.readouterr().out
 
 
@@ -51,7 +51,7 @@ def test_eval_and_rl_commands_on_a_finished_sft_run(tmp_path, dirs):
     assert main(["sft", *FAST, *dirs, "--name=s"]) == 0
     assert (tmp_path / "runs" / "s" / "sid" / "tokenizer.json").exists()  # the run's own SIDs, snapshotted
     # the dataset's SID cache is rebuilt differently since: eval still uses the SIDs the model was trained with
-    shutil.rmtree(tmp_path / "data" / "processed" / "tiny" / "sid")
+    shutil.rmtree(tmp_path / "data" / "processed" / "compose_tiny" / "sid")
     assert main(["eval", f"--run={tmp_path / 'runs' / 's'}", "--split=valid", "--sid.codebook_size=4"]) == 0
     assert (tmp_path / "runs" / "s" / "eval_valid.json").exists()
     # other evaluation settings never overwrite the run's results: a file named for them

@@ -54,7 +54,7 @@ def test_sweep_over_catalog_size(tmp_path):
     for r in sweep["rows"]:
         assert r["sapo-grpo_hit@10"] == pytest.approx(r["sapo_hit@10"][0] - r["grpo_hit@10"][0])
     # each knob value got its own dataset
-    assert (tmp_path / "data" / "processed" / "tiny_items_per_leaf4").exists()
+    assert (tmp_path / "data" / "processed" / "compose_tiny_items_per_leaf4").exists()
     assert (tmp_path / "runs" / "sweep_tiny_items_per_leaf" / "sweep.png").exists()
 
 

@@ -10,11 +10,19 @@ from minisapo.data import DataConfig, load, oracle, prepare
 from minisapo.data.synthetic import ComposeWorld, world_params
 
 
+# a small compose world with 3 levels of 2 codes and 8 items per leaf (the knobs, not a preset's values)
+SMALL = dict(depth=3, branching=2, items_per_leaf=8, num_users=300, seq_len=12, window=6)
+
+
+def small_params(**kw):
+    return world_params("compose_tiny", **{**SMALL, **kw})
+
+
 @pytest.fixture(scope="module")
 def world_ds(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    prepare(DataConfig(world="compose_tiny"), d)
-    return load(d, "compose_tiny")
+    prepare(DataConfig(world="compose_tiny", name="w", **SMALL), d)
+    return load(d, "w")
 
 
 def brute_rule_leaf(w, prefix):
@@ -57,7 +65,7 @@ def brute_distribution(w, prefix):
 @pytest.mark.parametrize("rule,alpha", [("mode_latin", 1.0), ("coupled", 1.0), ("track", 1.0), ("mode_latin", 0.34),
                                         ("coupled", 0.0), ("track", 0.67)])
 def test_oracle_matches_brute_force(rule, alpha):
-    w = ComposeWorld(world_params("compose_tiny", rule=rule, alpha=alpha, num_users=40), 3)
+    w = ComposeWorld(small_params(rule=rule, alpha=alpha, num_users=40), 3)
     seqs, _ = w.sample_sequences()
     for seq in seqs[:15]:
         for t in range(len(seq)):
@@ -97,7 +105,7 @@ def test_data_follows_the_rule(world_ds):
 
 def test_facts_of_a_hand_made_history():
     """Window 6, B = 2: the facts a person computes by hand from the codes of a history."""
-    w = ComposeWorld(world_params("compose_tiny"), 0)
+    w = ComposeWorld(small_params(), 0)
     item = {tuple(c): j * 8 for j, c in enumerate(itertools.product(range(2), repeat=3))}  # codes -> an item
     history = [item[c] for c in [(1, 1, 1), (0, 0, 0), (0, 1, 1), (0, 1, 0), (1, 0, 1), (1, 0, 1), (1, 1, 0)]]
     # window = the last 6: (0,0,0) (0,1,1) (0,1,0) (1,0,1) (1,0,1) (1,1,0)
@@ -105,7 +113,7 @@ def test_facts_of_a_hand_made_history():
     # level 1: codes 0 1 1 0 0 1 -> 0 three times, 1 three times, 1 the more recent: z=1; r=1
     # level 2: codes 0 1 0 1 1 0 -> tie 3/3, 0 the more recent: z=0; r=0
     assert w.facts(history) == [(1, 1), (1, 1), (0, 0)]
-    coupled = ComposeWorld(world_params("compose_tiny", rule="coupled"), 0)
+    coupled = ComposeWorld(small_params(rule="coupled"), 0)
     c0 = coupled.rule_code(0, (1, 1))
     s1 = [c for c in [(0, 0, 0), (0, 1, 1), (0, 1, 0), (1, 0, 1), (1, 0, 1), (1, 1, 0)] if c[0] == c0]
     z1 = max(range(2), key=lambda c: (sum(x[1] == c for x in s1), max((p for p, x in enumerate(s1) if x[1] == c), default=-1)))
@@ -114,7 +122,7 @@ def test_facts_of_a_hand_made_history():
 
 def test_track_states_of_a_hand_made_history():
     """rule=track: the state starts at 0 and each window item moves it by its code's permutation."""
-    w = ComposeWorld(world_params("compose_tiny", rule="track"), 0)
+    w = ComposeWorld(small_params(rule="track"), 0)
     history = [0, 8, 56, 24]  # codes (0,0,0) (0,0,1) (1,1,1) (0,1,1)
     want = []
     for k in range(3):

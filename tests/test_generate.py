@@ -159,6 +159,32 @@ def test_sampler_logprobs_equal_recomputation(layout, mode):
     assert model.wte.weight.grad is not None and model.wte.weight.grad.abs().sum() > 0
 
 
+def test_shared_prompt_gradients_equal_one_forward_per_row():
+    """response_logprobs runs each distinct prompt once for all its rows: its log-probs and the gradient of any
+    loss on them equal those of one full forward pass over prompt + response per row, left padding included."""
+    g, table, tok = make("blocks_first", "reasoning")
+    model = peaky_model(tok.vocab_size, seed=2, scale=2.0)
+    prompts = prompts_for(tok, lengths=(2, 7))
+    ro = sample(model, g, prompts, num_generations=3, generator=torch.Generator().manual_seed(1))
+    lp, _ = response_logprobs(model, g, ro.prompts, ro.responses)
+    weights = torch.linspace(-1, 1, lp.numel()).view_as(lp)  # any loss: a fixed weighted sum
+    (lp * weights).sum().backward()
+    shared = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    total = 0.0
+    for b in range(ro.responses.size(0)):  # the reference: one plain forward pass per row, no cache, no padding
+        r = ro.responses[b][ro.mask[b]].tolist()
+        logits = model(torch.tensor([ro.prompts[b] + r]))[0, len(ro.prompts[b]) - 1: -1]  # (len(r), V)
+        for t in range(len(r)):
+            allowed = g.allowed(r[:t])
+            q = F.log_softmax(logits[t][allowed], -1)[allowed.index(r[t])]
+            assert lp[b, t].item() == pytest.approx(q.item(), abs=1e-5)
+            total = total + q * weights[b, t]
+    total.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(shared[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
 def test_max_new_tokens_truncates():
     g, table, tok = make()
     ro = sample(uniform_model(tok.vocab_size), g, prompts_for(tok), max_new_tokens=4,

@@ -31,10 +31,12 @@ from minisapo.sft import SFTConfig, train_sft
 
 C.start("Tutorial 4 - thinking blocks, reasoning steps (step_index), and a short SFT")
 
-# The "tiny" preset: the tiny synthetic world and a 2-layer, 32-wide GPT. `load_stack` builds (or
-# loads from the cache) the dataset, SIDs, tokenizer and the response grammar (tutorial 3).
-cfg = make_config({"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs"), **parse_overrides(C.args())},
-                  preset="tiny")
+# The "tiny" preset's 2-layer, 32-wide GPT on the tiny taxonomy world of tutorials 1-3 (3 SID levels from
+# RQ-KMeans, the "history" teacher). `load_stack` builds (or loads from the cache) the dataset, SIDs,
+# tokenizer and the response grammar (tutorial 3). Tutorial 5 moves to the compose world, where the
+# thinking states the facts the next item is computed from (reasoning.teacher=world).
+cfg = make_config({"data_dir": str(C.DATA), "runs_dir": str(C.OUT / "runs"), "data.world": "tiny", "sid.levels": 3,
+                   "reasoning.teacher": "history", **parse_overrides(C.args())}, preset="tiny")
 stack = load_stack(cfg)
 ds, table, tok, grammar = stack.dataset, stack.table, stack.tokenizer, stack.grammar
 K = table.num_levels

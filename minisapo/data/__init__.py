@@ -181,6 +181,9 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
     out = Path(data_dir) / "processed" / name
     claim_dir(out, ("dataset.json",), "a dataset folder")  # never a folder of the user's, never through a link
     settings = {**_settings_of(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
+    if cfg.source == "synthetic":  # the world's resolved knobs: a preset that changes rebuilds its datasets
+        from minisapo.data.synthetic import KNOBS, world_params
+        settings["world_params"] = world_params(cfg.world, **{k: getattr(cfg, k) for k in KNOBS})
     info_file = out / "dataset.json"
     if info_file.exists():
         try:

@@ -57,8 +57,8 @@ PRESETS: dict[str, dict] = {
     # last `window` items (their most frequent level-k code and the last item's); 512 items, 5,000 users
     "compose": dict(rule="mode_latin", depth=3, branching=4, items_per_leaf=8, num_users=5000, seq_len=20,
                     zipf=1.0, noise=0.2, window=10, alpha=1.0, facts=2),
-    # the same rule on a tiny catalog (2*2*2 leaves of 8 items, 300 users): tests and smoke checks
-    "compose_tiny": dict(rule="mode_latin", depth=3, branching=2, items_per_leaf=8, num_users=300, seq_len=12,
+    # the same rule on a tiny catalog (two SID levels: 4*4 leaves of 8 items, 300 users): tests and smoke checks
+    "compose_tiny": dict(rule="mode_latin", depth=2, branching=4, items_per_leaf=8, num_users=300, seq_len=12,
                          zipf=1.0, noise=0.2, window=6, alpha=1.0, facts=2),
 }
 KNOBS = SHARED + tuple(k for r in ("markov", "mode_latin") for k in RULE_KNOBS[r])

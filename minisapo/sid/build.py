@@ -47,8 +47,8 @@ class SIDConfig:
     """Settings of the SID stage (`minisapo sid`, keys `--sid.<field>`)."""
 
     levels: int = 3  # K: semantic SID levels (= reasoning steps); at most 7
-    method: str = "rqkmeans"  # "rqkmeans" (item vectors -> residual k-means) | "latent" (synthetic worlds: the
-    #   designed codes, i.e. each item's latent path; no vectors, no k-means)
+    method: str = "auto"  # "rqkmeans" (item vectors -> residual k-means) | "latent" (synthetic worlds: the designed
+    #   codes, each item's latent path; no vectors, no k-means) | "auto" (latent on a compose world, else rqkmeans)
     codebook_size: int = 0  # codes per level; 0 = auto: smallest power of two >= 4*N^(1/K), in [4, 256], <= N
     dedup: str = "token"  # "token": colliding items get an extra <d_i> token; "none": keep shared SIDs
     #   (then a hit on a shared SID counts as a hit for every item sharing it)
@@ -73,8 +73,11 @@ class SIDConfig:
                              f"got {self.embedding!r}")
         if self.codebook_size < 0:
             raise ValueError("codebook_size must be >= 0 (0 = auto)")
-        if self.method not in ("rqkmeans", "latent"):
-            raise ValueError(f"method must be 'rqkmeans' or 'latent', got {self.method!r}")
+        if self.method not in ("auto", "rqkmeans", "latent"):
+            raise ValueError(f"method must be 'auto', 'rqkmeans' or 'latent', got {self.method!r}")
+        if self.method == "latent" and self.vectors:
+            raise ValueError("vectors are for sid.method=rqkmeans (sid.method=latent uses the world's own codes): "
+                             "set --sid.method=rqkmeans to build SIDs from your vectors")
 
 
 # ------------------------------------------------------------------ helpers
@@ -95,6 +98,14 @@ def item_vectors(texts: list, cfg: SIDConfig) -> np.ndarray:
     else:
         x = tfidf_svd(texts, dim=cfg.embed_dim, seed=cfg.sid_seed)
     return l2_normalise(x).astype(np.float32) if cfg.normalize else x
+
+
+def sid_method(dataset, cfg: SIDConfig) -> str:
+    """cfg.method with "auto" resolved: the designed codes of a compose world, RQ-KMeans for any other data."""
+    if cfg.method != "auto":
+        return cfg.method
+    rule = ((getattr(dataset, "info", None) or {}).get("generator") or {}).get("rule", "markov")
+    return "rqkmeans" if cfg.vectors or rule == "markov" else "latent"
 
 
 def latent_codes(dataset, levels: int) -> tuple[np.ndarray, list[int]]:
@@ -169,7 +180,7 @@ def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device
     t0 = time.time()
     texts = item_texts(dataset)
     n = len(texts)
-    if cfg.method == "latent":
+    if sid_method(dataset, cfg) == "latent":
         codes, sizes = latent_codes(dataset, cfg.levels)
         quantisation_error = 0.0
     else:
