@@ -126,15 +126,20 @@ def add_chunk_stats(total: dict, chunk: dict, share: float, num_iterations: int)
             total[k] = total.get(k, 0.0) + v * (1.0 if k == "loss" else share) / num_iterations
 
 
+HELDOUT_CHUNK = 16  # held-out prompts rolled out at once (memory; the numbers do not depend on it)
+
+
 def heldout_rewards(model, grammar, prompts: Sequence[Sequence[int]], target_sids: Sequence, cfg,
                     seed: int = 0) -> dict:
     """The rollouts of training, on fixed held-out prompts with fixed seeds, no gradient:
     eval/sampled_reward (exact match; for beams: of the whole group) and eval/sampled_hit_rate/step_k."""
     gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_HELDOUT, j)) for j in range(len(prompts))]
-    with torch.no_grad():
-        ro = rollouts(model, grammar, prompts, cfg.num_generations, cfg.rollout, cfg.temperature, gens,
-                      cfg.max_completion_length)
-    parsed = [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
+    parsed = []
+    for i in range(0, len(prompts), HELDOUT_CHUNK):  # a prompt's rollouts depend on its own generator only
+        with torch.no_grad():
+            ro = rollouts(model, grammar, prompts[i:i + HELDOUT_CHUNK], cfg.num_generations, cfg.rollout,
+                          cfg.temperature, gens[i:i + HELDOUT_CHUNK], cfg.max_completion_length)
+        parsed += [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
     rows_t = [t for t in target_sids for _ in range(cfg.num_generations)]
     m = step_matches([p.sid_ids if p.valid else None for p in parsed], rows_t, grammar.K, grammar.dedup)  # (B, S)
     exact = m.prod(dim=-1)
