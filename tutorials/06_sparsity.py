@@ -95,7 +95,7 @@ for v in VALUES:
     shutil.rmtree(roots[v], ignore_errors=True)
     log = C.OUT / f"06_compare_ipl{v}.log"
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        results[v] = compare(overrides_for(v), ALGOS, SEEDS, tag=tag)
+        results[v] = compare(overrides_for(v), ALGOS, SEEDS, tag=tag)["per_seed"]
     print(f"items_per_leaf={v}: {SEEDS} seeds x (SFT + {' + '.join(ALGOS)}) done; log {log.name}, "
           f"results {roots[v] / 'compare.md'}")
 
@@ -179,7 +179,7 @@ C.saved(C.OUT / "06_sparsity.png")
 #
 # Every RL run logs `frac_reward_zero_std` at every step: the fraction of its groups whose reward has
 # no variance (no gradient from that group). For SAPO a group counts as silent only if every step is;
-# `frac_reward_zero_std/step_k` is the same count for SID level k alone, and `frac_exact_zero_std` is
+# `frac_reward_zero_std/step_k` is the same count for step k alone (the last step: the whole SID), and `frac_exact_zero_std` is
 # what GRPO's exact-match reward would have had on SAPO's rollouts. Mean over seeds at each step.
 # ----------------------------------------------------------------------------------------------
 C.section("4. frac_reward_zero_std at every RL step (mean over seeds)")
@@ -202,7 +202,7 @@ for v in VALUES:
         m_ = zero[v][a].mean(0)
         print(f"  {a:>4} " + " ".join(f"{y:>5.2f}" for y in m_) + f"   {m_.mean():.2f}")
     for k in range(K):
-        print(f"  SAPO, level {k} alone: " + " ".join(f"{y:.2f}" for y in levels[v][k].mean(0)))
+        print(f"  SAPO, step {k} alone: " + " ".join(f"{y:.2f}" for y in levels[v][k].mean(0)))
 
 fig, axes = plt.subplots(1, len(VALUES), figsize=(5 * len(VALUES), 3.6), sharey=True, squeeze=False)
 for ax, v in zip(axes[0], VALUES):
@@ -212,7 +212,7 @@ for ax, v in zip(axes[0], VALUES):
         ax.errorbar(steps, m_, yerr=s_, color=style[0], marker=style[1], ls=style[2], capsize=3, ms=4, label=a)
     for k, ls in zip(range(K), (":", "-.", (0, (1, 3)))):
         ax.plot(steps, levels[v][k].mean(0), color="tab:orange", alpha=0.5, ls=ls, marker="x", ms=4,
-                label=f"sapo, level {k} alone")
+                label=f"sapo, step {k} alone")
     ax.set_title(f"items_per_leaf={v}: groups with no signal (mean ± sample std, {SEEDS} seeds)", fontsize=9)
     ax.set_xlabel("RL step")
     ax.set_ylim(-0.05, 1.05)
@@ -258,7 +258,7 @@ C.takeaway(
     + f" ({SEEDS} seeds x {worlds[hi]['test']} test users after {zero[hi]['grpo'].shape[1]} RL steps; one standard "
     f"error of a hit@10 on {worlds[hi]['test']} users is up to {50 / np.sqrt(worlds[hi]['test']):.0f} points, so "
     "moves of a few points are noise).",
-    "A claim needs more: README's race (`minisapo compare --preset=fewtraces ... --sweep=items_per_leaf:4,32,128`) "
+    "A claim needs more: README's race (`minisapo compare --preset=fewtraces ...` at items_per_leaf 4, 32 and 128) "
     "runs this on the compose world with 5,000 users, 3 seeds, each arm at its own learning rate, beside the control "
     "(SFT continued on the same outcomes) and plain supervised learning on them.")
 
