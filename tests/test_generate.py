@@ -266,3 +266,20 @@ def test_beam_search_without_dedup_tokens_returns_distinct_sids():
     for sid, score in zip(res.sids, res.scores):
         want = sum(-math.log(len(g.trie.next_tokens(sid[:k]))) for k in range(len(sid)))
         assert score == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("layout,mode", LAYOUT_MODES)
+def test_beam_search_leaving_out_items_equals_the_exact_ranking_without_them(layout, mode):
+    """exclude: no excluded item is ever returned, the list is still filled, the scores are the model's own, and
+    a beam wide enough to be exact returns the full ranking with the excluded items taken out."""
+    g, table, tok = make(layout, mode)
+    model = peaky_model(tok.vocab_size, seed=5, scale=4.0)
+    prompts = prompts_for(tok)
+    exclude = [{0, 3}, {7, 2, 5}, set(range(table.num_items)) - {6}]
+    full = beam_search(model, g, prompts, beam_width=table.num_items)
+    exact = beam_search(model, g, prompts, beam_width=table.num_items, exclude=exclude)
+    narrow = beam_search(model, g, prompts, beam_width=3, exclude=exclude)
+    for f, e, n, ex in zip(full, exact, narrow, exclude):
+        assert e.items == [i for i in f.items if i not in ex]
+        assert e.scores == pytest.approx([s for i, s in zip(f.items, f.scores) if i not in ex], abs=1e-5)
+        assert not set(n.items) & ex and len(n.items) == min(3, table.num_items - len(ex))

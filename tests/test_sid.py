@@ -176,6 +176,24 @@ def test_trie_equals_brute_force_scan(dedup):
         trie.next_tokens([tok.bos_id])
 
 
+@pytest.mark.parametrize("dedup", ["token", "none"])
+def test_blocked_prefixes_equal_a_scan_of_the_items_left(dedup):
+    """A prefix is blocked exactly when no complete SID under it belongs to an item outside the excluded set
+    (a SID shared by several items counts as excluded when one of them is)."""
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 3, size=(40, 3))
+    table = SIDTable.from_codes(codes, dedup=None if dedup == "token" else np.full(40, -1))
+    tok = Tokenizer.build(["a b c"], table)
+    trie = SIDTrie(table, tok)
+    sids = [tuple(tok.sid_ids(table, i)) for i in range(40)]
+    for _ in range(20):
+        excluded = set(rng.choice(40, size=int(rng.integers(0, 41)), replace=False).tolist())
+        left = {s for i, s in enumerate(sids) if i not in excluded} - {sids[i] for i in excluded}
+        prefixes = {s[:d] for s in sids for d in range(len(s) + 1)}
+        want = {p for p in prefixes if not any(s[:len(p)] == p for s in left)}
+        assert trie.blocked_prefixes(excluded) == want
+
+
 # ------------------------------------------------------------------ vectors
 def test_tfidf_vectors_shape_norm_and_similarity():
     texts = ["red running shoes", "red running shoes fast", "blue cotton shirt", "blue cotton shirt slim"]
