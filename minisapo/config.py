@@ -124,7 +124,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "sft.ema": 0.999, "sft.log_every": 50,
         "rl.rollout": "beam", "rl.think_credit": False, "rl.learning_rate": 1e-4, "rl.batch_size": 16,
         "rl.max_steps": 30, "rl.eval_every": 15, "rl.keep_best": True,
-        "eval.max_samples": 0,
+        "eval.max_samples": 0, "eval.item_id_baseline": True,
     },
     # the first-order taxonomy world (the earlier default): thinking restates the history (see _TAXONOMY)
     "taxonomy": _TAXONOMY,

@@ -20,7 +20,15 @@ comes from the training split only, never from a valid/test target):
   - oracle (synthetic data only): rank items by the generator's *exact* next-item distribution, the
     ranking that maximises expected hit@K: no model can do better on average. We report its realised
     hit@K/ndcg@K (same protocol as the model) and, as `expected_hit@K`, the noise-free ceiling
-    (the probability mass of the top-K items).
+    (the probability mass of the top-K items);
+  - item_id (with eval.item_id_baseline): the same GPT with one token per item and no SIDs (reasoning
+    mode "item_id", SASRec-style), trained by the pipeline with the run's settings, ranking every item of
+    the catalog by its softmax (`item_id_rankings`).
+
+Two protocols (`eval.exclude_seen`): by default every list may hold items the user has already seen (RecBole's
+default for sequential models); with exclude_seen=True every list (the model's beam search, every baseline's)
+leaves out each sample's seen items (`seen_items`: the user's whole sequence before the target), as RecBole's
+general recommenders do.
 """
 
 from __future__ import annotations
@@ -33,9 +41,9 @@ import numpy as np
 import torch
 
 from minisapo.data import oracle as make_oracle
-from minisapo.generate import beam_search
+from minisapo.generate import beam_search, left_pad
 from minisapo.progress import bar as progress_bar
-from minisapo.reasoning import ReasoningConfig, build_prompt
+from minisapo.reasoning import ITEM_OFFSET, ReasoningConfig, build_prompt, item_id_prompt
 
 
 @dataclass
@@ -46,6 +54,13 @@ class EvalConfig:
     batch_size: int = 64  # prompts per beam-search call
     baselines: bool = True  # also compute the popularity, markov, item_knn (and, on synthetic data, oracle) baselines
     knn_recency: float = 0.5  # item_knn weighs the t-th most recent history item by this^t (1 = plain sum)
+    exclude_seen: bool = False  # remove every item the user saw before the target (their whole sequence before it)
+    #   from every ranked list: the model's beam search and every baseline's (False: rank every item, RecBole's
+    #   default for sequential models)
+    both_protocols: bool = True  # on real data (no oracle) every eval_<split>*.json gets a sibling under the other
+    #   protocol (exclude_seen flipped): eval_<split>*_exclude_seenTrue.json (or ..False.json)
+    item_id_baseline: bool = False  # also rank with the item-ID transformer (reasoning.mode=item_id: the same GPT
+    #   with one token per item, trained with the run's settings in <run>/item_id/ before the first evaluation)
 
     def __post_init__(self):
         if not 0.0 < self.knn_recency <= 1.0:
@@ -135,10 +150,19 @@ def _subset(samples, max_samples: int):
     return list(samples) if not max_samples or max_samples <= 0 else list(samples)[:max_samples]
 
 
+def seen_items(dataset, samples) -> list[set[int]]:
+    """Per sample, what `eval.exclude_seen` removes from its ranked lists: every item of the user's sequence
+    before the target (`dataset.sequences[user][:pos]`; a test sample's includes the user's whole training
+    prefix and the validation item, not only the last max_history items of its prompt). A sample without a
+    position: its history."""
+    return [set(dataset.sequences[s.user][:s.pos]) if getattr(s, "pos", -1) >= 0 else set(s.history)
+            for s in samples]
+
+
 @torch.no_grad()
 def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Sequence[int] = (1, 5, 10),
              beam_width: int = 10, batch_size: int = 64, max_samples: int = 0, reasoning=None,
-             progress: bool = True) -> dict:
+             progress: bool = True, exclude_seen: bool = False) -> dict:
     """Paper protocol on `samples`: greedy thinking, then constrained beam search over valid SIDs.
 
     Returns {'hit@K', 'ndcg@K' for each K, 'valid_rate', 'per_level_acc' (list, top beam),
@@ -147,13 +171,17 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
                   is 1.0 by construction unless decoding fails (e.g. a run-away thinking block).
       mean_response_length: thinking tokens + SID tokens + <eos> of the top beam, averaged.
     With dedup="none" (items may share a SID) a hit on the target's SID counts as a hit.
-    `reasoning` is the ReasoningConfig used to build prompts (prompt_titles); None = defaults.
+    `reasoning` is the ReasoningConfig used to build prompts (prompt_titles); None = defaults. In mode
+    "item_id" the model is the item-ID transformer, ranked by its softmax over the catalog (`item_id_rankings`).
+    exclude_seen: the beam search never returns a sample's `seen_items` (it still fills beam_width places).
     """
 
     ks = parse_ks(ks)
     beam_width = max(beam_width, max(ks))
     reasoning = reasoning or ReasoningConfig()
     samples = _subset(samples, max_samples)
+    if reasoning.mode == "item_id":
+        return item_id_report(model, dataset, samples, ks, table, exclude_seen, batch_size)
 
     canon = canonical_items(table)
 
@@ -167,7 +195,8 @@ def evaluate(model, grammar, dataset, table, tokenizer, samples, ks: str | Seque
     for start in bar:
         batch = samples[start:start + batch_size]
         prompts = [build_prompt(s.history, table, tokenizer, reasoning, titles=dataset.item_titles) for s in batch]
-        for res in beam_search(model, grammar, prompts, beam_width):
+        exclude = seen_items(dataset, batch) if exclude_seen else None
+        for res in beam_search(model, grammar, prompts, beam_width, exclude=exclude):
             items = [canonical(i) for i in res.items if i is not None]
             rankings.append(items)
             top_items.append(items[0] if items else None)
@@ -212,38 +241,60 @@ def _targets(samples, table) -> list[int]:
     return [s.target if canon is None else int(canon[s.target]) for s in samples]
 
 
-def _ranked_by_scores(scores: np.ndarray, k: int) -> list[int]:
-    """Indices of the k highest scores, ties broken by lower item index (stable, deterministic)."""
-    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64)))
+def _excluded(dataset, samples, table, exclude_seen: bool) -> list[set[int] | None]:
+    """Per sample, the items a baseline leaves out of its list: with exclude_seen the sample's `seen_items`
+    (as the SIDs' canonical items, so a shared SID is left out when one of its items was seen), else None."""
+    if not exclude_seen:
+        return [None] * len(samples)
+    canon = None if table is None else canonical_items(table)
+    return [seen if canon is None else {int(canon[i]) for i in seen} for seen in seen_items(dataset, samples)]
+
+
+def _top(order: np.ndarray, k: int, exclude: set[int] | None) -> list[int]:
+    """The first k of a full ranking `order`, leaving out the items in `exclude` (None: nothing)."""
+    if exclude:
+        order = order[~np.isin(order, list(exclude))]
     return order[:k].tolist()
 
 
-def _ranked_by(scores: np.ndarray, tiebreak: np.ndarray, k: int) -> list[int]:
-    """Indices of the k highest scores; ties by the higher `tiebreak` (popularity), then the lower index."""
+def _ranked_by_scores(scores: np.ndarray, k: int, exclude: set[int] | None = None) -> list[int]:
+    """Indices of the k highest scores, ties broken by lower item index (stable, deterministic), leaving out
+    `exclude`."""
+    return _top(np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64))), k, exclude)
+
+
+def _ranked_by(scores: np.ndarray, tiebreak: np.ndarray, k: int, exclude: set[int] | None = None) -> list[int]:
+    """Indices of the k highest scores; ties by the higher `tiebreak` (popularity), then the lower index;
+    leaving out `exclude`."""
     order = np.lexsort((np.arange(len(scores)), -np.asarray(tiebreak, dtype=np.float64),
                         -np.asarray(scores, dtype=np.float64)))
-    return order[:k].tolist()
+    return _top(order, k, exclude)
 
 
 def _baseline_report(rankings: list[list[int]], samples, ks: list[int], table) -> dict:
-    """The keys every report has, for a baseline's rankings (no generated response)."""
+    """The keys every report has, for a baseline's rankings (no generated response), and the target's rank
+    per sample (`ranks`, 0 = not in the list: for paired tests)."""
     targets = _targets(samples, table)
     out = ranking_metrics(rankings, targets, ks)
     out["valid_rate"] = 1.0
-    out["per_level_acc"] = per_level_accuracy([r[0] for r in rankings], targets, table.codes) if table else None
+    out["per_level_acc"] = per_level_accuracy([r[0] if r else None for r in rankings], targets,
+                                              table.codes) if table else None
     out["mean_response_length"] = None  # no generated response
     out["num_samples"] = len(samples)
+    out["ranks"] = [rank_of(r, t) or 0 for r, t in zip(rankings, targets)]
     return out
 
 
 def popularity_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
-                        max_samples: int = 0) -> dict:
-    """Rank every item by training popularity (`dataset.item_popularity()`), same list for every sample.
+                        max_samples: int = 0, exclude_seen: bool = False) -> dict:
+    """Rank every item by training popularity (`dataset.item_popularity()`), same list for every sample
+    (less each sample's seen items with exclude_seen).
     With a table whose SIDs are shared (dedup="none"), distinct SIDs are ranked, as for the model."""
     ks = parse_ks(ks)
     samples = _subset(samples, max_samples)
-    ranked = _ranked_by_scores(_per_sid(dataset.item_popularity().astype(np.float64), table), max(ks))
-    return _baseline_report([ranked] * len(samples), samples, ks, table)
+    scores = _per_sid(dataset.item_popularity().astype(np.float64), table)
+    rankings = [_ranked_by_scores(scores, max(ks), e) for e in _excluded(dataset, samples, table, exclude_seen)]
+    return _baseline_report(rankings, samples, ks, table)
 
 
 def transition_counts(dataset) -> dict[int, dict[int, int]]:
@@ -256,27 +307,29 @@ def transition_counts(dataset) -> dict[int, dict[int, int]]:
     return counts
 
 
-def markov_rankings(dataset, samples, k: int, table=None) -> list[list[int]]:
+def markov_rankings(dataset, samples, k: int, table=None, exclude: Sequence | None = None) -> list[list[int]]:
     """Top-k per sample by the training count of (last history item -> item); ties, and items never seen
-    after it, by popularity (so an unseen last item gives the popularity ranking)."""
+    after it, by popularity (so an unseen last item gives the popularity ranking). `exclude`: per sample, the
+    items left out of its list (None: nothing)."""
     canon = None if table is None else canonical_items(table)  # once, not per sample
     pop = _per_sid(dataset.item_popularity().astype(np.float64), table, canon)
     counts = transition_counts(dataset)
     rankings = []
-    for s in samples:
+    for b, s in enumerate(samples):
         scores = np.zeros(dataset.num_items)
         for item, n in counts.get(s.history[-1], {}).items():
             scores[item] = n
-        rankings.append(_ranked_by(_per_sid(scores, table, canon), pop, k))
+        rankings.append(_ranked_by(_per_sid(scores, table, canon), pop, k, None if exclude is None else exclude[b]))
     return rankings
 
 
 def markov_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
-                    max_samples: int = 0) -> dict:
+                    max_samples: int = 0, exclude_seen: bool = False) -> dict:
     """First-order Markov baseline (see `markov_rankings`)."""
     ks = parse_ks(ks)
     samples = _subset(samples, max_samples)
-    return _baseline_report(markov_rankings(dataset, samples, max(ks), table), samples, ks, table)
+    exclude = _excluded(dataset, samples, table, exclude_seen)
+    return _baseline_report(markov_rankings(dataset, samples, max(ks), table, exclude), samples, ks, table)
 
 
 def train_user_items(dataset) -> list[set[int]]:
@@ -322,29 +375,33 @@ def item_knn_scores(dataset, histories: Sequence[Sequence[int]], recency: float 
 
 
 def item_knn_rankings(dataset, samples, k: int, table=None, recency: float = 0.5,
-                      batch_size: int = 256) -> list[list[int]]:
-    """Top-k per sample by `item_knn_scores`; ties, and items similar to nothing, by popularity."""
+                      batch_size: int = 256, exclude: Sequence | None = None) -> list[list[int]]:
+    """Top-k per sample by `item_knn_scores`; ties, and items similar to nothing, by popularity. `exclude`:
+    per sample, the items left out of its list (None: nothing)."""
     canon = None if table is None else canonical_items(table)  # once, not per sample
     pop = _per_sid(dataset.item_popularity().astype(np.float64), table, canon)
     matrix = _user_item_matrix(dataset)
+    exclude = exclude if exclude is not None else [None] * len(samples)
     rankings = []
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
         scores = item_knn_scores(dataset, [s.history for s in batch], recency, matrix)
-        rankings += [_ranked_by(_per_sid(sc, table, canon), pop, k) for sc in scores]
+        rankings += [_ranked_by(_per_sid(sc, table, canon), pop, k, e) for sc, e in zip(scores, exclude[start:])]
     return rankings
 
 
 def item_knn_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
-                      max_samples: int = 0, recency: float = 0.5) -> dict:
+                      max_samples: int = 0, recency: float = 0.5, exclude_seen: bool = False) -> dict:
     """Item co-occurrence kNN baseline (see `item_knn_scores`)."""
     ks = parse_ks(ks)
     samples = _subset(samples, max_samples)
-    return _baseline_report(item_knn_rankings(dataset, samples, max(ks), table, recency), samples, ks, table)
+    exclude = _excluded(dataset, samples, table, exclude_seen)
+    return _baseline_report(item_knn_rankings(dataset, samples, max(ks), table, recency, exclude=exclude), samples,
+                            ks, table)
 
 
 def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
-                    max_samples: int = 0) -> dict | None:
+                    max_samples: int = 0, exclude_seen: bool = False) -> dict | None:
     """Rank items by the generator's exact next-item distribution (synthetic data); None on real data.
 
     Besides the realised `hit@K`/`ndcg@K` it reports `expected_hit@K` = probability mass of the top-K
@@ -358,20 +415,55 @@ def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), tabl
     samples = _subset(samples, max_samples)
     canon = None if table is None else canonical_items(table)  # once, not per sample
     rankings, expected = [], {k: 0.0 for k in ks}
-    for s in samples:
+    for s, e in zip(samples, _excluded(dataset, samples, table, exclude_seen)):
         p = _per_sid(np.asarray(orc.distribution(s), dtype=np.float64), table, canon)
-        ranked = _ranked_by_scores(p, max(ks))
+        ranked = _ranked_by_scores(p, max(ks), e)
         rankings.append(ranked)
         for k in ks:
             expected[k] += float(p[ranked[:k]].sum())
-    targets = _targets(samples, table)
-    out = ranking_metrics(rankings, targets, ks)
+    out = _baseline_report(rankings, samples, ks, table)
     for k in ks:
         out[f"expected_hit@{k}"] = expected[k] / max(len(samples), 1)
-    out["valid_rate"] = 1.0
-    out["per_level_acc"] = per_level_accuracy([r[0] for r in rankings], targets, table.codes) if table else None
-    out["mean_response_length"] = None
-    out["num_samples"] = len(samples)
+    return out
+
+
+@torch.no_grad()
+def item_id_scores(model, histories: Sequence[Sequence[int]], num_items: int, batch_size: int = 256) -> torch.Tensor:
+    """(B, N) float64 probabilities of the next item for each history, under the item-ID transformer
+    (reasoning mode "item_id"): the softmax over the N item tokens of the logits after `<bos> i_1 .. i_n`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(histories), batch_size):
+        ids, real = left_pad([item_id_prompt(h) for h in histories[start:start + batch_size]], 0, device)
+        h = model.hidden_states(ids, attn_mask=real)[:, -1]  # (B, C): after each prompt's last item (left padding)
+        logits = model.logits(h)[:, ITEM_OFFSET:ITEM_OFFSET + num_items]  # (B, N): the item tokens only
+        out.append(torch.softmax(logits.double(), dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, num_items, dtype=torch.float64)
+
+
+def item_id_rankings(model, dataset, samples, k: int, table=None, exclude: Sequence | None = None,
+                     batch_size: int = 256) -> list[list[int]]:
+    """Top-k per sample by `item_id_scores` (the full softmax over the catalog; ties: lower index). With shared
+    SIDs, distinct SIDs ranked by their summed probability, as the other baselines do. `exclude`: per sample,
+    the items left out of its list (None: nothing)."""
+    canon = None if table is None else canonical_items(table)
+    exclude = exclude if exclude is not None else [None] * len(samples)
+    probs = item_id_scores(model, [s.history for s in samples], dataset.num_items, batch_size).numpy()
+    return [_ranked_by_scores(_per_sid(p, table, canon), k, e) for p, e in zip(probs, exclude)]
+
+
+def item_id_report(model, dataset, samples, ks: str | Sequence[int] = (1, 5, 10), table=None,
+                   exclude_seen: bool = False, batch_size: int = 256, max_samples: int = 0) -> dict:
+    """The item-ID transformer's report on `samples` (the baselines' keys, and `distinct_top1`)."""
+    ks = parse_ks(ks)
+    samples = _subset(samples, max_samples)
+    exclude = _excluded(dataset, samples, table, exclude_seen)
+    rankings = item_id_rankings(model, dataset, samples, max(ks), table, exclude, batch_size)
+    out = _baseline_report(rankings, samples, ks, table)
+    out["distinct_top1"] = len({r[0] for r in rankings if r})
     return out
 
 
@@ -381,11 +473,11 @@ def oracle_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), tabl
 
 
 def eval_report(model_metrics: dict, popularity: dict | None = None, oracle: dict | None = None,
-                markov: dict | None = None, item_knn: dict | None = None) -> dict:
-    """`{..model metrics.., "baselines": {"popularity": {...}, "markov": {...}, "item_knn": {...}, "oracle": {...}}}`
-    (what eval_<split>.json holds; a baseline that was not computed is left out)."""
+                markov: dict | None = None, item_knn: dict | None = None, item_id: dict | None = None) -> dict:
+    """`{..model metrics.., "baselines": {"popularity": {...}, "markov": {...}, "item_knn": {...}, "item_id": {...},
+    "oracle": {...}}}` (what eval_<split>.json holds; a baseline that was not computed is left out)."""
     out = dict(model_metrics)
-    named = {"popularity": popularity, "markov": markov, "item_knn": item_knn, "oracle": oracle}
+    named = {"popularity": popularity, "markov": markov, "item_knn": item_knn, "item_id": item_id, "oracle": oracle}
     out["baselines"] = {k: v for k, v in named.items() if v is not None}
     return out
 
@@ -401,7 +493,7 @@ def _fmt(v) -> str:
 
 
 def format_table(report: dict) -> str:
-    """Model and its baselines (popularity, markov, item_knn, oracle) side by side, one metric per row
+    """Model and its baselines (popularity, markov, item_knn, item_id, oracle) side by side, one metric per row
     (plain text, also valid Markdown)."""
     cols = {"model": report}
     cols.update(report.get("baselines", {}))
@@ -420,13 +512,14 @@ def format_table(report: dict) -> str:
 
 
 def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: EvalConfig | None = None,
-                   reasoning=None, progress: bool = True) -> dict:
-    """Evaluate the model and the baselines on `dataset.splits[split]` -> the report dict (see `eval_report`;
-    pipeline.stage_eval writes it to eval_<split>.json); print `format_table(report)` for a readable view.
-    """
+                   reasoning=None, progress: bool = True, item_id_model=None) -> dict:
+    """Evaluate the model and the baselines on `dataset.splits[split]` under cfg's protocol (`exclude_seen`)
+    -> the report dict (see `eval_report`; pipeline.stage_eval writes it to eval_<split>.json); print
+    `format_table(report)` for a readable view. item_id_model: the item-ID transformer, ranked as the
+    `item_id` baseline (None: no such row)."""
     cfg = cfg or EvalConfig()
     samples = dataset.splits[split]
-    kw = dict(ks=cfg.ks, max_samples=cfg.max_samples)
+    kw = dict(ks=cfg.ks, max_samples=cfg.max_samples, exclude_seen=cfg.exclude_seen)
     metrics = evaluate(model, grammar, dataset, table, tokenizer, samples, beam_width=cfg.beam_width,
                        batch_size=cfg.batch_size, reasoning=reasoning, progress=progress, **kw)
     baselines = {}
@@ -435,24 +528,27 @@ def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: E
                          markov=markov_baseline(dataset, samples, table=table, **kw),
                          item_knn=item_knn_baseline(dataset, samples, table=table, recency=cfg.knn_recency, **kw),
                          oracle=oracle_baseline(dataset, samples, table=table, **kw))
+    if item_id_model is not None:
+        baselines["item_id"] = item_id_report(item_id_model, dataset, samples, table=table, **kw)
     report = eval_report(metrics, **baselines)
     report["split"] = split
+    report["exclude_seen"] = cfg.exclude_seen
     return report
 
 
 def quick_hit_fn(grammar, dataset, table, tokenizer, samples, k: int = 10, beam_width: int | None = None,
-                 reasoning=None, batch_size: int = 64):
+                 reasoning=None, batch_size: int = 64, exclude_seen: bool = False):
     """A `valid_fn` for `sft.train_sft` (and RL): model -> {"valid_hit@k", "valid_ndcg@k", "distinct_top1", "hits"}
     on `samples` ("hits": 1 per sample whose target is in the top k, for the paired test of `rl.keep_best_p`).
 
-    Uses the full paper protocol (greedy thinking + constrained beam search, beam_width defaults to k).
-    Deterministic and does not touch the global RNG, so resumed runs stay identical.
+    Uses the full paper protocol (greedy thinking + constrained beam search, beam_width defaults to k; in
+    mode "item_id" the softmax ranking), leaving out seen items with exclude_seen. Deterministic and does not touch the global RNG, so resumed runs stay identical.
     """
     samples = list(samples)
 
     def valid_fn(model) -> dict:
         r = evaluate(model, grammar, dataset, table, tokenizer, samples, ks=(k,), beam_width=beam_width or k,
-                     batch_size=batch_size, reasoning=reasoning, progress=False)
+                     batch_size=batch_size, reasoning=reasoning, progress=False, exclude_seen=exclude_seen)
         return {f"valid_hit@{k}": r[f"hit@{k}"], f"valid_ndcg@{k}": r[f"ndcg@{k}"], "distinct_top1": r["distinct_top1"],
                 "hits": [int(0 < rank <= k) for rank in r["ranks"]]}
 

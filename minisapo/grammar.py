@@ -61,8 +61,8 @@ class Grammar:
                  max_think_tokens: int = 16, mode: str = "reasoning", min_think_tokens: int = 1):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in MODES or mode == "item_id":
+            raise ValueError(f"mode must be one of {MODES[:2]} (item_id writes one item token, no SID), got {mode!r}")
         if num_steps != trie.num_levels:
             raise ValueError(f"num_steps={num_steps} but the SID trie has {trie.num_levels} levels; they must agree")
         if mode == "reasoning":

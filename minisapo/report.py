@@ -13,15 +13,19 @@ from minisapo.files import atomic_write, read_json
 from minisapo.runs import read_metrics
 
 
+PROTOCOL_FILES = ("", "_exclude_seenTrue", "_exclude_seenFalse")  # a report, and its other protocol's sibling
+
+
 def _eval_reports(run_dir: Path) -> dict[str, dict]:
-    """{"SFT": eval_test_sft.json, "SFT+RL": eval_test.json} (whichever exist)."""
+    """{"SFT": eval_test_sft.json, "SFT+RL": eval_test.json} (whichever exist); on real data each is followed by
+    its sibling under the other protocol, and the names say which protocol each is ("SFT, seen items removed")."""
     out = {}
-    sft, final = run_dir / "eval_test_sft.json", run_dir / "eval_test.json"
     has_rl = (run_dir / "rl_checkpoint.pt").exists()
-    if sft.exists():
-        out["SFT"] = read_json(sft)
-    if final.exists():
-        out["SFT+RL" if has_rl else "SFT"] = read_json(final)
+    for stem, name in (("eval_test_sft", "SFT"), ("eval_test", "SFT+RL" if has_rl else "SFT")):
+        found = [read_json(run_dir / f"{stem}{p}.json") for p in PROTOCOL_FILES if (run_dir / f"{stem}{p}.json").exists()]
+        for rep in found:
+            protocol = ", seen items removed" if rep.get("exclude_seen") else ", every item ranked" if len(found) > 1 else ""
+            out[name + protocol] = rep
     return out
 
 
@@ -134,7 +138,9 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
     for name, rep in evals.items():
         lines += [f"## Test: {name}", "", format_table(rep), ""]
     if evals:
-        plots.plot_eval_comparison(evals, run_dir / "eval_hit.png", "hit")
+        first = next(iter(evals.values())).get("exclude_seen")  # the picture: the run's own protocol
+        plots.plot_eval_comparison({n: r for n, r in evals.items() if r.get("exclude_seen") == first},
+                                   run_dir / "eval_hit.png", "hit")
         lines += ["![hit@K vs. baselines](eval_hit.png)", ""]
     lines += ["Files: `config.json` (resolved config), `metrics.jsonl` (one JSON record per logged step), "
               "`sft.pt` / `rl_checkpoint.pt` (checkpoints), `eval_*.json` (metrics).", ""]

@@ -215,3 +215,106 @@ def test_item_knn_matches_a_brute_force_double_loop(tmp_path):
     shared = SIDTable.from_codes(codes, dedup=np.full(ds.num_items, -1))
     for rankings in (item_knn_rankings(ds, samples, 10, table=shared), markov_rankings(ds, samples, 10, table=shared)):
         assert all(r and all(i % 2 == 0 for i in r) for r in rankings)
+
+
+def _tiny(tmp_path):
+    from minisapo.data import DataConfig, load, prepare
+    from minisapo.sid.build import SIDConfig
+    from minisapo.sid.build import prepare as sid_prepare
+
+    ds = load(tmp_path / "data", prepare(DataConfig(world="tiny"), tmp_path / "data").name)
+    table, tok, _ = sid_prepare(ds, SIDConfig(), tmp_path / "sid", plot=False, verbose=False)
+    return ds, table, tok
+
+
+def test_item_id_ranking_is_the_brute_force_ranking_of_the_logits(tmp_path):
+    """The item-ID transformer ranks every item by its logit after `<bos> i_1 .. i_n` (one unpadded forward per
+    sample, sorted by hand here), batched with left padding; exclude_seen drops the user's earlier items."""
+    import torch
+
+    from minisapo.evaluate import item_id_rankings, item_id_report, seen_items
+    from minisapo.model import ModelConfig, build_model
+    from minisapo.reasoning import item_id_vocab_size
+
+    ds, table, _ = _tiny(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=16), item_id_vocab_size(ds.num_items))
+    with torch.no_grad():  # larger weights: far from uniform, no near-ties
+        for p in model.parameters():
+            p.mul_(5.0)
+    samples = ds.splits["test"][:12]
+    seen = seen_items(ds, samples)
+    got = item_id_rankings(model, ds, samples, 10, batch_size=5)
+    filtered = item_id_rankings(model, ds, samples, 10, exclude=seen, batch_size=5)
+    for s, g, f, sn in zip(samples, got, filtered, seen):
+        logits = model(torch.tensor([[1] + [2 + i for i in s.history]]))[0, -1].tolist()
+        order = sorted(range(ds.num_items), key=lambda j: -logits[2 + j])
+        assert g == order[:10]
+        assert f == [j for j in order if j not in sn][:10] and not set(f) & sn
+    rep = item_id_report(model, ds, samples, ks="1,10", table=table)
+    assert rep["hit@10"] == pytest.approx(np.mean([s.target in g for s, g in zip(samples, got)]))
+    assert rep["ranks"] == [g.index(s.target) + 1 if s.target in g else 0 for s, g in zip(samples, got)]
+
+
+def test_exclude_seen_hit_at_k_by_hand():
+    """The filtered protocol on the hand dataset: every item of the user's sequence before the target is left out
+    (the whole prefix, not only the prompt's max_history items)."""
+    from minisapo.data import make_splits
+    from minisapo.evaluate import markov_baseline, popularity_baseline, seen_items
+
+    ds = _hand_dataset()
+    ds.splits = make_splits(ds.sequences, [list(map(float, range(len(s)))) for s in ds.sequences], "loo", 2)
+    valid = ds.splits["valid"]  # u0: (1, 2) -> 3, u1: (1, 2) -> 0, u2: (0, 1) -> 4
+    assert [s.history for s in valid] == [(1, 2), (1, 2), (0, 1)]
+    assert seen_items(ds, valid) == [{0, 1, 2}, {1, 2}, {2, 0, 1}]
+    # popularity [1, 2, 0, 3, 4]; left out: u0 {0, 1, 2} -> [3, 4] rank 1; u1 {1, 2} -> [0, 3, 4] rank 1;
+    # u2 {0, 1, 2} -> [3, 4], target 4 at rank 2. Unfiltered: ranks 4, 3, 5
+    pop = popularity_baseline(ds, valid, ks="1,2,5", exclude_seen=True)
+    assert (pop["hit@1"], pop["hit@2"], pop["ranks"]) == (pytest.approx(2 / 3), 1.0, [1, 1, 2])
+    assert pop["ndcg@2"] == pytest.approx((1 + 1 + 1 / math.log2(3)) / 3)
+    assert popularity_baseline(ds, valid, ks="1,2,5")["ranks"] == [4, 3, 5]
+    # markov: u0 and u1 end on 2 (2 -> 0 once): [0, 1, 2, 3, 4], left out -> [3, 4] and [0, 3, 4]; u2 ends on 1
+    # (1 -> 2 twice): [2, 1, 0, 3, 4] -> [3, 4], target 4 at rank 2
+    assert markov_baseline(ds, valid, ks="1,2", exclude_seen=True)["ranks"] == [1, 1, 2]
+
+
+def test_exclude_seen_leaves_no_seen_item_in_any_list(tmp_path):
+    """On the tiny world with every protocol piece: the model's beam lists (seen items never returned, the list
+    still filled), each baseline's (its full ranking less the seen items), and the report's numbers agree."""
+    import torch
+
+    from minisapo.evaluate import (EvalConfig, _excluded, evaluate, evaluate_split, item_knn_rankings,
+                                   markov_rankings, seen_items)
+    from minisapo.generate import beam_search
+    from minisapo.grammar import Grammar
+    from minisapo.model import ModelConfig, build_model
+    from minisapo.reasoning import ReasoningConfig, build_prompt
+    from minisapo.sid.trie import SIDTrie
+
+    ds, table, tok = _tiny(tmp_path)
+    samples = ds.splits["test"][:20]
+    seen = seen_items(ds, samples)
+    assert seen == [set(ds.sequences[s.user][:s.pos]) for s in samples]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), tok.vocab_size)
+    rc = ReasoningConfig(mode="sid_only")
+    grammar = Grammar(tok, SIDTrie(table, tok), table.num_levels, rc.layout, rc.max_think_tokens, rc.mode)
+    prompts = [build_prompt(s.history, table, tok, rc) for s in samples]
+    lists = [r.items for r in beam_search(model, grammar, prompts, 10, exclude=seen)]
+    assert all(len(items) == 10 and not set(items) & sn for items, sn in zip(lists, seen))
+    out = evaluate(model, grammar, ds, table, tok, samples, ks="10", beam_width=10, reasoning=rc, progress=False,
+                   exclude_seen=True)
+    assert out["ranks"] == [items.index(s.target) + 1 if s.target in items else 0 for s, items in zip(samples, lists)]
+    exclude = _excluded(ds, samples, table, True)
+    for full, part in ((markov_rankings(ds, samples, ds.num_items, table), markov_rankings(ds, samples, 10, table,
+                                                                                            exclude)),
+                       (item_knn_rankings(ds, samples, ds.num_items, table),
+                        item_knn_rankings(ds, samples, 10, table, exclude=exclude))):
+        for f, p, sn in zip(full, part, seen):
+            assert p == [i for i in f if i not in sn][:10] and not set(p) & sn
+    report = evaluate_split(model, grammar, ds, table, tok, "test", EvalConfig(ks="10", max_samples=20,
+                                                                              exclude_seen=True), rc, progress=False)
+    assert report["exclude_seen"] is True and report["hit@10"] == out["hit@10"]
+    assert set(report["baselines"]) == {"popularity", "markov", "item_knn", "oracle"}
+    for name, b in report["baselines"].items():
+        assert len(b["ranks"]) == 20, name
