@@ -88,7 +88,8 @@ def load_stack(cfg: Config, run_dir: Path | None = None, reuse_run_sids: bool = 
     trie = sid_lib.SIDTrie(table, tok)
     r = cfg.reasoning
     mode = "sid_only" if r.mode == "item_id" else r.mode  # an item-ID model writes no SID: the SID grammar stays
-    grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, mode)
+    vocab = tok.vocab_size if cfg.model.words else min(tok.word_ids, default=tok.vocab_size)  # words come last
+    grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, mode, vocab_size=vocab)
     return Stack(ds, table, tok, grammar, stats, sid_dir)
 
 
@@ -118,11 +119,11 @@ def copy_dir(src: Path, dst: Path) -> None:
 
 
 def new_model(cfg: Config, stack: Stack) -> GPT:
-    """A freshly initialised policy (seeded by cfg.seed), sized by cfg.model and the vocabulary (in reasoning
-    mode item_id: one token per item)."""
+    """A freshly initialised policy (seeded by cfg.seed), sized by cfg.model and the grammar's vocabulary (in
+    reasoning mode item_id: one token per item)."""
     seed_everything(cfg.seed)
     mcfg = copy.deepcopy(cfg.model)
-    vocab = item_id_vocab_size(stack.dataset.num_items) if cfg.reasoning.mode == "item_id" else stack.tokenizer.vocab_size
+    vocab = item_id_vocab_size(stack.dataset.num_items) if cfg.reasoning.mode == "item_id" else stack.grammar.V
     model = build_model(mcfg, vocab_size=vocab)
     return model.to(pick_device(cfg.device))
 
