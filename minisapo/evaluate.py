@@ -332,18 +332,9 @@ def markov_baseline(dataset, samples, ks: str | Sequence[int] = (1, 5, 10), tabl
     return _baseline_report(markov_rankings(dataset, samples, max(ks), table, exclude), samples, ks, table)
 
 
-def train_user_items(dataset) -> list[set[int]]:
-    """Per user, the items of their training interactions (train targets and the histories before them)."""
-    users: list[set[int]] = [set() for _ in range(dataset.num_users)]
-    for s in dataset.splits["train"]:
-        users[s.user].update(s.history)
-        users[s.user].add(s.target)
-    return users
-
-
 def _user_item_matrix(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The (users, items) 0/1 training matrix X (sparse) and 1/sqrt(|U_i|) per item (0 for items no one has)."""
-    users = train_user_items(dataset)
+    users = dataset.train_user_items()
     rows = [u for u, items in enumerate(users) for _ in items]
     cols = [i for items in users for i in sorted(items)]
     x = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),

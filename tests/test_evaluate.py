@@ -195,11 +195,11 @@ def test_item_knn_matches_a_brute_force_double_loop(tmp_path):
     """item_knn_scores (sparse products) vs. the definition written as loops, on the tiny synthetic world;
     with shared SIDs the baselines rank distinct SIDs."""
     from minisapo.data import DataConfig, load, prepare
-    from minisapo.evaluate import item_knn_rankings, item_knn_scores, markov_rankings, train_user_items
+    from minisapo.evaluate import item_knn_rankings, item_knn_scores, markov_rankings
     from minisapo.sid import SIDTable
 
     ds = load(tmp_path, prepare(DataConfig(world="tiny"), tmp_path).name)
-    users = train_user_items(ds)
+    users = ds.train_user_items()
     has = [{u for u, items in enumerate(users) if i in items} for i in range(ds.num_items)]
     samples = ds.splits["test"][:5]
     got = item_knn_scores(ds, [s.history for s in samples], recency=0.7)
