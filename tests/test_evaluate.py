@@ -142,18 +142,18 @@ def test_plots_show_their_inputs(tmp_path, saved_figures):
 
 def test_baselines_rank_distinct_sids_when_items_share_one():
     """dedup="none": items 0 and 1 share a SID, so baselines rank SIDs (summed scores) like the model."""
-    from minisapo.evaluate import _per_sid, _ranked_by_scores, _targets, canonical_items
+    from minisapo.baselines import canonical_items, per_sid, ranked_by_scores, targets_of
     from minisapo.data import Sample
     from minisapo.sid import SIDTable
 
     table = SIDTable.from_codes(np.array([[0, 0], [0, 0], [1, 0]]), dedup=np.array([-1, -1, -1]))
     assert canonical_items(table).tolist() == [0, 0, 2]
-    scores = _per_sid(np.array([0.3, 0.3, 0.4]), table)
+    scores = per_sid(np.array([0.3, 0.3, 0.4]), table)
     assert scores[0] == pytest.approx(0.6) and scores[1] == -np.inf
-    assert _ranked_by_scores(scores, 2) == [0, 2]
-    assert _targets([Sample(0, (2,), 1)], table) == [0]  # a hit on the shared SID counts for item 1
+    assert ranked_by_scores(scores, 2) == [0, 2]
+    assert targets_of([Sample(0, (2,), 1)], table) == [0]  # a hit on the shared SID counts for item 1
     unique = SIDTable.from_codes(np.array([[0, 0], [0, 1], [1, 0]]))
-    assert _per_sid(np.array([0.3, 0.3, 0.4]), unique).tolist() == [0.3, 0.3, 0.4]
+    assert per_sid(np.array([0.3, 0.3, 0.4]), unique).tolist() == [0.3, 0.3, 0.4]
 
 
 def _hand_dataset():
@@ -168,7 +168,8 @@ def _hand_dataset():
 
 def test_markov_and_item_knn_against_hand_computed_rankings():
     from minisapo.data import Sample
-    from minisapo.evaluate import item_knn_rankings, markov_baseline, markov_rankings, transition_counts
+    from minisapo.baselines import item_knn_rankings, markov_rankings, transition_counts
+    from minisapo.evaluate import markov_baseline
 
     ds = _hand_dataset()
     assert ds.item_popularity().tolist() == [2, 3, 3, 0, 0]
@@ -195,7 +196,7 @@ def test_item_knn_matches_a_brute_force_double_loop(tmp_path):
     """item_knn_scores (sparse products) vs. the definition written as loops, on the tiny synthetic world;
     with shared SIDs the baselines rank distinct SIDs."""
     from minisapo.data import DataConfig, load, prepare
-    from minisapo.evaluate import item_knn_rankings, item_knn_scores, markov_rankings
+    from minisapo.baselines import item_knn_rankings, item_knn_scores, markov_rankings
     from minisapo.sid import SIDTable
 
     ds = load(tmp_path, prepare(DataConfig(world="tiny"), tmp_path).name)
@@ -232,7 +233,8 @@ def test_item_id_ranking_is_the_brute_force_ranking_of_the_logits(tmp_path):
     sample, sorted by hand here), batched with left padding; exclude_seen drops the user's earlier items."""
     import torch
 
-    from minisapo.evaluate import item_id_rankings, item_id_report, seen_items
+    from minisapo.baselines import item_id_rankings, seen_items
+    from minisapo.evaluate import item_id_report
     from minisapo.model import ModelConfig, build_model
     from minisapo.reasoning import item_id_vocab_size
 
@@ -260,7 +262,8 @@ def test_exclude_seen_hit_at_k_by_hand():
     """The filtered protocol on the hand dataset: every item of the user's sequence before the target is left out
     (the whole prefix, not only the prompt's max_history items)."""
     from minisapo.data import make_splits
-    from minisapo.evaluate import markov_baseline, popularity_baseline, seen_items
+    from minisapo.baselines import seen_items
+    from minisapo.evaluate import markov_baseline, popularity_baseline
 
     ds = _hand_dataset()
     ds.splits = make_splits(ds.sequences, [list(map(float, range(len(s)))) for s in ds.sequences], "loo", 2)
@@ -283,8 +286,8 @@ def test_exclude_seen_leaves_no_seen_item_in_any_list(tmp_path):
     still filled), each baseline's (its full ranking less the seen items), and the report's numbers agree."""
     import torch
 
-    from minisapo.evaluate import (EvalConfig, _excluded, evaluate, evaluate_split, item_knn_rankings,
-                                   markov_rankings, seen_items)
+    from minisapo.baselines import excluded_items, item_knn_rankings, markov_rankings, seen_items
+    from minisapo.evaluate import EvalConfig, evaluate, evaluate_split
     from minisapo.generate import beam_search
     from minisapo.grammar import Grammar
     from minisapo.model import ModelConfig, build_model
@@ -305,7 +308,7 @@ def test_exclude_seen_leaves_no_seen_item_in_any_list(tmp_path):
     out = evaluate(model, grammar, ds, table, tok, samples, ks="10", beam_width=10, reasoning=rc, progress=False,
                    exclude_seen=True)
     assert out["ranks"] == [items.index(s.target) + 1 if s.target in items else 0 for s, items in zip(samples, lists)]
-    exclude = _excluded(ds, samples, table, True)
+    exclude = excluded_items(ds, samples, table, True)
     for full, part in ((markov_rankings(ds, samples, ds.num_items, table), markov_rankings(ds, samples, 10, table,
                                                                                             exclude)),
                        (item_knn_rankings(ds, samples, ds.num_items, table),
