@@ -147,3 +147,44 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
     path = run_dir / "report.md"
     atomic_write(path, lambda p: p.write_text("\n".join(lines)))
     return path
+
+
+def seeds_table(groups: dict[str, list], baselines: tuple[str, ...] = ("popularity", "markov", "item_knn", "item_id"),
+                against: tuple[str, ...] = ("item_knn", "item_id"), ks: tuple[int, ...] = (1, 5, 10), k: int = 10) -> str:
+    """A Markdown table of runs over seeds: `groups` maps a row label to its eval_*.json files, one per seed (the
+    same seeds, in the same order, in every group). Each row is the mean ± sample std (ddof=1) over the seeds of
+    hit@K and ndcg@k; first the `baselines` of the first group's files, then every group's model. A model row
+    also gets, for each baseline in `against`, the paired sign test on hit@k with the seeds pooled (every test
+    user of every seed is one pair, against that seed's baseline in the first group's files).
+    E.g. `seeds_table({"SFT": [f"runs/s{i}/eval_test_sft.json" for i in range(3)]})`."""
+    import numpy as np
+
+    from minisapo.evaluate import paired_sign_test
+
+    reports = {label: [read_json(f) for f in files] for label, files in groups.items()}
+    first = next(iter(reports.values()))
+    rows = {b: [r["baselines"][b] for r in first] for b in baselines if all(b in r["baselines"] for r in first)}
+    rows.update({label: reps for label, reps in reports.items()})
+    present = [b for b in against if b in rows]
+    metrics = [f"hit@{x}" for x in ks] + [f"ndcg@{k}"]
+
+    def cell(values) -> str:
+        v = np.asarray(values, dtype=float)
+        text = f"{v.mean():.4f}"
+        return text + (f" ± {v.std(ddof=1):.4f}" if len(v) > 1 and v.std() > 0 else "")
+
+    def hits(rep) -> list[int]:
+        return [int(0 < r <= k) for r in rep["ranks"]]
+
+    lines = ["| " + " | ".join(["", *metrics, *[f"hit@{k} vs {b}: +/−, p (seeds pooled)" for b in present]]) + " |",
+             "|" + "---|" * (1 + len(metrics) + len(present))]
+    for label, reps in rows.items():
+        tests = []
+        for b in present:
+            if label in baselines:
+                tests.append("")
+                continue
+            t = paired_sign_test(sum((hits(base) for base in rows[b]), []), sum((hits(r) for r in reps), []))
+            tests.append(f"+{t['up']} / −{t['down']}, p = {t['p']:.2g}")
+        lines.append("| " + " | ".join([label, *[cell([r[m] for r in reps]) for m in metrics], *tests]) + " |")
+    return "\n".join(lines)
