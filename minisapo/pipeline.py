@@ -287,8 +287,10 @@ def check_rl_stack(cfg: Config, stack: Stack) -> None:
 
 def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, examples: tuple | None = None,
               pretrain: list | None = None) -> GPT:
-    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt).
+    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt). With
+    eval.item_id_baseline, first the item-ID baseline the run's reports rank with (`train_item_id`).
     `examples` / `pretrain`: what sft_examples / pretrain_examples return (made here when None)."""
+    train_item_id(cfg, stack, run_dir, resume)
     train, valid = examples if examples is not None else sft_examples(cfg, stack)
     from minisapo.plots import plot_response_steps  # one training example, each token coloured by its step
 
@@ -360,7 +362,7 @@ def item_id_config(cfg: Config) -> Config:
 def train_item_id(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) -> None:
     """With eval.item_id_baseline: train the item-ID baseline (`item_id_config`) in <run_dir>/item_id/, as
     `minisapo sft --mode=item_id` would; --resume continues it, a fresh run trains it afresh. Called before the
-    run's own model is made, which then starts from its seed as it would without the baseline."""
+    run's own model is made (stage_sft), which then starts from its seed as it would without the baseline."""
     if not cfg.eval.item_id_baseline or cfg.reasoning.mode == "item_id":
         return
     sub, icfg = Path(run_dir) / ITEM_ID, item_id_config(cfg)
@@ -479,7 +481,6 @@ def cmd_sft(cfg: Config, resume: bool = False) -> int:
         examples = sft_examples(cfg, stack)  # every input is read before start_run replaces anything
         pretrain = pretrain_examples(cfg, stack)
         start_run(cfg, resume, stack)
-        train_item_id(cfg, stack, run_dir, resume)
         model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
         stage_eval(cfg, stack, model, run_dir)
         _finish(cfg, run_dir)
@@ -569,7 +570,6 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
         if cfg.rl.max_steps > 0 or cfg.reasoning.mode == "item_id":
             check_rl_stack(cfg, stack)
         start_run(cfg, resume, stack)
-        train_item_id(cfg, stack, run_dir, resume)
         model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
         stage_eval(cfg, stack, model, run_dir, tag="_sft")
         test = stack.dataset.splits["test"]
