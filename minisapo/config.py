@@ -119,13 +119,13 @@ PRESETS: dict[str, dict[str, object]] = {
     # (README "Real data": how each setting was chosen)
     "real": {
         "sid.unique_last": True, "reasoning.mode": "sid_only",
-        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96, "model.dropout": 0.1,
+        "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 96, "model.dropout": 0.1, "model.words": False,
         "sft.pretrain_epochs": 12.0, "sft.pretrain_stride": 4, "sft.max_steps": 0, "sft.epochs": 0.3,
         "sft.batch_size": 16, "sft.learning_rate": 3e-3, "sft.eval_every": 2000, "sft.eval_samples": 0,
         "sft.ema": 0.999, "sft.log_every": 50,
         "rl.rollout": "beam", "rl.think_credit": False, "rl.learning_rate": 1e-4, "rl.batch_size": 16,
         "rl.max_steps": 30, "rl.eval_every": 15, "rl.keep_best": True,
-        "eval.max_samples": 0,
+        "eval.max_samples": 0, "eval.item_id_baseline": True,
     },
     # the first-order taxonomy world (the earlier default): thinking restates the history (see _TAXONOMY)
     "taxonomy": _TAXONOMY,
@@ -461,6 +461,8 @@ def _range_errors(cfg: Config):
         yield "model.dropout", "must be in [0, 1)"
     if not (_finite(m.init_std) and m.init_std > 0):
         yield "model.init_std", "must be a finite number > 0"
+    if not m.words and (cfg.reasoning.mode == "reasoning" or cfg.reasoning.prompt_titles):
+        yield "model.words", "a model that writes thinking or reads titles needs the words: use sid_only without titles"
     # --- reasoning
     r = cfg.reasoning
     for key in ("title_words", "recent", "descriptor_words"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -295,7 +295,8 @@ def response_logprobs(model, grammar: Grammar, prompts: Sequence[Sequence[int]],
 
 @torch.no_grad()
 @_in_eval_mode
-def beam_search(model, grammar: Grammar, prompts: Sequence[Sequence[int]], beam_width: int) -> list[BeamResult]:
+def beam_search(model, grammar: Grammar, prompts: Sequence[Sequence[int]], beam_width: int,
+                exclude: Sequence[Iterable[int]] | None = None) -> list[BeamResult]:
     """The paper's evaluation protocol, batched over prompts.
 
     Thinking is decoded greedily (constrained argmax); then a beam of `beam_width` runs over
@@ -305,12 +306,17 @@ def beam_search(model, grammar: Grammar, prompts: Sequence[Sequence[int]], beam_
     `beam_width` places (log-probs only fall as a SID grows), so with beam_width >= number of
     items the ranking is exact. Returns, per prompt, up to `beam_width` distinct valid items
     ranked by score. Use beam_width >= the largest K of hit@K.
+
+    exclude: per prompt, items that must not be returned (e.g. the user's seen items). Scores stay the
+    model's own (nothing is renormalised); a beam is never extended into a SID of an excluded item nor into
+    a prefix whose every item is excluded (`SIDTrie.blocked_prefixes`), so the W places go to other items.
     """
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
     dev = _device(model)
     tok = grammar.tok
     P, W = len(prompts), beam_width
+    blocked = [grammar.trie.blocked_prefixes(e) for e in exclude] if exclude is not None else None
     cache, last = _prefill(model, prompts, tok.pad_id, grammar.max_length)  # (R, V) logits after each row's last token
 
     # live beams, one row of the cache each: prompt index, grammar state, response so far, SID score
@@ -345,6 +351,8 @@ def beam_search(model, grammar: Grammar, prompts: Sequence[Sequence[int]], beam_
         cands: list[list[tuple]] = [[(f["score"], -1, None, f) for f in finished[p]] for p in range(P)]
         for i, r in enumerate(rows):
             for x in grammar.allowed_ids(r["state"]):
+                if blocked is not None and r["state"].sid + (x,) in blocked[r["p"]]:
+                    continue
                 cands[r["p"]].append((r["score"] + float(logp[i, x]), i, x, None))
         parents, new_rows = [], []
         for p in range(P):

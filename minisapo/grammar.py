@@ -58,11 +58,12 @@ class Grammar:
     """Allowed next tokens for responses. See the module docstring for the grammar."""
 
     def __init__(self, tokenizer, trie, num_steps: int, layout: str = "blocks_first",
-                 max_think_tokens: int = 16, mode: str = "reasoning", min_think_tokens: int = 1):
+                 max_think_tokens: int = 16, mode: str = "reasoning", min_think_tokens: int = 1,
+                 vocab_size: int | None = None):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in MODES or mode == "item_id":
+            raise ValueError(f"mode must be one of {MODES[:2]} (item_id writes one item token, no SID), got {mode!r}")
         if num_steps != trie.num_levels:
             raise ValueError(f"num_steps={num_steps} but the SID trie has {trie.num_levels} levels; they must agree")
         if mode == "reasoning":
@@ -74,7 +75,12 @@ class Grammar:
         self.tok, self.trie = tokenizer, trie
         self.K, self.layout, self.mode = num_steps, layout, mode
         self.max_think, self.min_think = max_think_tokens, min_think_tokens
-        self.V = tokenizer.vocab_size
+        self.V = vocab_size or tokenizer.vocab_size  # the model's vocabulary: all tokens, or (sid_only) the first ones
+        needed = tokenizer.vocab_size if mode == "reasoning" else 1 + max(
+            i for i, level in enumerate(tokenizer.token_level) if level >= 0)  # sid_only: specials and SID tokens
+        if not needed <= self.V <= tokenizer.vocab_size:
+            raise ValueError(f"vocab_size={self.V}: mode {mode!r} needs the first {needed} of the tokenizer's "
+                             f"{tokenizer.vocab_size} tokens")
         self.words = list(tokenizer.word_ids)
         self._word_set = frozenset(self.words)
         self._mask_cache: dict[tuple, torch.Tensor] = {}

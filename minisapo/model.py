@@ -34,6 +34,8 @@ import torch.nn.functional as F
 @dataclass
 class ModelConfig:
     vocab_size: int = 0  # number of token ids; 0 = filled in from the tokenizer when the model is built
+    words: bool = True  # the vocabulary holds the word tokens; False: specials and SID tokens only, for a sid_only
+    #   model without prompt titles (it never reads or writes a word): a softmax over ~200 tokens, not ~2,300
     n_layer: int = 2  # number of transformer blocks
     n_head: int = 2  # attention heads per block (n_embd must be divisible by n_head)
     n_embd: int = 32  # width of the residual stream (C)

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from minisapo import data as data_lib
 from minisapo import distributed, plugins
 from minisapo import sid as sid_lib
@@ -27,8 +29,9 @@ from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_override
 from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
-from minisapo.reasoning import build_examples, build_prompt, build_sequence_examples, teacher, vocab_words
-from minisapo.files import read_json, remove, same_path, swap_dir, temp_path, write_json
+from minisapo.reasoning import (build_examples, build_prompt, build_sequence_examples, item_id_vocab_size, teacher,
+                                vocab_words)
+from minisapo.files import claim_dir, read_json, remove, same_path, swap_dir, temp_path, write_json
 from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
 from minisapo.sft import load_sft_weights, train_sft
 from minisapo.tokenizer import Tokenizer
@@ -84,7 +87,9 @@ def load_stack(cfg: Config, run_dir: Path | None = None, reuse_run_sids: bool = 
                                                     device=pick_device(cfg.device))
     trie = sid_lib.SIDTrie(table, tok)
     r = cfg.reasoning
-    grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, r.mode)
+    mode = "sid_only" if r.mode == "item_id" else r.mode  # an item-ID model writes no SID: the SID grammar stays
+    vocab = tok.vocab_size if cfg.model.words else min(tok.word_ids, default=tok.vocab_size)  # words come last
+    grammar = Grammar(tok, trie, table.num_levels, r.layout, r.max_think_tokens, mode, vocab_size=vocab)
     return Stack(ds, table, tok, grammar, stats, sid_dir)
 
 
@@ -99,20 +104,27 @@ def snapshot_sids(stack: Stack, run_dir: Path) -> None:
     dst = Path(run_dir) / "sid"
     if stack.sid_dir is None or same_path(stack.sid_dir, dst) or not distributed.is_main():  # (torchrun: rank 0's)
         return
+    copy_dir(stack.sid_dir, dst)
+
+
+def copy_dir(src: Path, dst: Path) -> None:
+    """Copy the folder `src` to `dst`, replacing it (complete, or not at all)."""
     tmp = temp_path(dst)
     remove(tmp)
     try:
-        shutil.copytree(stack.sid_dir, tmp)
+        shutil.copytree(src, tmp)
         swap_dir(tmp, dst)
     finally:
         remove(tmp)
 
 
 def new_model(cfg: Config, stack: Stack) -> GPT:
-    """A freshly initialised policy (seeded by cfg.seed), sized by cfg.model and the vocabulary."""
+    """A freshly initialised policy (seeded by cfg.seed), sized by cfg.model and the grammar's vocabulary (in
+    reasoning mode item_id: one token per item)."""
     seed_everything(cfg.seed)
     mcfg = copy.deepcopy(cfg.model)
-    model = build_model(mcfg, vocab_size=stack.tokenizer.vocab_size)
+    vocab = item_id_vocab_size(stack.dataset.num_items) if cfg.reasoning.mode == "item_id" else stack.grammar.V
+    model = build_model(mcfg, vocab_size=vocab)
     return model.to(pick_device(cfg.device))
 
 
@@ -154,7 +166,7 @@ def valid_samples(cfg: Config, stack: Stack) -> list:
 def eval_fn(cfg: Config, stack: Stack):
     """`model -> {"valid_hit@10", "valid_ndcg@10"}` on `valid_samples`."""
     return quick_hit_fn(stack.grammar, stack.dataset, stack.table, stack.tokenizer, valid_samples(cfg, stack), k=10,
-                        reasoning=cfg.reasoning, batch_size=cfg.eval.batch_size)
+                        reasoning=cfg.reasoning, batch_size=cfg.eval.batch_size, exclude_seen=cfg.eval.exclude_seen)
 
 
 def save_config(cfg: Config, run_dir: Path) -> None:
@@ -259,6 +271,9 @@ def pretrain_examples(cfg: Config, stack: Stack) -> list:
 def check_rl_stack(cfg: Config, stack: Stack) -> None:
     """RL's settings only the dataset can check, checked before anything is replaced: sft.user_fraction leaves
     RL at least one prompt per process, and the catalog can fill a beam group."""
+    if cfg.reasoning.mode == "item_id":
+        raise ConfigError("reasoning.mode=item_id writes one item token and no SID, and RL rewards SIDs: train and "
+                          "evaluate it with `minisapo sft --mode=item_id`")
     n, procs = len(train_samples(cfg, stack, "rl")), distributed.world_size()
     if n < procs:
         raise ConfigError(f"--sft.user_fraction={cfg.sft.user_fraction} leaves RL {n} training prompt(s) (those of the "
@@ -272,13 +287,16 @@ def check_rl_stack(cfg: Config, stack: Stack) -> None:
 
 def stage_sft(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False, examples: tuple | None = None,
               pretrain: list | None = None) -> GPT:
-    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt).
+    """SFT on teacher traces; returns the trained model (resumes / reuses a finished sft.pt). With
+    eval.item_id_baseline, first the item-ID baseline the run's reports rank with (`train_item_id`).
     `examples` / `pretrain`: what sft_examples / pretrain_examples return (made here when None)."""
+    train_item_id(cfg, stack, run_dir, resume)
     train, valid = examples if examples is not None else sft_examples(cfg, stack)
     from minisapo.plots import plot_response_steps  # one training example, each token coloured by its step
 
-    plot_response_steps(list(train[0][0]) + list(train[0][1]), stack.tokenizer, stack.table.num_levels,
-                        run_dir / "response_steps.png", title="an SFT example: thinking block k + SID token k = step k")
+    if cfg.reasoning.mode != "item_id":  # (an item-ID example has no steps)
+        plot_response_steps(list(train[0][0]) + list(train[0][1]), stack.tokenizer, stack.table.num_levels,
+                            run_dir / "response_steps.png", title="an SFT example: thinking block k + SID token k = step k")
     model = new_model(cfg, stack)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {len(train)} SFT examples, device {pick_device(cfg.device)}")
     if cfg.sft.pretrain_epochs > 0:  # next-item pretraining on the training sequences, then SFT from there
@@ -330,25 +348,90 @@ def teacher_word_ids(cfg: Config, stack: Stack, samples) -> list | None:
             for s in samples]
 
 
+ITEM_ID = "item_id"  # <run>/item_id/: the item-ID baseline a run's reports rank (eval.item_id_baseline)
+
+
+def item_id_config(cfg: Config) -> Config:
+    """The item-ID baseline's settings: the run's own (model size, seed, pretraining and SFT epochs, learning rate,
+    moving average, validation users, evaluation) with one token per item and no SIDs (reasoning.mode=item_id)."""
+    out = copy.deepcopy(cfg)
+    out.reasoning.mode, out.rl.max_steps, out.eval.item_id_baseline = "item_id", 0, False
+    return out
+
+
+def train_item_id(cfg: Config, stack: Stack, run_dir: Path, resume: bool = False) -> None:
+    """With eval.item_id_baseline: train the item-ID baseline (`item_id_config`) in <run_dir>/item_id/, as
+    `minisapo sft --mode=item_id` would; --resume continues it, a fresh run trains it afresh. Called before the
+    run's own model is made (stage_sft), which then starts from its seed as it would without the baseline."""
+    if not cfg.eval.item_id_baseline or cfg.reasoning.mode == "item_id":
+        return
+    sub, icfg = Path(run_dir) / ITEM_ID, item_id_config(cfg)
+    if distributed.is_main():
+        claim_dir(sub, ("config.json",), "the item-ID baseline's folder")
+        if not resume:
+            remove(sub)
+        save_config(icfg, sub)
+    distributed.barrier()
+    print(f"item-ID baseline (the run's settings, one token per item: reasoning.mode=item_id) in {sub}")
+    stage_sft(icfg, stack, sub, resume=resume)
+
+
+def load_item_id(cfg: Config, stack: Stack, run_dir: Path) -> GPT | None:
+    """The trained item-ID baseline of `run_dir` (None without eval.item_id_baseline, or, with a note, when the
+    run has none). The global random state is left as it was."""
+    if not cfg.eval.item_id_baseline or cfg.reasoning.mode == "item_id":
+        return None
+    from minisapo.runs import load_checkpoint
+
+    sub = Path(run_dir) / ITEM_ID
+    ckpt = load_checkpoint(sub / "sft.pt", need=("step",))
+    if ckpt is None or not ckpt.get("done"):
+        print(f"no trained item-ID baseline in {sub}: its row is left out (`minisapo sft` with "
+              f"--eval.item_id_baseline=true trains one)")
+        return None
+    with torch.random.fork_rng(devices=[]):
+        model = new_model(item_id_config(cfg), stack)
+    load_sft_weights(model, sub, device=pick_device(cfg.device))
+    return model
+
+
 def stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str = "test",
-               tag: str = "") -> dict:
-    """Paper-protocol evaluation + baselines; writes eval_<split><tag>.json and prints the table.
+               tag: str = "", other_protocol: bool = True) -> dict:
+    """Paper-protocol evaluation + baselines; writes eval_<split><tag>.json and prints the table. On real data
+    with eval.both_protocols (and other_protocol), the same under the other protocol (eval.exclude_seen flipped)
+    into eval_<split><tag>_exclude_seen<True|False>.json. Returns the first report.
     Under torchrun rank 0 evaluates and every rank gets the report."""
-    return distributed.from_main(lambda: _stage_eval(cfg, stack, model, run_dir, split, tag))
+    return distributed.from_main(lambda: _stage_eval(cfg, stack, model, run_dir, split, tag, other_protocol))
 
 
-def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str, tag: str) -> dict:
-    report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, cfg.eval,
-                            reasoning=cfg.reasoning)
-    report["settings"] = {"eval": to_dict(cfg)["eval"], "reasoning": to_dict(cfg)["reasoning"]}
-    report["machine"] = machine(cfg)
-    path = run_dir / f"eval_{split}{tag}.json"
-    write_json(path, report)
-    rl_done = cfg.rl.max_steps and (run_dir / "rl_config.json").exists()
-    print(f"{split} metrics, {'SFT' if tag == '_sft' else 'SFT+RL' if rl_done else 'model'} ({run_dir.name}):")
-    print(format_table(report))
-    print(f"wrote {path}")
-    return report
+def protocols(cfg: Config, stack: Stack, other_protocol: bool = True) -> list[Config]:
+    """The configs an evaluation is made under: `cfg`, and on real data (no oracle) with eval.both_protocols a
+    copy with eval.exclude_seen flipped."""
+    out = [cfg]
+    if other_protocol and cfg.eval.both_protocols and data_lib.oracle(stack.dataset) is None:
+        out.append(copy.deepcopy(cfg))
+        out[1].eval.exclude_seen = not cfg.eval.exclude_seen
+    return out
+
+
+def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str, tag: str,
+                other_protocol: bool) -> dict:
+    item_id = load_item_id(cfg, stack, run_dir)
+    reports = []
+    for c in protocols(cfg, stack, other_protocol):
+        report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, c.eval,
+                                reasoning=c.reasoning, item_id_model=item_id)
+        report["settings"] = {"eval": to_dict(c)["eval"], "reasoning": to_dict(c)["reasoning"]}
+        report["machine"] = machine(cfg)
+        path = run_dir / f"eval_{split}{tag}{eval_tag(cfg, c)}.json"
+        write_json(path, report)
+        rl_done = cfg.rl.max_steps and (run_dir / "rl_config.json").exists()
+        print(f"{split} metrics, {'SFT' if tag == '_sft' else 'SFT+RL' if rl_done else 'model'} ({run_dir.name}; "
+              f"{'seen items removed' if c.eval.exclude_seen else 'every item ranked'}):")
+        print(format_table(report))
+        print(f"wrote {path}")
+        reports.append(report)
+    return reports[0]
 
 
 def machine(cfg: Config) -> dict:
@@ -434,7 +517,7 @@ def cmd_eval(run: str, split: str, overrides: dict) -> int:
     with run_lock(run_dir):  # writes only eval_<split>*.json
         stack = load_stack(cfg, run_dir, reuse_run_sids=True)
         stage_eval(cfg, stack, load_model(cfg, stack, run_dir), run_dir, split,
-                   tag=eval_tag(load_run_config(run_dir), cfg))
+                   tag=eval_tag(load_run_config(run_dir), cfg), other_protocol=False)
     return 0
 
 
@@ -460,6 +543,8 @@ def cmd_rl(from_run: str, algo: str, overrides: dict, resume: bool = False) -> i
         model = new_model(cfg, stack)
         load_sft_weights(model, src, device=pick_device(cfg.device))
         start_run(cfg, resume, stack)  # only now, with the SFT weights read, is anything replaced
+        if cfg.eval.item_id_baseline and (src / ITEM_ID).is_dir() and distributed.is_main():
+            copy_dir(src / ITEM_ID, run_dir / ITEM_ID)  # the SFT run's item-ID baseline, for this run's reports
         stage_rl(cfg, stack, model, run_dir, resume=resume)
         stage_eval(cfg, stack, model, run_dir)
         _finish(cfg, run_dir)
@@ -482,7 +567,7 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
         stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
         examples = sft_examples(cfg, stack)  # every input is read (and checked) before start_run replaces anything
         pretrain = pretrain_examples(cfg, stack)
-        if cfg.rl.max_steps > 0:
+        if cfg.rl.max_steps > 0 or cfg.reasoning.mode == "item_id":
             check_rl_stack(cfg, stack)
         start_run(cfg, resume, stack)
         model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)

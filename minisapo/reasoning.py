@@ -13,6 +13,10 @@ Formats (token strings; ids come from the Tokenizer):
               (mode="sid_only", the TIGER-style baseline)
                   <a_x> <b_y> <c_z> [<d_i>] <eos>
 
+    item_id   (mode="item_id", the SASRec-style baseline: no SIDs, no thinking, no tokenizer)
+              prompt <bos> i_1 .. i_n, response i_target: one token per item (token ITEM_OFFSET + item),
+              ranked by a softmax over every item of the catalog
+
 A *reasoning step* k (k = 0..K-1) is thinking block k plus SID token k. The dedup token <d_i>
 (which item among those that share all K codes) has no block of its own: it is a step of its own,
 K, rewarded by the exact match. `step_index` maps every token of a sequence to its step (or -1);
@@ -56,11 +60,12 @@ from typing import Sequence
 import torch
 
 from minisapo.tokenizer import REASONING_WORDS as TEACHER_WORDS  # "recent", "often", "next": always in the vocabulary
+from minisapo.tokenizer import SPECIALS
 
 
 @dataclass
 class ReasoningConfig:
-    mode: str = "reasoning"  # "reasoning" (thinking blocks + SID) or "sid_only" (SID only, the TIGER-style baseline)
+    mode: str = "reasoning"  # "reasoning" (thinking blocks + SID), "sid_only" (SID only, the TIGER-style baseline) or "item_id" (one token per item, no SIDs: the SASRec-style baseline, ranked by a softmax over the catalog)
     layout: str = "blocks_first"  # "blocks_first" (all K blocks, then the SID; the paper's) or "interleaved" (block k before SID token k)
     max_think_tokens: int = 16  # cap on the words inside one thinking block (the grammar then forces </think>)
     prompt_titles: bool = False  # add each history item's title words after its SID in the prompt
@@ -74,7 +79,9 @@ class ReasoningConfig:
         check_config(self)
 
 
-MODES = ("reasoning", "sid_only")
+MODES = ("reasoning", "sid_only", "item_id")
+ITEM_OFFSET = 2  # mode="item_id": token 0 is <pad>, 1 is <bos> (the tokenizer's ids), item i is token ITEM_OFFSET + i
+BOS_ID = SPECIALS.index("<bos>")
 LAYOUTS = ("blocks_first", "interleaved")
 TEACHERS = ("auto", "history", "target", "world", "world_misaligned")
 
@@ -123,8 +130,11 @@ def build_prompt(history: Sequence[int], table, tokenizer, cfg: ReasoningConfig 
 
     history: item indices, oldest first (a Sample's history is already cut to max_history).
     titles: item titles (dataset.item_titles), used only when cfg.prompt_titles is True (then required).
+    In mode "item_id": `<bos> i_1 .. i_n` (`item_id_prompt`), no SIDs and no <sep>.
     """
     cfg = cfg or ReasoningConfig()
+    if cfg.mode == "item_id":
+        return item_id_prompt(history)
     ids = [tokenizer.bos_id]
     for item in history:
         ids += tokenizer.sid_ids(table, item)
@@ -134,6 +144,21 @@ def build_prompt(history: Sequence[int], table, tokenizer, cfg: ReasoningConfig 
             ids += vocab_words(titles[item], tokenizer, cfg.title_words)
     ids.append(tokenizer.sep_id)
     return ids
+
+
+def item_tokens(items: Sequence[int]) -> list[int]:
+    """Mode "item_id": the token of each item (ITEM_OFFSET + item)."""
+    return [ITEM_OFFSET + int(i) for i in items]
+
+
+def item_id_prompt(history: Sequence[int]) -> list[int]:
+    """Mode "item_id": `<bos> i_1 .. i_n`; the logits after the last token rank the next item."""
+    return [BOS_ID] + item_tokens(history)
+
+
+def item_id_vocab_size(num_items: int) -> int:
+    """Mode "item_id": the model's vocabulary, <pad>, <bos> and one token per item."""
+    return ITEM_OFFSET + num_items
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,9 +307,11 @@ def build_response(target: int, blocks: Sequence[str] | None, table, tokenizer, 
                    mode: str = "reasoning", max_think_tokens: int | None = None) -> list[int]:
     """Token ids of the response for `target` (see the module docstring); always ends with <eos>.
 
-    blocks: K thinking-block texts (ignored, may be None, in mode="sid_only"); words not in the vocabulary
+    blocks: K thinking-block texts (ignored, may be None, in modes "sid_only" and "item_id"); words not in the vocabulary
     are dropped, each block is capped at max_think_tokens words (None = no cap).
     """
+    if mode == "item_id":
+        return item_tokens([target])  # the target's own token: no SID, no <eos>
     sid = tokenizer.sid_ids(table, target)  # K semantic tokens (+ 1 dedup token)
     K = table.num_levels
     if mode == "sid_only":
@@ -312,8 +339,8 @@ def build_examples(dataset, table, tokenizer, samples, cfg: ReasoningConfig | No
     """SFT examples [(prompt_ids, response_ids)] for `samples`.
 
     mode="reasoning": thinking blocks from `traces` (`traces.load_traces`: external traces, read by the
-    caller) when a sample has one, else the data-built teacher blocks. mode="sid_only": no thinking. The
-    same code path for both.
+    caller) when a sample has one, else the data-built teacher blocks. mode="sid_only": no thinking;
+    mode="item_id": `<bos> i_1 .. i_n` -> the target's token. The same code path for all three.
     """
     cfg = cfg or ReasoningConfig()
     check_config(cfg)
@@ -351,6 +378,8 @@ def build_sequence_examples(dataset, table, tokenizer, samples, window: int, str
     sequence (both splits cut a user's sequence into a training prefix), so valid and test targets are
     never seen. `stride` (default: `window`, windows side by side) below `window` makes windows overlap, so
     an item is a target under several contexts.
+    In mode "item_id" a window is `([<bos>], i_1 .. i_n)` (SASRec's training: every position predicts the next
+    item with a softmax over the catalog).
     """
     stride = stride or window
     if window < 2 or stride < 1:
@@ -362,7 +391,9 @@ def build_sequence_examples(dataset, table, tokenizer, samples, window: int, str
         items = dataset.sequences[user][:counts[user] + 1]
         for start in range(0, len(items) - 1, stride):
             chunk = items[start:start + window]
-            if len(chunk) >= 2:
+            if len(chunk) >= 2 and cfg is not None and cfg.mode == "item_id":
+                examples.append(([BOS_ID], item_tokens(chunk)))
+            elif len(chunk) >= 2:
                 history = [t for item in chunk[:-1] for t in tokenizer.sid_ids(table, item)]
                 if cfg is None or cfg.mode == "sid_only":
                     response = tokenizer.sid_ids(table, chunk[-1]) + [tokenizer.eos_id]

@@ -13,15 +13,19 @@ from minisapo.files import atomic_write, read_json
 from minisapo.runs import read_metrics
 
 
+PROTOCOL_FILES = ("", "_exclude_seenTrue", "_exclude_seenFalse")  # a report, and its other protocol's sibling
+
+
 def _eval_reports(run_dir: Path) -> dict[str, dict]:
-    """{"SFT": eval_test_sft.json, "SFT+RL": eval_test.json} (whichever exist)."""
+    """{"SFT": eval_test_sft.json, "SFT+RL": eval_test.json} (whichever exist); on real data each is followed by
+    its sibling under the other protocol, and the names say which protocol each is ("SFT, seen items removed")."""
     out = {}
-    sft, final = run_dir / "eval_test_sft.json", run_dir / "eval_test.json"
     has_rl = (run_dir / "rl_checkpoint.pt").exists()
-    if sft.exists():
-        out["SFT"] = read_json(sft)
-    if final.exists():
-        out["SFT+RL" if has_rl else "SFT"] = read_json(final)
+    for stem, name in (("eval_test_sft", "SFT"), ("eval_test", "SFT+RL" if has_rl else "SFT")):
+        found = [read_json(run_dir / f"{stem}{p}.json") for p in PROTOCOL_FILES if (run_dir / f"{stem}{p}.json").exists()]
+        for rep in found:
+            protocol = ", seen items removed" if rep.get("exclude_seen") else ", every item ranked" if len(found) > 1 else ""
+            out[name + protocol] = rep
     return out
 
 
@@ -134,10 +138,53 @@ def write_report(run_dir: str | Path, cfg=None, seconds: float | None = None) ->
     for name, rep in evals.items():
         lines += [f"## Test: {name}", "", format_table(rep), ""]
     if evals:
-        plots.plot_eval_comparison(evals, run_dir / "eval_hit.png", "hit")
+        first = next(iter(evals.values())).get("exclude_seen")  # the picture: the run's own protocol
+        plots.plot_eval_comparison({n: r for n, r in evals.items() if r.get("exclude_seen") == first},
+                                   run_dir / "eval_hit.png", "hit")
         lines += ["![hit@K vs. baselines](eval_hit.png)", ""]
     lines += ["Files: `config.json` (resolved config), `metrics.jsonl` (one JSON record per logged step), "
               "`sft.pt` / `rl_checkpoint.pt` (checkpoints), `eval_*.json` (metrics).", ""]
     path = run_dir / "report.md"
     atomic_write(path, lambda p: p.write_text("\n".join(lines)))
     return path
+
+
+def seeds_table(groups: dict[str, list], baselines: tuple[str, ...] = ("popularity", "markov", "item_knn", "item_id"),
+                against: tuple[str, ...] = ("item_knn", "item_id"), ks: tuple[int, ...] = (1, 5, 10), k: int = 10) -> str:
+    """A Markdown table of runs over seeds: `groups` maps a row label to its eval_*.json files, one per seed (the
+    same seeds, in the same order, in every group). Each row is the mean ± sample std (ddof=1) over the seeds of
+    hit@K and ndcg@k; first the `baselines` of the first group's files, then every group's model. A model row
+    also gets, for each baseline in `against`, the paired sign test on hit@k with the seeds pooled (every test
+    user of every seed is one pair, against that seed's baseline in the first group's files).
+    E.g. `seeds_table({"SFT": [f"runs/s{i}/eval_test_sft.json" for i in range(3)]})`."""
+    import numpy as np
+
+    from minisapo.evaluate import paired_sign_test
+
+    reports = {label: [read_json(f) for f in files] for label, files in groups.items()}
+    first = next(iter(reports.values()))
+    rows = {b: [r["baselines"][b] for r in first] for b in baselines if all(b in r["baselines"] for r in first)}
+    rows.update({label: reps for label, reps in reports.items()})
+    present = [b for b in against if b in rows]
+    metrics = [f"hit@{x}" for x in ks] + [f"ndcg@{k}"]
+
+    def cell(values) -> str:
+        v = np.asarray(values, dtype=float)
+        text = f"{v.mean():.4f}"
+        return text + (f" ± {v.std(ddof=1):.4f}" if len(v) > 1 and v.std() > 0 else "")
+
+    def hits(rep) -> list[int]:
+        return [int(0 < r <= k) for r in rep["ranks"]]
+
+    lines = ["| " + " | ".join(["", *metrics, *[f"hit@{k} vs {b}: +/−, p (seeds pooled)" for b in present]]) + " |",
+             "|" + "---|" * (1 + len(metrics) + len(present))]
+    for label, reps in rows.items():
+        tests = []
+        for b in present:
+            if label in baselines:
+                tests.append("")
+                continue
+            t = paired_sign_test(sum((hits(base) for base in rows[b]), []), sum((hits(r) for r in reps), []))
+            tests.append(f"+{t['up']} / −{t['down']}, p = {t['p']:.2g}")
+        lines.append("| " + " | ".join([label, *[cell([r[m] for r in reps]) for m in metrics], *tests]) + " |")
+    return "\n".join(lines)

@@ -90,3 +90,28 @@ def test_a_checkpoint_for_another_vocabulary_is_a_clear_error(tmp_path):
         load_weights(small, other, tmp_path / "sft.pt")
     load_weights(small, {k: v.clone() for k, v in small.state_dict().items()}, "same")  # a fitting one loads
     assert all(torch.isfinite(v).all() for v in small.state_dict().values())
+
+
+def test_the_item_id_baseline_is_the_item_id_mode_run_and_changes_nothing_else(tmp_path, dirs, capsys):
+    """`sft --mode=item_id` trains the item-ID transformer; a run with eval.item_id_baseline trains the same model
+    (same settings and seed) in <run>/item_id/ and ranks with it in the `item_id` row, leaving its own model's
+    numbers as they are without the row; RL from that run keeps the row; RL refuses an item-ID model."""
+    flags = [*FAST, *dirs, "--rl.max_steps=0"]
+    assert main(["sft", *flags, "--mode=item_id", "--name=ids"]) == 0
+    assert main(["sft", *flags, "--eval.item_id_baseline=true", "--name=with"]) == 0
+    assert main(["sft", *flags, "--name=without"]) == 0
+    read = lambda run, f="eval_test.json": json.loads((tmp_path / "runs" / run / f).read_text())  # noqa: E731
+    ids, with_row, without = read("ids"), read("with"), read("without")
+    assert ids["valid_rate"] == 1.0 and ids["mean_response_length"] is None
+    row = with_row["baselines"]["item_id"]
+    assert {k: row[k] for k in ("hit@1", "hit@5", "hit@10", "ndcg@10", "ranks")} == \
+        {k: ids[k] for k in ("hit@1", "hit@5", "hit@10", "ndcg@10", "ranks")}
+    assert {k: v for k, v in with_row.items() if k not in ("baselines", "settings")} == \
+        {k: v for k, v in without.items() if k not in ("baselines", "settings")}
+    assert "item_id" not in without["baselines"] and "| item_id |" in (tmp_path / "runs" / "with" / "report.md").read_text()
+    assert main(["rl", f"--from={tmp_path / 'runs' / 'with'}", "--rl.max_steps=1", "--rl.eval_every=1"]) == 0
+    assert read("with_sapo")["baselines"]["item_id"]["ranks"] == row["ranks"]
+    capsys.readouterr()
+    assert main(["rl", f"--from={tmp_path / 'runs' / 'ids'}", "--rl.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "reasoning.mode=item_id" in err and "Traceback" not in err

@@ -73,3 +73,10 @@ def test_real_preset_is_sized_in_epochs_and_validates_on_enough_users():
     assert total_steps(cfg.sft, 96458) == int(-(-cfg.sft.epochs * 96458 // cfg.sft.batch_size))  # from the data
     assert cfg.sft.eval_samples == 0 and cfg.sft.keep_best and cfg.sid.unique_last  # every validation user
     assert cfg.eval.beam_width == 10 and cfg.eval.max_samples == 0  # the paper's beam, every test user
+
+
+def test_a_model_without_words_must_be_sid_only_without_titles():
+    assert not make_config({"model.words": "false", "reasoning.mode": "sid_only"}).model.words
+    for bad in ({"reasoning.mode": "reasoning"}, {"reasoning.mode": "sid_only", "reasoning.prompt_titles": "true"}):
+        with pytest.raises(ConfigError, match="model.words"):
+            make_config({"model.words": "false", **bad})

@@ -20,17 +20,26 @@ FAST = ["--preset=tiny", "--sft.max_steps=8", "--sft.eval_every=4", "--sft.eval_
 TOY18 = ["--source=amazon", f"--reviews={SAMPLES / 'amazon2018' / 'Toy_5.json'}", "--kcore=2"]
 
 
-def _check_real_data_run(run: Path, dataset: str, source: str) -> dict:
+def _check_real_data_run(run: Path, dataset: str, source: str, item_id: bool = False) -> dict:
+    """Every file; on real data both protocols (seen items ranked, and removed) in eval_*.json and report.md."""
     for f in ["config.json", "sft.pt", "rl_checkpoint.pt", "eval_test_sft.json", "eval_test.json", "report.md",
-              "sft_curves.png", "rl_curves.png", "eval_hit.png"]:
+              "sft_curves.png", "rl_curves.png", "eval_hit.png", "eval_test_sft_exclude_seenTrue.json",
+              "eval_test_exclude_seenTrue.json"]:
         assert (run / f).exists(), f
     report = json.loads((run / "eval_test.json").read_text())
-    assert set(report["baselines"]) == {"popularity", "markov", "item_knn"}  # no oracle on real data
+    filtered = json.loads((run / "eval_test_exclude_seenTrue.json").read_text())
+    names = {"popularity", "markov", "item_knn"} | ({"item_id"} if item_id else set())  # no oracle on real data
+    assert set(report["baselines"]) == set(filtered["baselines"]) == names
+    assert report["exclude_seen"] is False and filtered["exclude_seen"] is True
     assert 0.0 <= report["hit@1"] <= report["hit@5"] <= report["hit@10"] <= 1.0
     assert report["valid_rate"] == 1.0  # constrained decoding only emits real items
     text = (run / "report.md").read_text()
     assert f"dataset `{dataset}` ({source})" in text
-    assert "| metric | model | popularity | markov | item_knn |\n" in text  # the eval tables: no oracle column
+    columns = "| metric | model | popularity | markov | item_knn |" + (" item_id |" if item_id else "")
+    assert columns + "\n" in text  # the eval tables: no oracle column
+    for name in ("SFT", "SFT+RL"):
+        for protocol in ("every item ranked", "seen items removed"):
+            assert f"## Test: {name}, {protocol}" in text
     return report
 
 
@@ -42,9 +51,10 @@ def test_amazon_2018_fixture_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     # `run` passes the data flags on to the data stage; --preset=tiny sets data.world, which must not
     # invalidate an Amazon dataset (the synthetic knobs are not part of its cache key)
-    assert main(["run", *FAST, *TOY18, "--data.name=toy18", data_dir, runs_dir, "--name=toy18_run"]) == 0
+    assert main(["run", *FAST, *TOY18, "--data.name=toy18", data_dir, runs_dir, "--name=toy18_run",
+                 "--eval.item_id_baseline=true"]) == 0
     assert "cache hit" in capsys.readouterr().out
-    report = _check_real_data_run(tmp_path / "runs" / "toy18_run", "toy18", "amazon")
+    report = _check_real_data_run(tmp_path / "runs" / "toy18_run", "toy18", "amazon", item_id=True)
     assert report["baselines"]["popularity"]["hit@10"] == 1.0  # 4 items: the top-10 holds them all
 
 
@@ -103,6 +113,7 @@ def test_movielens_100k_sft_then_sapo_does_not_lose_hit_at_10(tmp_path):
             "--eval.max_samples=300", f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
     assert main(argv) == 0
     run = tmp_path / "runs" / "ml_sapo"
+    _check_real_data_run(run, "ml-100k", "atomic", item_id=True)
     sft, final = (json.loads((run / f).read_text()) for f in ("eval_test_sft.json", "eval_test.json"))
     assert sft["baselines"]["popularity"]["hit@10"] < sft["hit@10"]  # a recommender, not a popularity list
     assert final["hit@10"] >= sft["hit@10"], (sft["hit@10"], final["hit@10"])

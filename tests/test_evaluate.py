@@ -142,18 +142,18 @@ def test_plots_show_their_inputs(tmp_path, saved_figures):
 
 def test_baselines_rank_distinct_sids_when_items_share_one():
     """dedup="none": items 0 and 1 share a SID, so baselines rank SIDs (summed scores) like the model."""
-    from minisapo.evaluate import _per_sid, _ranked_by_scores, _targets, canonical_items
+    from minisapo.baselines import canonical_items, per_sid, ranked_by_scores, targets_of
     from minisapo.data import Sample
     from minisapo.sid import SIDTable
 
     table = SIDTable.from_codes(np.array([[0, 0], [0, 0], [1, 0]]), dedup=np.array([-1, -1, -1]))
     assert canonical_items(table).tolist() == [0, 0, 2]
-    scores = _per_sid(np.array([0.3, 0.3, 0.4]), table)
+    scores = per_sid(np.array([0.3, 0.3, 0.4]), table)
     assert scores[0] == pytest.approx(0.6) and scores[1] == -np.inf
-    assert _ranked_by_scores(scores, 2) == [0, 2]
-    assert _targets([Sample(0, (2,), 1)], table) == [0]  # a hit on the shared SID counts for item 1
+    assert ranked_by_scores(scores, 2) == [0, 2]
+    assert targets_of([Sample(0, (2,), 1)], table) == [0]  # a hit on the shared SID counts for item 1
     unique = SIDTable.from_codes(np.array([[0, 0], [0, 1], [1, 0]]))
-    assert _per_sid(np.array([0.3, 0.3, 0.4]), unique).tolist() == [0.3, 0.3, 0.4]
+    assert per_sid(np.array([0.3, 0.3, 0.4]), unique).tolist() == [0.3, 0.3, 0.4]
 
 
 def _hand_dataset():
@@ -168,7 +168,8 @@ def _hand_dataset():
 
 def test_markov_and_item_knn_against_hand_computed_rankings():
     from minisapo.data import Sample
-    from minisapo.evaluate import item_knn_rankings, markov_baseline, markov_rankings, transition_counts
+    from minisapo.baselines import item_knn_rankings, markov_rankings, transition_counts
+    from minisapo.evaluate import markov_baseline
 
     ds = _hand_dataset()
     assert ds.item_popularity().tolist() == [2, 3, 3, 0, 0]
@@ -195,11 +196,11 @@ def test_item_knn_matches_a_brute_force_double_loop(tmp_path):
     """item_knn_scores (sparse products) vs. the definition written as loops, on the tiny synthetic world;
     with shared SIDs the baselines rank distinct SIDs."""
     from minisapo.data import DataConfig, load, prepare
-    from minisapo.evaluate import item_knn_rankings, item_knn_scores, markov_rankings, train_user_items
+    from minisapo.baselines import item_knn_rankings, item_knn_scores, markov_rankings
     from minisapo.sid import SIDTable
 
     ds = load(tmp_path, prepare(DataConfig(world="tiny"), tmp_path).name)
-    users = train_user_items(ds)
+    users = ds.train_user_items()
     has = [{u for u, items in enumerate(users) if i in items} for i in range(ds.num_items)]
     samples = ds.splits["test"][:5]
     got = item_knn_scores(ds, [s.history for s in samples], recency=0.7)
@@ -215,3 +216,132 @@ def test_item_knn_matches_a_brute_force_double_loop(tmp_path):
     shared = SIDTable.from_codes(codes, dedup=np.full(ds.num_items, -1))
     for rankings in (item_knn_rankings(ds, samples, 10, table=shared), markov_rankings(ds, samples, 10, table=shared)):
         assert all(r and all(i % 2 == 0 for i in r) for r in rankings)
+
+
+def _tiny(tmp_path):
+    from minisapo.data import DataConfig, load, prepare
+    from minisapo.sid.build import SIDConfig
+    from minisapo.sid.build import prepare as sid_prepare
+
+    ds = load(tmp_path / "data", prepare(DataConfig(world="tiny"), tmp_path / "data").name)
+    table, tok, _ = sid_prepare(ds, SIDConfig(), tmp_path / "sid", plot=False, verbose=False)
+    return ds, table, tok
+
+
+def test_item_id_ranking_is_the_brute_force_ranking_of_the_logits(tmp_path):
+    """The item-ID transformer ranks every item by its logit after `<bos> i_1 .. i_n` (one unpadded forward per
+    sample, sorted by hand here), batched with left padding; exclude_seen drops the user's earlier items."""
+    import torch
+
+    from minisapo.baselines import item_id_rankings, seen_items
+    from minisapo.evaluate import item_id_report
+    from minisapo.model import ModelConfig, build_model
+    from minisapo.reasoning import item_id_vocab_size
+
+    ds, table, _ = _tiny(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=16), item_id_vocab_size(ds.num_items))
+    with torch.no_grad():  # larger weights: far from uniform, no near-ties
+        for p in model.parameters():
+            p.mul_(5.0)
+    samples = ds.splits["test"][:12]
+    seen = seen_items(ds, samples)
+    got = item_id_rankings(model, ds, samples, 10, batch_size=5)
+    filtered = item_id_rankings(model, ds, samples, 10, exclude=seen, batch_size=5)
+    for s, g, f, sn in zip(samples, got, filtered, seen):
+        logits = model(torch.tensor([[1] + [2 + i for i in s.history]]))[0, -1].tolist()
+        order = sorted(range(ds.num_items), key=lambda j: -logits[2 + j])
+        assert g == order[:10]
+        assert f == [j for j in order if j not in sn][:10] and not set(f) & sn
+    rep = item_id_report(model, ds, samples, ks="1,10", table=table)
+    assert rep["hit@10"] == pytest.approx(np.mean([s.target in g for s, g in zip(samples, got)]))
+    assert rep["ranks"] == [g.index(s.target) + 1 if s.target in g else 0 for s, g in zip(samples, got)]
+
+
+def test_exclude_seen_hit_at_k_by_hand():
+    """The filtered protocol on the hand dataset: every item of the user's sequence before the target is left out
+    (the whole prefix, not only the prompt's max_history items)."""
+    from minisapo.data import make_splits
+    from minisapo.baselines import seen_items
+    from minisapo.evaluate import markov_baseline, popularity_baseline
+
+    ds = _hand_dataset()
+    ds.splits = make_splits(ds.sequences, [list(map(float, range(len(s)))) for s in ds.sequences], "loo", 2)
+    valid = ds.splits["valid"]  # u0: (1, 2) -> 3, u1: (1, 2) -> 0, u2: (0, 1) -> 4
+    assert [s.history for s in valid] == [(1, 2), (1, 2), (0, 1)]
+    assert seen_items(ds, valid) == [{0, 1, 2}, {1, 2}, {2, 0, 1}]
+    # popularity [1, 2, 0, 3, 4]; left out: u0 {0, 1, 2} -> [3, 4] rank 1; u1 {1, 2} -> [0, 3, 4] rank 1;
+    # u2 {0, 1, 2} -> [3, 4], target 4 at rank 2. Unfiltered: ranks 4, 3, 5
+    pop = popularity_baseline(ds, valid, ks="1,2,5", exclude_seen=True)
+    assert (pop["hit@1"], pop["hit@2"], pop["ranks"]) == (pytest.approx(2 / 3), 1.0, [1, 1, 2])
+    assert pop["ndcg@2"] == pytest.approx((1 + 1 + 1 / math.log2(3)) / 3)
+    assert popularity_baseline(ds, valid, ks="1,2,5")["ranks"] == [4, 3, 5]
+    # markov: u0 and u1 end on 2 (2 -> 0 once): [0, 1, 2, 3, 4], left out -> [3, 4] and [0, 3, 4]; u2 ends on 1
+    # (1 -> 2 twice): [2, 1, 0, 3, 4] -> [3, 4], target 4 at rank 2
+    assert markov_baseline(ds, valid, ks="1,2", exclude_seen=True)["ranks"] == [1, 1, 2]
+
+
+def test_exclude_seen_leaves_no_seen_item_in_any_list(tmp_path):
+    """On the tiny world with every protocol piece: the model's beam lists (seen items never returned, the list
+    still filled), each baseline's (its full ranking less the seen items), and the report's numbers agree."""
+    import torch
+
+    from minisapo.baselines import excluded_items, item_knn_rankings, markov_rankings, seen_items
+    from minisapo.evaluate import EvalConfig, evaluate, evaluate_split
+    from minisapo.generate import beam_search
+    from minisapo.grammar import Grammar
+    from minisapo.model import ModelConfig, build_model
+    from minisapo.reasoning import ReasoningConfig, build_prompt
+    from minisapo.sid.trie import SIDTrie
+
+    ds, table, tok = _tiny(tmp_path)
+    samples = ds.splits["test"][:20]
+    seen = seen_items(ds, samples)
+    assert seen == [set(ds.sequences[s.user][:s.pos]) for s in samples]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), tok.vocab_size)
+    rc = ReasoningConfig(mode="sid_only")
+    grammar = Grammar(tok, SIDTrie(table, tok), table.num_levels, rc.layout, rc.max_think_tokens, rc.mode)
+    prompts = [build_prompt(s.history, table, tok, rc) for s in samples]
+    lists = [r.items for r in beam_search(model, grammar, prompts, 10, exclude=seen)]
+    assert all(len(items) == 10 and not set(items) & sn for items, sn in zip(lists, seen))
+    out = evaluate(model, grammar, ds, table, tok, samples, ks="10", beam_width=10, reasoning=rc, progress=False,
+                   exclude_seen=True)
+    assert out["ranks"] == [items.index(s.target) + 1 if s.target in items else 0 for s, items in zip(samples, lists)]
+    exclude = excluded_items(ds, samples, table, True)
+    for full, part in ((markov_rankings(ds, samples, ds.num_items, table), markov_rankings(ds, samples, 10, table,
+                                                                                            exclude)),
+                       (item_knn_rankings(ds, samples, ds.num_items, table),
+                        item_knn_rankings(ds, samples, 10, table, exclude=exclude))):
+        for f, p, sn in zip(full, part, seen):
+            assert p == [i for i in f if i not in sn][:10] and not set(p) & sn
+    report = evaluate_split(model, grammar, ds, table, tok, "test", EvalConfig(ks="10", max_samples=20,
+                                                                              exclude_seen=True), rc, progress=False)
+    assert report["exclude_seen"] is True and report["hit@10"] == out["hit@10"]
+    assert set(report["baselines"]) == {"popularity", "markov", "item_knn", "oracle"}
+    for name, b in report["baselines"].items():
+        assert len(b["ranks"]) == 20, name
+
+
+def test_seeds_table_means_sample_std_and_pooled_sign_test(tmp_path):
+    """report.seeds_table on two hand-made seeds: mean ± sample std (ddof=1) per row, and the sign test of a
+    model against item_knn with every user of every seed one pair."""
+    import json
+
+    from minisapo.report import seeds_table
+
+    def write(name, model_ranks, knn_ranks):
+        def rep(ranks):
+            hits = [int(0 < r <= 10) for r in ranks]
+            return {"hit@1": float(np.mean([r == 1 for r in ranks])), "hit@10": float(np.mean(hits)),
+                    "ndcg@10": 0.0, "ranks": ranks}
+        path = tmp_path / name
+        path.write_text(json.dumps({**rep(model_ranks), "baselines": {"item_knn": rep(knn_ranks)}}))
+        return path
+
+    files = [write("s0.json", [0, 2, 5, 0], [1, 0, 11, 3]), write("s1.json", [1, 1, 4, 2], [1, 0, 11, 3])]
+    table = seeds_table({"SFT": files}, ks=(1, 10)).splitlines()
+    assert table[0] == "|  | hit@1 | hit@10 | ndcg@10 | hit@10 vs item_knn: +/−, p (seeds pooled) |"
+    # item_knn hits 1 0 0 1 in both seeds; the model 0 1 1 0, then 1 1 1 1: 4 users up, 2 down, p = 2 * 22 / 64
+    assert table[2] == "| item_knn | 0.2500 | 0.5000 | 0.0000 |  |"
+    assert table[3] == "| SFT | 0.2500 ± 0.3536 | 0.7500 ± 0.3536 | 0.0000 | +4 / −2, p = 0.69 |"

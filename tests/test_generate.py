@@ -266,3 +266,41 @@ def test_beam_search_without_dedup_tokens_returns_distinct_sids():
     for sid, score in zip(res.sids, res.scores):
         want = sum(-math.log(len(g.trie.next_tokens(sid[:k]))) for k in range(len(sid)))
         assert score == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("layout,mode", LAYOUT_MODES)
+def test_beam_search_leaving_out_items_equals_the_exact_ranking_without_them(layout, mode):
+    """exclude: no excluded item is ever returned, the list is still filled, the scores are the model's own, and
+    a beam wide enough to be exact returns the full ranking with the excluded items taken out."""
+    g, table, tok = make(layout, mode)
+    model = peaky_model(tok.vocab_size, seed=5, scale=4.0)
+    prompts = prompts_for(tok)
+    exclude = [{0, 3}, {7, 2, 5}, set(range(table.num_items)) - {6}]
+    full = beam_search(model, g, prompts, beam_width=table.num_items)
+    exact = beam_search(model, g, prompts, beam_width=table.num_items, exclude=exclude)
+    narrow = beam_search(model, g, prompts, beam_width=3, exclude=exclude)
+    for f, e, n, ex in zip(full, exact, narrow, exclude):
+        assert e.items == [i for i in f.items if i not in ex]
+        assert e.scores == pytest.approx([s for i, s in zip(f.items, f.scores) if i not in ex], abs=1e-5)
+        assert not set(n.items) & ex and len(n.items) == min(3, table.num_items - len(ex))
+
+
+def test_a_sid_only_model_without_word_tokens_decodes_as_the_full_one():
+    """model.words=False: a sid_only model's vocabulary stops before the first word (it never reads or writes one).
+    The full model with its word rows dropped gives the same beams and the same constrained log-probs."""
+    g, table, tok = make("blocks_first", "sid_only")
+    V = min(tok.word_ids)
+    small = Grammar(tok, g.trie, 3, mode="sid_only", vocab_size=V)
+    full = peaky_model(tok.vocab_size, seed=6, scale=4.0)
+    cut = GPT(ModelConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=2, max_seq_len=128)).eval()
+    cut.load_state_dict({k: v[:V] if k == "wte.weight" else v for k, v in full.state_dict().items()})
+    sids = [i for i, level in enumerate(tok.token_level) if level >= 0]
+    prompts = [[tok.bos_id] + sids[i:i + 5] + [tok.sep_id] for i in (0, 3, 7)]
+    for a, b in zip(beam_search(full, g, prompts, 6), beam_search(cut, small, prompts, 6)):
+        assert a.items == b.items and a.scores == pytest.approx(b.scores, abs=1e-5)
+    ro = sample(full, g, prompts, num_generations=2, generator=torch.Generator().manual_seed(0))
+    lp_full, _ = response_logprobs(full, g, ro.prompts, ro.responses)
+    lp_cut, _ = response_logprobs(cut, small, ro.prompts, ro.responses)
+    torch.testing.assert_close(lp_full, lp_cut, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs the first"):
+        Grammar(tok, g.trie, 3, mode="reasoning", vocab_size=V)

@@ -304,3 +304,25 @@ def test_sequence_examples_cover_the_training_prefix_only(world):
     temporal = make_splits(seqs, [[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 9]], "temporal", 3)
     assert build_sequence_examples(ds, table, tok, temporal["train"], window=10) == [
         ([tok.bos_id], sid(0, 1, 2, 3, 4, 0)), ([tok.bos_id], sid(4, 3, 2))]
+
+
+def test_item_id_mode_formats(world):
+    """Mode item_id: one token per item (ITEM_OFFSET + item), `<bos> i_1 .. i_n` -> the target's token; pretraining
+    windows are whole item sequences (every position predicts the next item)."""
+    from types import SimpleNamespace
+
+    from minisapo.data import make_splits
+    from minisapo.reasoning import ITEM_OFFSET, build_sequence_examples, item_id_vocab_size
+
+    table, tok = world
+    cfg = ReasoningConfig(mode="item_id")
+    assert ITEM_OFFSET == 2 and tok.pad_id == 0 and tok.bos_id == 1  # the item vocabulary shares <pad> and <bos>
+    assert build_prompt([3, 0, 4], table, tok, cfg) == [tok.bos_id, 5, 2, 6]
+    assert build_response(4, None, table, tok, mode="item_id") == [6]
+    assert build_examples(None, table, tok, [Sample(0, (3, 0), 1)], cfg) == [([tok.bos_id, 5, 2], [3])]
+    assert item_id_vocab_size(len(CODES)) == 2 + 5
+    seqs = [[0, 1, 2, 3, 4, 0, 1], [4, 3, 2, 1]]
+    splits = make_splits(seqs, [list(map(float, range(len(s)))) for s in seqs], "loo", 3)
+    ex = build_sequence_examples(SimpleNamespace(sequences=seqs), table, tok, splits["train"], window=3, stride=2,
+                                 cfg=cfg)
+    assert ex == [([tok.bos_id], [2, 3, 4]), ([tok.bos_id], [4, 5, 6]), ([tok.bos_id], [6, 5])]

@@ -176,6 +176,24 @@ def test_trie_equals_brute_force_scan(dedup):
         trie.next_tokens([tok.bos_id])
 
 
+@pytest.mark.parametrize("dedup", ["token", "none"])
+def test_blocked_prefixes_equal_a_scan_of_the_items_left(dedup):
+    """A prefix is blocked exactly when no complete SID under it belongs to an item outside the excluded set
+    (a SID shared by several items counts as excluded when one of them is)."""
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 3, size=(40, 3))
+    table = SIDTable.from_codes(codes, dedup=None if dedup == "token" else np.full(40, -1))
+    tok = Tokenizer.build(["a b c"], table)
+    trie = SIDTrie(table, tok)
+    sids = [tuple(tok.sid_ids(table, i)) for i in range(40)]
+    for _ in range(20):
+        excluded = set(rng.choice(40, size=int(rng.integers(0, 41)), replace=False).tolist())
+        left = {s for i, s in enumerate(sids) if i not in excluded} - {sids[i] for i in excluded}
+        prefixes = {s[:d] for s in sids for d in range(len(s) + 1)}
+        want = {p for p in prefixes if not any(s[:len(p)] == p for s in left)}
+        assert trie.blocked_prefixes(excluded) == want
+
+
 # ------------------------------------------------------------------ vectors
 def test_tfidf_vectors_shape_norm_and_similarity():
     texts = ["red running shoes", "red running shoes fast", "blue cotton shirt", "blue cotton shirt slim"]
@@ -310,3 +328,36 @@ def test_prepare_dedup_none_and_one_level(tmp_path):
         assert trie.next_tokens(ids) == [] and i in trie.items(ids) and i in table.items(table.tokens(i))
         assert set(trie.items(ids)) == set(np.flatnonzero(table.codes[:, 0] == table.codes[i, 0]))
     assert (tmp_path / "sid_tree.png").exists()
+
+
+def test_collaborative_vectors_reproduce_the_item_cosines():
+    """interaction_svd keeps the item-item cosines of the scaled user-item matrix (at full rank, exactly: the
+    item-kNN similarity, computed here by a double loop over the users' item sets)."""
+    from minisapo.sid.embed import interaction_svd
+
+    rng = np.random.default_rng(3)
+    users = [set(rng.choice(8, size=int(rng.integers(1, 6)), replace=False).tolist()) for _ in range(30)]
+    x = interaction_svd(users, 8, dim=8)
+    has = [{u for u, items in enumerate(users) if i in items} for i in range(8)]
+    assert all(has)
+    for i in range(8):
+        for j in range(8):
+            assert float(x[i] @ x[j]) == pytest.approx(len(has[i] & has[j]) / np.sqrt(len(has[i]) * len(has[j])),
+                                                       abs=1e-4)
+    assert interaction_svd(users, 8, dim=3).shape == (8, 3)
+
+
+def test_hybrid_vectors_put_text_and_interactions_side_by_side(tmp_path):
+    from minisapo.data import DataConfig, load, prepare
+    from minisapo.sid.build import item_texts, item_vectors
+    from minisapo.sid.embed import interaction_svd, l2_normalise, tfidf_svd
+
+    ds = load(tmp_path, prepare(DataConfig(world="tiny"), tmp_path).name)
+    text, collab = tfidf_svd(item_texts(ds), dim=8), interaction_svd(ds.train_user_items(), ds.num_items, dim=8)
+    hybrid = item_vectors(item_texts(ds), SIDConfig(embedding="hybrid", embed_dim=8), ds)
+    assert (~collab.any(1)).any()  # items no training user has: their hybrid vector is their text's
+    np.testing.assert_allclose(hybrid, l2_normalise(np.concatenate([text, collab], 1)), atol=1e-6)
+    np.testing.assert_allclose(item_vectors(item_texts(ds), SIDConfig(embedding="collab", embed_dim=8), ds), collab,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="embedding must be one of"):
+        SIDConfig(embedding="bert")

@@ -24,8 +24,9 @@ LAYERS = [
     ["model"],
     ["grammar"],
     ["generate"],
-    ["runs", "plugins"],  # run directories, checkpoints, safety rules; user functions
-    ["trainer", "evaluate"],  # what SFT and RL share; metrics and baselines
+    ["runs", "plugins", "baselines"],  # run directories, checkpoints, safety rules; user functions; rankings
+    #   without the generator (counting, the oracle, the item-ID transformer)
+    ["trainer", "evaluate"],  # what SFT and RL share; metrics and reports
     ["sft", "rl_metrics"],
     ["rl"],
     ["plots", "report"],  # figures (the token-credit picture scores rollouts with rl), report.md

@@ -52,6 +52,14 @@ class Dataset:
     def num_items(self) -> int:
         return len(self.item_ids)
 
+    def train_user_items(self) -> list[set[int]]:
+        """Per user, the items of their training interactions (train targets and the histories before them)."""
+        users: list[set[int]] = [set() for _ in range(self.num_users)]
+        for s in self.splits["train"]:
+            users[s.user].update(s.history)
+            users[s.user].add(s.target)
+        return users
+
     def item_popularity(self) -> np.ndarray:
         """(N,) how often each item occurs in the training interactions (popularity baseline).
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +29,13 @@ import numpy as np
 import torch
 
 from minisapo.sid.descriptors import build_descriptors
-from minisapo.sid.embed import l2_normalise, load_vectors, tfidf_svd
+from minisapo.sid.embed import interaction_svd, l2_normalise, load_vectors, tfidf_svd
 from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans, spread_last_level
 from minisapo.files import claim_dir, new_dir, remove, swap_dir, temp_path, write_json
 from minisapo.sid.table import SIDTable, dedup_codes
 from minisapo.tokenizer import LETTERS, Tokenizer
 
+EMBEDDINGS = ("tfidf", "collab", "hybrid")
 STATS_FILE = "sid_stats.json"
 SETTINGS_FILE = "sid_settings.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -52,7 +54,9 @@ class SIDConfig:
     codebook_size: int = 0  # codes per level; 0 = auto: smallest power of two >= 4*N^(1/K), in [4, 256], <= N
     dedup: str = "token"  # "token": colliding items get an extra <d_i> token; "none": keep shared SIDs
     #   (then a hit on a shared SID counts as a hit for every item sharing it)
-    embedding: str = "tfidf"  # built-in item embedding: "tfidf" (TF-IDF + truncated SVD, no download)
+    embedding: str = "tfidf"  # built-in item vectors: "tfidf" (TF-IDF + truncated SVD of the item text, no
+    #   download), "collab" (truncated SVD of the training user-item matrix, items scaled by 1/sqrt(their users)) or
+    #   "hybrid" (both side by side, each L2-normalised and weighted 1/sqrt(2))
     vectors: str | None = None  # path to a .npy (N x d), row i = item index i; replaces `embedding` when set
     embed_dim: int = 64  # TF-IDF SVD dimension (ignored with `vectors`)
     normalize: bool = True  # L2-normalise item vectors before k-means
@@ -68,9 +72,9 @@ class SIDConfig:
             raise ValueError(f"levels must be in 1..{len(LETTERS) - 1}, got {self.levels}")
         if self.dedup not in ("token", "none"):
             raise ValueError(f"dedup must be 'token' or 'none', got {self.dedup!r}")
-        if self.embedding != "tfidf":
-            raise ValueError(f"embedding must be 'tfidf' (for your own vectors set vectors=<file.npy>), "
-                             f"got {self.embedding!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)} (for your own vectors set "
+                             f"vectors=<file.npy>), got {self.embedding!r}")
         if self.codebook_size < 0:
             raise ValueError("codebook_size must be >= 0 (0 = auto)")
         if self.method not in ("auto", "rqkmeans", "latent"):
@@ -90,13 +94,19 @@ def item_texts(dataset) -> list:
     return list(dataset.item_text)
 
 
-def item_vectors(texts: list, cfg: SIDConfig) -> np.ndarray:
-    """(N, d) float32 item vectors: cfg.vectors if given, else the built-in TF-IDF + SVD
-    (`texts`: one string per item, or one list of field texts per item; see `embed.tfidf_svd`)."""
+def item_vectors(texts: list, cfg: SIDConfig, dataset=None) -> np.ndarray:
+    """(N, d) float32 item vectors: cfg.vectors if given, else the built-in cfg.embedding: TF-IDF + SVD of
+    `texts` (one string per item, or one list of field texts per item; see `embed.tfidf_svd`), the SVD of
+    `dataset`'s training interactions (`embed.interaction_svd`), or both side by side."""
     if cfg.vectors:
         x = load_vectors(cfg.vectors, len(texts))
     else:
-        x = tfidf_svd(texts, dim=cfg.embed_dim, seed=cfg.sid_seed)
+        parts = []
+        if cfg.embedding in ("tfidf", "hybrid"):
+            parts.append(tfidf_svd(texts, dim=cfg.embed_dim, seed=cfg.sid_seed))
+        if cfg.embedding in ("collab", "hybrid"):
+            parts.append(interaction_svd(dataset.train_user_items(), len(texts), dim=cfg.embed_dim, seed=cfg.sid_seed))
+        x = np.concatenate(parts, axis=1) / math.sqrt(len(parts))
     return l2_normalise(x).astype(np.float32) if cfg.normalize else x
 
 
@@ -169,6 +179,8 @@ def _fingerprint(dataset, cfg: SIDConfig) -> str:
         h.update(b"\x1d")
     if cfg.vectors and Path(cfg.vectors).exists():
         h.update(Path(cfg.vectors).read_bytes())
+    elif cfg.embedding != "tfidf" and cfg.method == "rqkmeans":  # collaborative vectors: the training interactions
+        h.update(json.dumps([sorted(items) for items in dataset.train_user_items()]).encode())
     return h.hexdigest()
 
 
@@ -184,7 +196,7 @@ def build_sids(dataset, cfg: SIDConfig, out_dir=None, device: str | torch.device
         codes, sizes = latent_codes(dataset, cfg.levels)
         quantisation_error = 0.0
     else:
-        x = torch.from_numpy(item_vectors(texts, cfg)).to(device)  # (N, d)
+        x = torch.from_numpy(item_vectors(texts, cfg, dataset)).to(device)  # (N, d)
         sizes = codebook_sizes(n, cfg)
         rq = rq_kmeans(x, sizes, iters=cfg.kmeans_iters, seed=cfg.sid_seed)
         codes = (spread_last_level(rq) if cfg.unique_last else rq.codes).cpu().numpy().astype(np.int64)  # (N, K)

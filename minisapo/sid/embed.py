@@ -8,6 +8,10 @@ common words (the genres) counts as much as a field of many rare ones (the title
 else ``torch.svd_lowrank`` on the sparse matrix, so a large vocabulary never
 becomes a dense N x V matrix) keeps ``dim`` directions:
 latent semantic analysis. Rows are L2-normalised so k-means compares directions.
+
+Collaborative vectors (`interaction_svd`) come from who consumed what instead: the truncated SVD of the
+training user-item matrix, each item's column scaled by 1/sqrt(its users) (so item.item products are the
+cosines item-kNN uses); two items of the same users get close vectors whatever their text.
 """
 
 from __future__ import annotations
@@ -114,6 +118,27 @@ def tfidf_svd(texts: Sequence[str] | Sequence[Sequence[str]], dim: int = 64, see
     signs = np.sign(x[np.abs(x).argmax(0), np.arange(k)])
     x = x * np.where(signs == 0, 1, signs)
     return l2_normalise(x).astype(np.float32)
+
+
+def interaction_svd(user_items: Sequence[set[int]], num_items: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """(N, dim') float32 L2-normalised item vectors V S from the truncated SVD of X D: X the (users, items) 0/1
+    matrix of `user_items` (each user's training items), D = diag(1/sqrt(users of item i)); dim' = min(dim,
+    users, items). An item no user has gets a zero row."""
+    rows = [u for u, items in enumerate(user_items) for _ in items]
+    cols = [i for items in user_items for i in sorted(items)]
+    if not rows:
+        raise ValueError("no training interactions: collaborative item vectors need some")
+    n_users = np.bincount(cols, minlength=num_items).astype(np.float64)
+    scale = np.where(n_users > 0, 1.0 / np.sqrt(np.maximum(n_users, 1)), 0.0)
+    a = torch.sparse_coo_tensor(torch.tensor([cols, rows]), torch.from_numpy(scale[cols]).float(),
+                                (num_items, len(user_items)), check_invariants=False).coalesce()  # (N, U) = (X D)^T
+    k = max(1, min(dim, num_items, len(user_items)))
+    with torch.random.fork_rng(devices=[]):  # svd_lowrank draws from the global RNG
+        torch.manual_seed(seed)
+        u, s, _ = torch.svd_lowrank(a, q=min(k + 10, *a.shape), niter=6)
+    x = (u[:, :k] * s[:k]).numpy()  # (N, k)
+    signs = np.sign(x[np.abs(x).argmax(0), np.arange(k)])  # fix the SVD's sign ambiguity, as tfidf_svd does
+    return l2_normalise(x * np.where(signs == 0, 1, signs)).astype(np.float32)
 
 
 def load_vectors(path: str | Path, num_items: int) -> np.ndarray:

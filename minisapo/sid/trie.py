@@ -9,8 +9,8 @@ trie raises ``ValueError``: constrained decoding must never silently fall back t
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Sequence
+from collections import Counter, defaultdict
+from typing import Iterable, Sequence
 
 
 class SIDTrie:
@@ -27,6 +27,8 @@ class SIDTrie:
         # prefix -> sorted tuple of valid next ids (tuples so callers cannot mutate them)
         self._next: dict[tuple[int, ...], tuple[int, ...]] = {p: tuple(sorted(c)) for p, c in children.items()}
         self._leaf = dict(self._leaf)
+        self._sid = {item: sid for sid, items in self._leaf.items() for item in items}  # item -> its complete SID
+        self._leaves = Counter(sid[:d] for sid in self._leaf for d in range(len(sid)))  # prefix -> complete SIDs under it
         self.max_depth = max((len(p) for p in self._leaf), default=0)  # K, or K+1 with dedup tokens
 
     def next_tokens(self, prefix: Sequence[int]) -> list[int]:
@@ -54,6 +56,14 @@ class SIDTrie:
     def items(self, ids: Sequence[int]) -> list[int]:
         """All items sharing the complete SID ``ids`` (several only with dedup="none")."""
         return list(self._leaf.get(tuple(int(i) for i in ids), []))
+
+    def blocked_prefixes(self, items: Iterable[int]) -> set[tuple[int, ...]]:
+        """The complete SIDs of `items` and every prefix all of whose complete SIDs are among them: what a
+        decoder that must not return `items` never extends (a SID shared by several items is blocked when
+        one of them is in `items`)."""
+        blocked = {self._sid[int(i)] for i in items}
+        under = Counter(sid[:d] for sid in blocked for d in range(len(sid)))
+        return blocked | {p for p, n in under.items() if n == self._leaves[p]}
 
     def __len__(self) -> int:  # number of nodes
         return len(self._next)
