@@ -683,7 +683,7 @@ def test_handled_cases_succeed_and_touch_only_their_outputs(case, ws, capsys):
         assert not [p for p in ws.rglob("*") if re.search(r"\.(tmp|building|old)-\d+$", p.name)]
     if case.id.startswith("sft-over-a-full-run"):
         assert not [p.name for p in (ws / "runs/toy").iterdir() if p.name.startswith("rl_")]
-        assert "test metrics, model (toy)" in out and "SFT+RL" not in (ws / "runs/toy/report.md").read_text()
+        assert "test metrics, model (toy; " in out and "SFT+RL" not in (ws / "runs/toy/report.md").read_text()
     if case.id.startswith("resume-safe"):
         assert "runs/toy/metrics.jsonl: dropped a partial last line" in err
         records = [json.loads(line) for line in (ws / "runs/toy/metrics.jsonl").read_text().splitlines()]

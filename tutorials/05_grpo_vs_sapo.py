@@ -296,7 +296,8 @@ level = {algo: [[e[f"eval/sampled_hit_rate/step_{k}"] for k in range(K)] for e i
 n_valid = cfg.sft.eval_samples
 for algo, ev in evals.items():
     print(f"{algo}: valid hit@10 ({n_valid} users) {ev[0]['eval/valid_hit@10']:.3f} -> {ev[-1]['eval/valid_hit@10']:.3f}; "
-          f"held-out per-level accuracy of the samples {np.round(level[algo][0], 3)} -> {np.round(level[algo][1], 3)}")
+          f"held-out per-level accuracy of the samples {np.round(level[algo][0], 3)} -> {np.round(level[algo][1], 3)} "
+          f"({' / '.join(f'{100 * (b - a):+.1f}' for a, b in zip(*level[algo]))} points)")
 
 test = ds.splits["test"]
 hits = {}

@@ -30,7 +30,7 @@ class DataConfig:
     name: str | None = None  # processed dataset name (folder under <data_dir>/processed/); None = world / file name
     # --- synthetic world (source=synthetic) ---
     world: str = "default"  # preset: "tiny" | "default" | "easy" | "sparse" | "compose" | "compose_tiny" (synthetic.PRESETS)
-    rule: str | None = None  # "markov" (the taxonomy world) | "mode_latin" | "coupled" (compose worlds: reasoning computes)
+    rule: str | None = None  # "markov" (the taxonomy world) | "mode_latin" | "coupled" | "track" | "nested" (compose worlds: reasoning computes)
     depth: int | None = None  # taxonomy depth (levels of categories); None = preset's (3)
     branching: int | None = None  # children per taxonomy node; None = preset's
     items_per_leaf: int | None = None  # catalog size knob: items under each leaf (more = sparser exact match)
