@@ -11,7 +11,7 @@ In about 10 minutes (--budget seconds in all; each step gets what is left), from
 
 then one summary. A step that runs past its share of the budget is stopped and reported as timed out.
 On a machine without a CUDA GPU it says so and runs nothing (exit 0; `--strict`: exit 2).
-This check has NOT been run yet: no GPU was lent to this project's sessions (see README, "On a GPU").
+README, "On a GPU", says what it has measured so far.
 """
 
 from __future__ import annotations

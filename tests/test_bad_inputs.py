@@ -1,4 +1,4 @@
-"""Bad inputs and faults, tried as a hostile or careless user would (issue 11, "safe by default").
+"""Bad inputs and faults, tried as a hostile or careless user would (safe by default).
 
 Every case runs the `minisapo` command in-process on its own copy of a small world (a tiny synthetic
 dataset, a finished tiny run `runs/toy`, an Amazon 2014 dataset `toy14`, and hand-made bad files in
@@ -694,11 +694,6 @@ def test_handled_cases_succeed_and_touch_only_their_outputs(case, ws, capsys):
         assert "taking it over" in err and not (ws / "runs/toy/.lock").exists()
 
 
-def test_there_are_at_least_100_cases():
-    assert len(CASES) >= 100
-    assert len({c.id for c in CASES + OK_CASES}) == len(CASES) + len(OK_CASES)
-
-
 # ----------------------------------------------------------------------------------------------
 # data readers count and report what they drop or repair
 
@@ -893,7 +888,7 @@ def test_two_commands_on_one_run_at_once(ws, capsys):
 
 
 def test_precedence_run(world):
-    """`run --algo=sapo --rl.reward=prefix --rl.step_token_mean=false` keeps the user's settings (the session's run)."""
+    """`run --algo=sapo --rl.reward=prefix --rl.step_token_mean=false` keeps the user's settings."""
     cfg = json.loads((world / "runs/toy/config.json").read_text())
     assert (cfg["rl"]["reward"], cfg["rl"]["advantage"], cfg["rl"]["step_token_mean"]) == ("prefix", "step", False)
 
@@ -945,7 +940,7 @@ def test_a_real_bug_keeps_its_traceback(ws, monkeypatch):
 
 
 def test_path_escapes_are_refused(ws, capsys):
-    """The issue's examples: `data --name=../../../victim` removed a folder outside data/, `--name=.` deleted
+    """Two escapes that once got through: `data --name=../../../victim` removed a folder outside data/, `--name=.` deleted
     *.pt files directly under runs_dir. Both are refused before anything is touched, inside or outside."""
     victim = ws.parent / "victim"
     _write(victim / "someone_else.txt", "keep me")

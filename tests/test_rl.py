@@ -437,7 +437,14 @@ def test_batch_indices_cover_epochs():
 
     seen = [i for s in range(5) for i in batch_indices(10, 4, s, seed=3)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
-    assert batch_indices(10, 4, 2, seed=3) == batch_indices(10, 4, 2, seed=3)
+    assert seen[:10] != seen[10:20]  # each epoch has its own shuffle
+    # a pure function of its arguments (a resumed run sees the same data): the global RNG plays no part
+    torch.manual_seed(0)
+    first = batch_indices(10, 4, 2, seed=3)
+    torch.manual_seed(1)
+    torch.rand(7)
+    assert batch_indices(10, 4, 2, seed=3) == first == seen[8:12]
+    assert batch_indices(10, 4, 2, seed=4) != first  # and the seed does
 
 
 # ---------------------------------------------------------------------------------------------

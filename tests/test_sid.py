@@ -261,7 +261,7 @@ def test_descriptors_pick_distinctive_words():
 
 
 def test_descriptors_have_no_stopwords_and_are_never_empty():
-    """The issue's descriptors were 'the and', 'of the', 'by up': filler title words."""
+    """Descriptors once came out as 'the and', 'of the', 'by up': filler title words."""
     codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0]])
     texts = ["The Man of the House 1995 Comedy", "The Day of the Jackal 1997 Thriller",
              "Up and Away by the Sea 1995 Drama", "In and Out 1997 Comedy", "It 1990"]

@@ -1,4 +1,4 @@
-"""SIDs recover the latent taxonomy of the synthetic world (issue 3, "Done when")."""
+"""SIDs recover the latent taxonomy of the synthetic world (the designed hierarchy is found again)."""
 
 from types import SimpleNamespace
 

@@ -7,6 +7,7 @@ cycle.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import minisapo
@@ -106,10 +107,17 @@ def test_no_import_cycles():
             visit(m, [])
 
 
-def test_the_readme_code_map_lists_the_same_layers():
-    readme = (ROOT.parent / "README.md").read_text()
-    for names in LAYERS:
-        for name in names:
-            if name in ("__main__",):
-                continue
-            assert f"`{name}" in readme, f"README's code map does not mention {name}"
+def readme_layers(text: str) -> list[list[str]]:
+    """The README code map's rows, bottom to top: the module names of each row's file cell."""
+    table = text.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    rows = [re.match(r"\|\s*\d+\s*\|([^|]*)\|", line) for line in table.splitlines()]
+    return [sorted(re.findall(r"`(\w+)(?:\.py|/)`", m[1])) for m in rows if m]
+
+
+def test_the_readme_code_map_states_these_layers_in_this_order():
+    assert readme_layers((ROOT.parent / "README.md").read_text()) == [sorted(names) for names in LAYERS]
+
+
+def test_readme_layers_reads_a_code_map():
+    text = "## Code map\n| layer | file | what |\n|---|---|---|\n| 1 | `a.py`, `b/` | x |\n| 2 | `c.py` | y |\n## Next\n| 3 | `d.py` | z |"
+    assert readme_layers(text) == [["a", "b"], ["c"]]

@@ -346,7 +346,7 @@ class ComposeWorld:
         """The facts of each level k = 0 .. K-1 from the last `window` items of `history` (oldest first, >= 1 item):
         (z_k, r_k) for mode_latin / coupled, the states (s_1, .., s_W) for track, (r_k,) for a one-fact level."""
         win = [int(i) for i in list(history)[-self.params["window"]:]]
-        out, rule_codes = [], []
+        out, rule_codes, S_prev = [], [], win
         for k in range(self.K):
             S = win
             if self.params["rule"] == "coupled":

@@ -129,10 +129,6 @@ class SIDTable:
     def __len__(self) -> int:
         return self.num_items
 
-    @property
-    def dedup_letter(self) -> str:
-        return LETTERS[self.num_levels]
-
     def tokens(self, item: int) -> list[str]:
         """SID token strings of an item, e.g. ["<a_3>", "<b_1>", "<c_7>"] (+ "<d_0>")."""
         toks = [code_token(l, c) for l, c in enumerate(self.codes[item])]

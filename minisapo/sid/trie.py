@@ -41,13 +41,6 @@ class SIDTrie:
             raise ValueError(f"impossible SID prefix {list(key)}: no item's SID starts with it")
         return list(nxt)
 
-    def is_valid_prefix(self, prefix: Sequence[int]) -> bool:
-        return tuple(int(i) for i in prefix) in self._next
-
-    def is_complete(self, prefix: Sequence[int]) -> bool:
-        """True if ``prefix`` is a complete SID (a leaf)."""
-        return tuple(int(i) for i in prefix) in self._leaf
-
     def item(self, ids: Sequence[int]) -> int | None:
         """The (first) item whose complete SID is ``ids``; None otherwise."""
         hits = self._leaf.get(tuple(int(i) for i in ids))
