@@ -476,6 +476,7 @@ def tiny_sft(tmp_path_factory):
     return stack, model, samples, P.prompts_for(cfg, stack, samples), d
 
 
+@pytest.mark.integration  # trains a tiny model for 30 steps: the unit loop leaves it to the full suite
 @pytest.mark.parametrize("algo,floor", [("sapo", 0.8), ("grpo", 0.3)])
 def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
     """From the SFT level (a few %), RL raises the sampled exact reward on its four prompts to >= 0.8 for
