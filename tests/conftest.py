@@ -34,3 +34,17 @@ def saved_figures(monkeypatch):
 
     monkeypatch.setattr(plots, "_save", recording_save)
     return figures
+
+
+@pytest.fixture
+def fast() -> list[str]:
+    """The tiny preset cut to seconds: a few SFT and RL steps, two generations, eight test samples."""
+    return ["--preset=tiny", "--sft.max_steps=8", "--sft.eval_every=4", "--sft.eval_samples=4",
+            "--rl.max_steps=2", "--rl.batch_size=2", "--num_generations=2", "--rl.eval_every=1",
+            "--eval.max_samples=8", "--beam_width=10"]
+
+
+@pytest.fixture
+def dirs(tmp_path) -> list[str]:
+    """--data_dir and --runs_dir inside the test's own temporary folder."""
+    return [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]

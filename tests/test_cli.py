@@ -8,18 +8,8 @@ import pytest
 from minisapo.cli import main
 from minisapo.runs import read_metrics
 
-FAST = ["--preset=tiny", "--sft.max_steps=8", "--sft.eval_every=4", "--sft.eval_samples=4",
-        "--rl.max_steps=2", "--rl.batch_size=2", "--num_generations=2", "--rl.eval_every=1",
-        "--eval.max_samples=8", "--beam_width=10"]
-
-
-@pytest.fixture()
-def dirs(tmp_path):
-    return [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
-
-
-def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
-    assert main(["run", *FAST, *dirs, "--name=e2e"]) == 0
+def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys, fast):
+    assert main(["run", *fast, *dirs, "--name=e2e"]) == 0
     run = tmp_path / "runs" / "e2e"
     for f in ["config.json", "metrics.jsonl", "sft.pt", "rl_checkpoint.pt", "eval_test_sft.json", "eval_test.json",
               "report.md", "sft_curves.png", "rl_curves.png", "eval_hit.png", "response_steps.png"]:
@@ -36,7 +26,7 @@ def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
     assert "hit@10" in (run / "report.md").read_text()
     # --resume continues the RL stage from its checkpoint: earlier records are kept, none is duplicated
     sft_records = [r for r in records if r.get("stage") == "sft"]
-    assert main(["run", *FAST, *dirs, "--name=e2e", "--rl.max_steps=3", "--resume"]) == 0
+    assert main(["run", *fast, *dirs, "--name=e2e", "--rl.max_steps=3", "--resume"]) == 0
     again = read_metrics(run / "metrics.jsonl")
     assert [r for r in again if r.get("stage") == "sft"] == sft_records
     rl_steps = [r["step"] for r in again if r.get("stage") == "rl" and "reward" in r]
@@ -47,8 +37,8 @@ def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys):
     assert "cache hit" in capsys.readouterr().out
 
 
-def test_eval_and_rl_commands_on_a_finished_sft_run(tmp_path, dirs):
-    assert main(["sft", *FAST, *dirs, "--name=s"]) == 0
+def test_eval_and_rl_commands_on_a_finished_sft_run(tmp_path, dirs, fast):
+    assert main(["sft", *fast, *dirs, "--name=s"]) == 0
     assert (tmp_path / "runs" / "s" / "sid" / "tokenizer.json").exists()  # the run's own SIDs, snapshotted
     # the dataset's SID cache is rebuilt differently since: eval still uses the SIDs the model was trained with
     shutil.rmtree(tmp_path / "data" / "processed" / "compose_tiny" / "sid")
@@ -94,11 +84,11 @@ def test_a_checkpoint_for_another_vocabulary_is_a_clear_error(tmp_path):
     assert all(torch.equal(v, fitting[k]) for k, v in small.state_dict().items())
 
 
-def test_the_item_id_baseline_is_the_item_id_mode_run_and_changes_nothing_else(tmp_path, dirs, capsys):
+def test_the_item_id_baseline_is_the_item_id_mode_run_and_changes_nothing_else(tmp_path, dirs, capsys, fast):
     """`sft --mode=item_id` trains the item-ID transformer; a run with eval.item_id_baseline trains the same model
     (same settings and seed) in <run>/item_id/ and ranks with it in the `item_id` row, leaving its own model's
     numbers as they are without the row; RL from that run keeps the row; RL refuses an item-ID model."""
-    flags = [*FAST, *dirs, "--rl.max_steps=0"]
+    flags = [*fast, *dirs, "--rl.max_steps=0"]
     assert main(["sft", *flags, "--mode=item_id", "--name=ids"]) == 0
     assert main(["sft", *flags, "--eval.item_id_baseline=true", "--name=with"]) == 0
     assert main(["sft", *flags, "--name=without"]) == 0

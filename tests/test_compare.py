@@ -6,7 +6,6 @@ import pytest
 
 from minisapo.cli import main
 from minisapo.compare import summarize
-from tests.test_cli import FAST
 
 
 def test_summarize_is_mean_and_std_over_seeds():
@@ -20,9 +19,8 @@ def test_summarize_is_mean_and_std_over_seeds():
     assert summarize({"one": [{"hit@10": 0.4}]})["one"]["hit@10"] == [0.4, 0.0]  # one seed: no spread
 
 
-def test_compare_two_algos_two_seeds(tmp_path):
-    dirs = [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
-    assert main(["compare", "--algos=grpo,sapo", "--seeds=2", *FAST, *dirs]) == 0
+def test_compare_two_algos_two_seeds(tmp_path, fast, dirs):
+    assert main(["compare", "--algos=grpo,sapo", "--seeds=2", *fast, *dirs]) == 0
     root = tmp_path / "runs" / "compare_tiny"
     out = json.loads((root / "compare.json").read_text())
     assert set(out["summary"]) == {"sft", "grpo", "sapo"}
@@ -41,14 +39,13 @@ def test_compare_two_algos_two_seeds(tmp_path):
                {k: v for k, v in cfgs[1]["rl"].items() if k not in ("reward", "advantage", "step_token_mean")}
     assert "± " in (root / "compare.md").read_text() and (root / "compare_curves.png").exists()
     # a second call reuses every finished piece (no training): same numbers
-    assert main(["compare", "--algos=grpo,sapo", "--seeds=2", *FAST, *dirs]) == 0
+    assert main(["compare", "--algos=grpo,sapo", "--seeds=2", *fast, *dirs]) == 0
     again = json.loads((root / "compare.json").read_text())
     assert again["summary"] == out["summary"]
 
 
-def test_sweep_over_catalog_size(tmp_path):
-    dirs = [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
-    assert main(["compare", "--algos=grpo,sapo", "--seeds=1", "--sweep=items_per_leaf:4,8", *FAST, *dirs]) == 0
+def test_sweep_over_catalog_size(tmp_path, fast, dirs):
+    assert main(["compare", "--algos=grpo,sapo", "--seeds=1", "--sweep=items_per_leaf:4,8", *fast, *dirs]) == 0
     sweep = json.loads((tmp_path / "runs" / "sweep_tiny_items_per_leaf" / "sweep.json").read_text())
     assert [r["value"] for r in sweep["rows"]] == ["4", "8"]
     for r in sweep["rows"]:
@@ -58,9 +55,8 @@ def test_sweep_over_catalog_size(tmp_path):
     assert (tmp_path / "runs" / "sweep_tiny_items_per_leaf" / "sweep.png").exists()
 
 
-def test_compare_from_an_existing_sft_run_does_not_retrain(tmp_path):
-    dirs = [f"--data_dir={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}"]
-    assert main(["sft", *FAST, *dirs, "--name=base"]) == 0
+def test_compare_from_an_existing_sft_run_does_not_retrain(tmp_path, fast, dirs):
+    assert main(["sft", *fast, *dirs, "--name=base"]) == 0
     sft_eval = json.loads((tmp_path / "runs" / "base" / "eval_test.json").read_text())
     assert main(["compare", "--from=" + str(tmp_path / "runs" / "base"), "--algos=grpo,sapo", "--seeds=2",
                  "--rl.max_steps=1", *dirs]) == 0
