@@ -449,34 +449,37 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         idx, gens = distributed.my_slice(batch), distributed.my_slice(gens)  # torchrun: this rank's whole groups
         return batch, score_groups(model, grammar, [prompts[i] for i in idx], [targets[i] for i in idx], cfg, gens, step)
 
-    def one_step(step: int) -> dict:
-        t0, lr = time.time(), warmup_lr(opt, cfg.learning_rate, step, cfg.warmup_steps)
-        batch, scored = groups(step)
-        train, extra = scored, {}
-        if cfg.dynamic_sampling:  # DAPO: keep the groups with a signal, draw more prompts until the batch is full
-            parts = [(scored, groups_with_signal(scored, G))]
-            need = len(scored["prompts"]) // G
-            for draw in range(1, MAX_EXTRA_DRAWS + 1):
-                if sum(len(g) for _, g in parts) >= need:
-                    break
-                more = groups(step, draw)[1]
-                parts.append((more, groups_with_signal(more, G)))
-            kept, left = [], need
-            for d, g in parts:
-                kept.append((d, g[:left]))
-                left -= len(kept[-1][1])
-            if need - left > 0:
-                train = take_groups(kept, G, tokenizer.pad_id)
-            extra = {"dynamic/draws": len(parts), "dynamic/groups": float(need - left) / need}
-        train.update(policy_update(model, ref_model, opt, grammar, train, cfg, step))
-        rows = distributed.cat_over_ranks({k: scored[k] for k in ("matches", "rewards", "valid", "sids", "blocks")})
-        mask = distributed.cat_over_ranks(scored["mask"])  # torchrun: the metrics of the global batch (every rank's)
-        ref = None if teacher_blocks is None else [teacher_blocks[i] for i in batch for _ in range(G)]
-        return {**rollout_metrics(rows, mask, G, ref), **train["stats"], **extra,
-                "grad_norm": train["grad_norm"], "lr": lr, "step_time": time.time() - t0}
-
-    done = trainer.run(start, model, opt, one_step, eval_fn, show=("reward", "hit_rate", "frac_reward_zero_std"),
-                       show_eval=SHOW_EVAL, extra=lambda: {"rl_config": asdict(cfg), "seed": seed})
+    extra = lambda: {"rl_config": asdict(cfg), "seed": seed}  # noqa: E731  (what the checkpoint also holds)
+    trainer.begin(start, model, eval_fn, show_eval=SHOW_EVAL)
+    for step in trainer.steps(start):
+        with trainer.step(step, model, opt, extra):  # bookkeeping: a NaN checkpoints the last good step
+            t0, lr = time.time(), warmup_lr(opt, cfg.learning_rate, step, cfg.warmup_steps)
+            batch, scored = groups(step)  # G rollouts per prompt, scored: matches, rewards, advantages
+            train, dynamic = scored, {}
+            if cfg.dynamic_sampling:  # DAPO: keep the groups with a signal, draw more prompts until the batch is full
+                parts = [(scored, groups_with_signal(scored, G))]
+                need = len(scored["prompts"]) // G
+                for draw in range(1, MAX_EXTRA_DRAWS + 1):
+                    if sum(len(g) for _, g in parts) >= need:
+                        break
+                    more = groups(step, draw)[1]
+                    parts.append((more, groups_with_signal(more, G)))
+                kept, left = [], need
+                for d, g in parts:
+                    kept.append((d, g[:left]))
+                    left -= len(kept[-1][1])
+                if need - left > 0:
+                    train = take_groups(kept, G, tokenizer.pad_id)
+                dynamic = {"dynamic/draws": len(parts), "dynamic/groups": float(need - left) / need}
+            train.update(policy_update(model, ref_model, opt, grammar, train, cfg, step))  # PPO-clip + KL, one step
+            # metrics of the global batch (torchrun: every rank's rows)
+            rows = distributed.cat_over_ranks({k: scored[k] for k in ("matches", "rewards", "valid", "sids", "blocks")})
+            mask = distributed.cat_over_ranks(scored["mask"])
+            ref = None if teacher_blocks is None else [teacher_blocks[i] for i in batch for _ in range(G)]
+            record = {**rollout_metrics(rows, mask, G, ref), **train["stats"], **dynamic,
+                      "grad_norm": train["grad_norm"], "lr": lr, "step_time": time.time() - t0}
+        trainer.after_step(model, opt, record, show=("reward", "hit_rate", "frac_reward_zero_std"), extra=extra)
+    done = trainer.finish(model)
     best = trainer.best
     if done == cfg.max_steps and cfg.keep_best and best:  # one record names the model RL leaves with, and why
         t = best.get("test") or {}

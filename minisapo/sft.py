@@ -231,41 +231,43 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
 
     t0, tokens_seen, done = time.time(), 0, start  # done: optimiser steps done
 
-    def one_step(step: int) -> dict | None:
-        nonlocal running, running_n, tokens_seen, t0, done
-        model.train()
-        lr = lr_at(step, cfg, n_total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # torchrun: every rank takes its slice of the global micro-batch, and n_tokens counts the global step
-        micro_batches = [collate([train_examples[i] for i in distributed.my_slice(
-            batch_indices(step, m, cfg, len(train_examples), seed))], pad_id) for m in range(cfg.grad_accum)]
-        n_tokens = distributed.sum_over_ranks(sum(int(mb[2].sum()) for mb in micro_batches))  # response tokens
-        step_loss = 0.0
-        for x, y, mask in micro_batches:
-            x, y, mask = x.to(device), y.to(device), mask.to(device)
-            with autocast(device):
-                # token-mean over the *whole* accumulated batch, so grad_accum=2 x B equals one batch of 2B
-                loss = response_loss(model, x, y, mask, normalizer=max(n_tokens, 1))
-            loss.backward()
-            step_loss += float(loss.detach())
-        distributed.sum_grads(model)  # torchrun: the global batch's gradient (each loss has the global normaliser)
-        step_loss = distributed.sum_over_ranks(step_loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        check_finite(stage, step + 1, trainer.hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        running, running_n, tokens_seen, done = running + step_loss, running_n + 1, tokens_seen + n_tokens, step + 1
-        if done % cfg.log_every and done < n_total:  # a record every log_every steps and at the last
-            return None
-        record = {"loss": running / running_n, "lr": lr, "grad_norm": float(grad_norm),
-                  "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}
-        running, running_n, tokens_seen, t0 = 0.0, 0, 0, time.time()
-        return record
-
-    done = trainer.run(start, model, optimizer, one_step, validate if valid_examples or valid_fn else None,
-                       first_eval=validate_first, show=("loss", "lr"), stop_after=stop_after, use_best=False,
-                       extra=lambda: {"config": asdict(cfg), "seed": seed, "running_loss": [running, running_n]})
+    extra = lambda: {"config": asdict(cfg), "seed": seed, "running_loss": [running, running_n]}  # noqa: E731
+    trainer.begin(start, model, validate if valid_examples or valid_fn else None, first_eval=validate_first)
+    for step in trainer.steps(start):
+        if stop_after is not None and step >= stop_after:  # tests: an interruption after `stop_after` steps
+            break
+        with trainer.step(step, model, optimizer, extra):  # bookkeeping: a NaN checkpoints the last good step
+            model.train()
+            lr = lr_at(step, cfg, n_total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # torchrun: every rank takes its slice of the global micro-batch, and n_tokens counts the global step
+            micro_batches = [collate([train_examples[i] for i in distributed.my_slice(
+                batch_indices(step, m, cfg, len(train_examples), seed))], pad_id) for m in range(cfg.grad_accum)]
+            n_tokens = distributed.sum_over_ranks(sum(int(mb[2].sum()) for mb in micro_batches))  # response tokens
+            step_loss = 0.0
+            for x, y, mask in micro_batches:
+                x, y, mask = x.to(device), y.to(device), mask.to(device)
+                with autocast(device):
+                    # token-mean over the *whole* accumulated batch, so grad_accum=2 x B equals one batch of 2B
+                    loss = response_loss(model, x, y, mask, normalizer=max(n_tokens, 1))
+                loss.backward()
+                step_loss += float(loss.detach())
+            distributed.sum_grads(model)  # torchrun: the global batch's gradient (each loss has the global normaliser)
+            step_loss = distributed.sum_over_ranks(step_loss)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                       cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            check_finite(stage, step + 1, trainer.hint, loss=step_loss, **{"gradient norm": grad_norm})  # before the update
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            running, running_n, tokens_seen, done = running + step_loss, running_n + 1, tokens_seen + n_tokens, step + 1
+            record = None  # a record every log_every steps and at the last
+            if done % cfg.log_every == 0 or done >= n_total:
+                record = {"loss": running / running_n, "lr": lr, "grad_norm": float(grad_norm),
+                          "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}
+                running, running_n, tokens_seen, t0 = 0.0, 0, 0, time.time()
+        trainer.after_step(model, optimizer, record, show=("loss", "lr"), extra=extra)
+    done = trainer.finish(model, use_best=False)
     if done == n_total and cfg.keep_best and trainer.best:  # one record names the model the run continues with
         trainer.log({"step": done, "selected_step": trainer.best["step"],
                      f"selected_{SELECT_METRIC}": trainer.best[SELECT_METRIC]})

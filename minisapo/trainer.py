@@ -1,12 +1,15 @@
 """What the SFT and RL loops share: the data order, seeds, metrics.jsonl, checkpoints and resume,
-the evaluation schedule, the best checkpoint and the progress display. A stage supplies one optimiser
-step; `Trainer.run` does the rest, the same way for SFT, its pretraining and RL:
+the evaluation schedule, the best checkpoint and the progress display. The loop itself is written out in
+sft.py and rl.py; around each optimiser step it calls the same Trainer methods, for SFT, its pretraining and RL:
 
     trainer = Trainer(run_dir, "rl", "rl_checkpoint.pt", max_steps, eval_every, save_every, keep_best=...)
     start = trainer.resume(model, optimizer)[0] if resume else trainer.fresh()
-    trainer.run(start, model, optimizer, one_step, eval_fn)
-        # evaluate the starting weights; then for each step: record = one_step(step) -> metrics.jsonl,
-        # evaluate when due, checkpoint when due; finally load the best evaluation's weights (keep_best)
+    trainer.begin(start, model, eval_fn)                       # evaluate the starting weights
+    for step in trainer.steps(start):
+        with trainer.step(step, model, optimizer):             # a NaN: checkpoint the last good step, clear error
+            record = ...                                       # the optimiser step
+        trainer.after_step(model, optimizer, record)           # metrics.jsonl; evaluate, checkpoint when due
+    trainer.finish(model)                                      # keep_best: the best evaluation's weights
 
 With `ema` the evaluations, the best checkpoint and the stage's final weights are a moving average of the
 weights (SFT's `sft.ema`); the optimiser keeps stepping the weights themselves.
@@ -166,6 +169,8 @@ class Trainer:
         # every step, is what evaluations see, what the best checkpoint keeps, and the stage's final model;
         # training continues on the weights themselves (the checkpoint holds both)
         self.ema, self.average = ema, None
+        self.done = self.saved = 0  # the loop's optimiser steps done and its last checkpointed step (begin sets them)
+        self.eval_fn, self.show_eval = None, None  # what evaluations run when due (begin sets them)
 
     def update_average(self, model) -> None:
         """Fold the weights after an optimiser step into the moving average (ema > 0; the first step starts it)."""
@@ -292,36 +297,56 @@ class Trainer:
         where = f"the run is saved at step {saved}" if saved else "no step finished"
         return NonFiniteError(f"{error}; {where}: fix the cause, then --resume continues from there")
 
-    def run(self, start: int, model, optimizer, one_step: Callable[[int], dict | None], eval_fn=None,
-            first_eval: bool = True, show: tuple[str, ...] = (), show_eval: tuple[str, ...] | None = None,
-            extra: Callable[[], dict] = dict, stop_after: int | None = None, use_best: bool = True) -> int:
-        """The loop from step `start`: evaluate the starting weights (first_eval, on a fresh start); then for
-        each step `record = one_step(step)` (0-based; None: nothing to log), logged with `show` on the progress
-        display; evaluate when due, checkpoint when due (with `extra()`); at the end, with keep_best and
-        use_best, the best evaluation's weights. stop_after: stop there as if interrupted (tests).
-        Returns the number of steps done."""
+    # ---- the step loop's bookkeeping: sft.py and rl.py write the loop itself, cleanrl-style -------------
+    #     trainer.begin(start, model, eval_fn)
+    #     for step in trainer.steps(start):
+    #         with trainer.step(step, model, optimizer, extra):   # a NaN inside: checkpoint, then a clear error
+    #             record = ... the algorithm's optimiser step ...
+    #         trainer.after_step(model, optimizer, record)        # log, evaluate and checkpoint when due
+    #     done = trainer.finish(model)                            # keep_best: the best evaluation's weights
+
+    def begin(self, start: int, model, eval_fn=None, first_eval: bool = True,
+              show_eval: tuple[str, ...] | None = None) -> None:
+        """Before the loop from step `start`: remember `eval_fn` for the evaluations when due, and evaluate the
+        starting weights on a fresh start (first_eval)."""
+        self.done = self.saved = start  # optimiser steps done; the last checkpointed step
+        self.eval_fn, self.show_eval = eval_fn, show_eval
         if first_eval and start == 0:
             self.evaluate(0, model, eval_fn, show_eval)
-        done = saved = start
-        for step in self.steps(start):
-            if stop_after is not None and step >= stop_after:
-                break
-            rng = rng_state()
-            try:
-                record, done = one_step(step), step + 1
-            except NonFiniteError as e:
-                raise self.stopped(e, done, saved, model, optimizer, rng, extra) from None
-            self.update_average(model)
-            if done == self.max_steps and self.average is not None:  # the stage ends with the averaged weights
-                set_weights(model, self.average)
-            if record:
-                self.last_record = {"step": done, **record}
-                self.log(self.last_record, show)
-            if self.eval_due(done):
-                self.evaluate(done, model, eval_fn, show_eval)
-            if self.save_due(done):
-                self.save(done, model, optimizer, **extra())
-                saved = done
-        if done == self.max_steps and use_best:
+
+    @contextmanager
+    def step(self, step: int, model, optimizer, extra: Callable[[], dict] = dict):
+        """Around one optimiser step (0-based `step`): if it raises NonFiniteError (a NaN loss, gradient or
+        weight), checkpoint the last good step (with the RNG state from before this one) and raise an error
+        that says --resume continues from there; else count the step done."""
+        rng = rng_state()
+        try:
+            yield
+        except NonFiniteError as e:
+            raise self.stopped(e, self.done, self.saved, model, optimizer, rng, extra) from None
+        self.done = step + 1
+
+    def after_step(self, model, optimizer, record: dict | None, show: tuple[str, ...] = (),
+                   extra: Callable[[], dict] = dict) -> None:
+        """After a step: fold the weights into the moving average (the stage's last step ends on it); log
+        `record` (None: nothing to log) with `show` on the progress display; evaluate when due; checkpoint when
+        due (with `extra()`)."""
+        done = self.done
+        self.update_average(model)
+        if done == self.max_steps and self.average is not None:  # the stage ends with the averaged weights
+            set_weights(model, self.average)
+        if record:
+            self.last_record = {"step": done, **record}
+            self.log(self.last_record, show)
+        if self.eval_due(done):
+            self.evaluate(done, model, self.eval_fn, self.show_eval)
+        if self.save_due(done):
+            self.save(done, model, optimizer, **extra())
+            self.saved = done
+
+    def finish(self, model, use_best: bool = True) -> int:
+        """After the loop: with keep_best and use_best, a finished stage takes its best evaluation's weights.
+        Returns the number of steps done (less than max_steps when the loop was left early)."""
+        if self.done == self.max_steps and use_best:
             self.use_best(model, next(model.parameters()).device)
-        return done
+        return self.done

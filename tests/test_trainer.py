@@ -1,5 +1,5 @@
-"""trainer.Trainer.run, the loop SFT and RL share: its schedule, checkpoints, resume and best weights,
-checked on a one-parameter model whose "evaluation" is a scripted list of numbers."""
+"""trainer.Trainer, the bookkeeping around the loop SFT and RL write out: its schedule, checkpoints, resume and
+best weights, checked on a one-parameter model whose "evaluation" is a scripted list of numbers."""
 
 import json
 
@@ -28,10 +28,22 @@ def _setup(tmp_path, scores, **kw):
     return model, opt, trainer, evals, eval_fn, one_step
 
 
+def loop(trainer, start, model, opt, one_step, eval_fn, first_eval=True, stop_after=None, use_best=True) -> int:
+    """The loop as sft.py and rl.py write it; stop_after: leave it there, as if interrupted."""
+    trainer.begin(start, model, eval_fn, first_eval=first_eval)
+    for step in trainer.steps(start):
+        if stop_after is not None and step >= stop_after:
+            break
+        with trainer.step(step, model, opt):
+            record = one_step(step)
+        trainer.after_step(model, opt, record)
+    return trainer.finish(model, use_best)
+
+
 def test_run_schedule_records_and_best_weights(tmp_path):
     scores = [0.1, 0.0, 0.5, 0.0, 0.2, 0.0, 0.3]  # by step: the best evaluation is step 2
     model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, scores, keep_best="eval/hit@10")
-    assert trainer.run(trainer.fresh(), model, opt, one_step, eval_fn) == 6
+    assert loop(trainer, trainer.fresh(), model, opt, one_step, eval_fn) == 6
     assert evals == [0, 2, 4, 6]  # the starting weights, every eval_every steps, the last step
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], "loss" in r) for r in records] == [(0, False), (1, True), (2, False), (3, True), (4, False),
@@ -46,12 +58,12 @@ def test_run_schedule_records_and_best_weights(tmp_path):
 def test_run_resumes_where_it_stopped(tmp_path):
     scores = [0.0, 0.0, 0.1, 0.0, 0.4, 0.0, 0.3]
     model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, scores, keep_best="eval/hit@10")
-    assert trainer.run(trainer.fresh(), model, opt, one_step, eval_fn, stop_after=4) == 4  # "killed" after step 4
+    assert loop(trainer, trainer.fresh(), model, opt, one_step, eval_fn, stop_after=4) == 4  # "killed" after step 4
     assert load_checkpoint(tmp_path / "toy.pt")["step"] == 3  # checkpoints every 3 steps: the last one is step 3
     model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, scores, keep_best="eval/hit@10")
     start = trainer.resume(model, opt)[0]
     assert start == 3 and model.weight.item() == 3.0 and trainer.best == {"step": 2, "eval/hit@10": 0.1}
-    trainer.run(start, model, opt, one_step, eval_fn)
+    loop(trainer, start, model, opt, one_step, eval_fn)
     assert evals == [4, 6] and model.weight.item() == 4.0  # no evaluation of step 0 again; best is step 4
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4, 5, 6]  # step 4's records logged once, not twice
@@ -59,7 +71,7 @@ def test_run_resumes_where_it_stopped(tmp_path):
 
 def test_run_without_keep_best_ends_with_the_last_weights(tmp_path):
     model, opt, trainer, evals, eval_fn, one_step = _setup(tmp_path, [0.9, 0, 0, 0, 0, 0, 0.1])
-    trainer.run(trainer.fresh(), model, opt, one_step, eval_fn, first_eval=False)
+    loop(trainer, trainer.fresh(), model, opt, one_step, eval_fn, first_eval=False)
     assert evals == [2, 4, 6] and model.weight.item() == 6.0 and not (tmp_path / "toy_best.pt").exists()
 
 
@@ -77,18 +89,18 @@ def test_ema_evaluates_keeps_and_ends_with_the_moving_average(tmp_path):
         return {"hit@10": 1.0 if len(seen) == 3 else 0.0}  # the third evaluation (step 4) is the best
 
     model, opt, trainer, _, _, one_step = _setup(tmp_path / "a", [], keep_best="eval/hit@10", ema=decay)
-    trainer.run(trainer.fresh(), model, opt, one_step, scored)
+    loop(trainer, trainer.fresh(), model, opt, one_step, scored)
     assert seen == [reference[s] for s in (0, 2, 4, 6)]
     assert model.weight.item() == reference[4]  # the kept best is an average, not a raw weight
     assert load_checkpoint(tmp_path / "a" / "toy_best.pt")["model"]["weight"].item() == reference[4]
 
     seen.clear()
     model, opt, trainer, _, _, one_step = _setup(tmp_path / "b", [], ema=decay)
-    trainer.run(trainer.fresh(), model, opt, one_step, scored, stop_after=4)  # "killed" after step 4
+    loop(trainer, trainer.fresh(), model, opt, one_step, scored, stop_after=4)  # "killed" after step 4
     model, opt, trainer, _, _, one_step = _setup(tmp_path / "b", [], ema=decay)
     start = trainer.resume(model, opt)[0]
     assert start == 3 and model.weight.item() == 3.0  # training resumes on the weights, not on their average
-    trainer.run(start, model, opt, one_step, scored)
+    loop(trainer, start, model, opt, one_step, scored)
     assert seen == [reference[s] for s in (0, 2, 4, 4, 6)]  # step 4 evaluated again after the resume
     assert model.weight.item() == reference[6]  # without keep_best the stage ends with the average
 
@@ -110,7 +122,7 @@ def test_keep_best_p_keeps_the_start_unless_the_gain_is_significant(tmp_path, ca
             h = hits_of(round(m.weight.item()))
             return {"hit@10": sum(h) / n, "hits": h}
 
-        trainer.run(trainer.fresh(), model, opt, one_step, eval_fn)
+        loop(trainer, trainer.fresh(), model, opt, one_step, eval_fn)
         assert trainer.best["step"] == kept and model.weight.item() == kept
         assert trainer.best["test"]["up"] == 40 and trainer.best["test"]["down"] == 0
         assert "hits" not in json.dumps([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()])
@@ -124,6 +136,6 @@ def test_keep_best_p_keeps_the_start_unless_the_gain_is_significant(tmp_path, ca
         return {"hit@10": sum(h) / n, "hits": h}
 
     capsys.readouterr()
-    trainer.run(trainer.fresh(), model, opt, one_step, noisy)
+    loop(trainer, trainer.fresh(), model, opt, one_step, noisy)
     assert trainer.best["step"] == 0 and trainer.best["test"] is None and model.weight.item() == 0.0
     assert "kept its start (step 0): no evaluation beat it significantly" in capsys.readouterr().out
