@@ -33,6 +33,7 @@ from minisapo.reasoning import (build_examples, build_prompt, build_sequence_exa
                                 vocab_words)
 from minisapo.files import claim_dir, read_json, remove, same_path, swap_dir, temp_path, write_json
 from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
+from minisapo.trainer import final_weights
 from minisapo.sft import load_sft_weights, train_sft
 from minisapo.tokenizer import Tokenizer
 from minisapo.traces import load_traces
@@ -488,16 +489,16 @@ def cmd_sft(cfg: Config, resume: bool = False) -> int:
 
 
 def load_model(cfg: Config, stack: Stack, run_dir: Path) -> GPT:
-    """The run's final weights: RL's (its best evaluation's with rl.keep_best) if it has any, else SFT's."""
-    from minisapo.runs import load_checkpoint
+    """The run's final weights: those its RL stage left if it has one, else its SFT stage's (each by
+    trainer.takes_best on the run's own settings)."""
+    from minisapo.rl import CHECKPOINT as RL_CHECKPOINT
 
     model, device = new_model(cfg, stack), pick_device(cfg.device)
-    for name in (["rl_best.pt"] if cfg.rl.keep_best else []) + ["rl_checkpoint.pt"]:
-        ckpt = load_checkpoint(run_dir / name, map_location=device, need=("model",))
-        if ckpt is not None:
-            load_weights(model, ckpt["model"], run_dir / name)
-            return model
-    load_sft_weights(model, run_dir, device=device)
+    found = final_weights(run_dir, RL_CHECKPOINT, "rl", device)
+    if found is None:
+        load_sft_weights(model, run_dir, device=device)
+    else:
+        load_weights(model, *found[:2])
     return model
 
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from minisapo import distributed
 from minisapo.model import autocast
-from minisapo.runs import check_finite, load_checkpoint, load_weights
-from minisapo.trainer import Trainer
+from minisapo.runs import check_finite, load_weights
+from minisapo.trainer import Trainer, final_weights
 from minisapo.trainer import batch_indices as shared_batch_indices
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
@@ -276,15 +276,12 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
 
 
 def load_sft_weights(model: torch.nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> dict:
-    """Load the SFT model of run_dir into `model`: the best checkpoint (sft_best.pt) when the run kept one
-    (sft.keep_best), else the last (sft.pt). Returns the last checkpoint (step, last_eval, best, ...)."""
-    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT, map_location=device)
-    if ckpt is None:
+    """Load the SFT model of run_dir into `model`: the best checkpoint (sft_best.pt) when the finished run kept
+    one (its own sft.keep_best), else the last (sft.pt); the rule is trainer.takes_best. Returns the last
+    checkpoint (step, last_eval, best, ...)."""
+    found = final_weights(run_dir, CHECKPOINT, "sft", device)
+    if found is None:
         raise FileNotFoundError(f"no SFT checkpoint {Path(run_dir) / CHECKPOINT}; run `minisapo sft` first")
-    best = Path(run_dir) / BEST
-    use_best = ckpt.get("done") and ckpt.get("config", {}).get("keep_best") and ckpt.get("best") and best.exists()
-    if use_best and ckpt["best"]["step"] != ckpt["step"]:
-        load_weights(model, load_checkpoint(best, map_location=device)["model"], best)
-    else:
-        load_weights(model, ckpt["model"], Path(run_dir) / CHECKPOINT)
+    weights, path, ckpt = found
+    load_weights(model, weights, path)
     return ckpt

@@ -105,12 +105,36 @@ def keep_if_best(best: dict, metric: str, record: dict, step: int, model, path: 
     return best
 
 
+def takes_best(done: bool, keep_best, best: dict | None, last_step: int) -> bool:
+    """THE rule of which weights a stage leaves: a finished stage that keeps its best evaluation (keep_best) and
+    has one leaves with that evaluation's weights (<stage>_best.pt), unless its last step was the best; every
+    other stage leaves with its last weights. `load_best` (at the end of a loop) and `final_weights` (from a
+    run's files) both ask it."""
+    return bool(done and keep_best and best and best["step"] != last_step)
+
+
+def final_weights(run_dir: str | Path, checkpoint: str, stage: str, device="cpu") -> tuple[dict, Path, dict] | None:
+    """The weights stage `stage` of a run left in its files, by `takes_best` on the run's own settings (its
+    checkpoint's config: `config` for SFT, `rl_config` for RL): (state dict, the file it came from, the last
+    checkpoint), or None when the stage has no checkpoint."""
+    last = Path(run_dir) / checkpoint
+    ckpt = load_checkpoint(last, map_location=device)
+    if ckpt is None:
+        return None
+    settings = ckpt.get("config") or ckpt.get("rl_config") or {}
+    best = Path(run_dir) / f"{stage}_best.pt"
+    if takes_best(ckpt.get("done"), settings.get("keep_best"), ckpt.get("best"), ckpt["step"]) and best.exists():
+        return load_checkpoint(best, map_location=device, need=("model",))["model"], best, ckpt
+    return ckpt["model"], last, ckpt
+
+
 def load_best(model, path: Path, best: dict, metric: str, stage: str, last_step: int, device="cpu") -> None:
-    """Leave a stage with its best evaluation's weights (`keep_if_best`): load them into `model` unless the last
-    step was the best, and say which checkpoint the run continues with. Nothing to do without a best."""
+    """Leave a finished stage with its best evaluation's weights (`keep_if_best`, `takes_best`): load them into
+    `model` unless the last step was the best, and say which checkpoint the run continues with. Nothing to do
+    without a best."""
     if not best:
         return
-    if best["step"] != last_step:
+    if takes_best(True, metric, best, last_step):
         load_weights(model, load_checkpoint(path, map_location=device, need=("model",))["model"], path)
     print(f"{stage}: continuing with the best checkpoint by {metric}: step {best['step']}/{last_step} "
           f"({metric} {best[metric]:.4f}; {Path(path).name})")

@@ -3,10 +3,11 @@ best weights, checked on a one-parameter model whose "evaluation" is a scripted 
 
 import json
 
+import pytest
 import torch
 
 from minisapo.runs import load_checkpoint
-from minisapo.trainer import Trainer
+from minisapo.trainer import Trainer, final_weights
 
 
 def _setup(tmp_path, scores, **kw):
@@ -28,15 +29,16 @@ def _setup(tmp_path, scores, **kw):
     return model, opt, trainer, evals, eval_fn, one_step
 
 
-def loop(trainer, start, model, opt, one_step, eval_fn, first_eval=True, stop_after=None, use_best=True) -> int:
+def loop(trainer, start, model, opt, one_step, eval_fn, first_eval=True, stop_after=None, use_best=True,
+         extra=dict) -> int:
     """The loop as sft.py and rl.py write it; stop_after: leave it there, as if interrupted."""
     trainer.begin(start, model, eval_fn, first_eval=first_eval)
     for step in trainer.steps(start):
         if stop_after is not None and step >= stop_after:
             break
-        with trainer.step(step, model, opt):
+        with trainer.step(step, model, opt, extra):
             record = one_step(step)
-        trainer.after_step(model, opt, record)
+        trainer.after_step(model, opt, record, extra=extra)
     return trainer.finish(model, use_best)
 
 
@@ -139,3 +141,32 @@ def test_keep_best_p_keeps_the_start_unless_the_gain_is_significant(tmp_path, ca
     loop(trainer, trainer.fresh(), model, opt, one_step, noisy)
     assert trainer.best["step"] == 0 and trainer.best["test"] is None and model.weight.item() == 0.0
     assert "kept its start (step 0): no evaluation beat it significantly" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("keep_best,scores,leaves", [
+    (True, [0.0, 0.0, 0.5, 0.0, 0.1, 0.0, 0.2], 2.0),  # the best evaluation, step 2
+    (False, [0.0, 0.0, 0.5, 0.0, 0.1, 0.0, 0.2], 6.0),  # the last step
+    (True, [0.0, 0.0, 0.1, 0.0, 0.1, 0.0, 0.2], 6.0),  # keep_best, and the best is the last step
+])
+def test_one_rule_decides_what_a_stage_leaves(tmp_path, keep_best, scores, leaves):
+    """trainer.takes_best decides the weights a stage leaves, at the end of its loop and from its files
+    (final_weights, on the settings its checkpoint holds); interrupted, a stage leaves its last checkpoint;
+    resumed to the end, what an uninterrupted run leaves."""
+    def run(folder, stop_after=None, resume=False):
+        model, opt, trainer, _, eval_fn, one_step = _setup(folder, scores, keep_best="eval/hit@10" if keep_best else None)
+        start = trainer.resume(model, opt)[0] if resume else trainer.fresh()
+        loop(trainer, start, model, opt, one_step, eval_fn, stop_after=stop_after,
+             extra=lambda: {"config": {"keep_best": keep_best}})
+        return model.weight.item()
+
+    def from_files(folder):
+        weights, path, _ = final_weights(folder, "toy.pt", "toy")
+        return weights["weight"].item(), path.name
+
+    assert final_weights(tmp_path / "none", "toy.pt", "toy") is None
+    assert run(tmp_path / "whole") == leaves  # the end of the loop
+    assert from_files(tmp_path / "whole") == (leaves, "toy_best.pt" if leaves != 6.0 else "toy.pt")
+    assert run(tmp_path / "cut", stop_after=4) == 4.0  # interrupted after step 4; its checkpoint is step 3
+    assert from_files(tmp_path / "cut") == (3.0, "toy.pt")  # an unfinished stage leaves its last checkpoint
+    assert run(tmp_path / "cut", resume=True) == leaves
+    assert from_files(tmp_path / "cut") == from_files(tmp_path / "whole")
