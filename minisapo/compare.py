@@ -58,6 +58,7 @@ from minisapo.pipeline import (check_rl_stack, eval_fn, load_run_config, load_st
                                train_samples)
 from minisapo.files import atomic_write, check_name, read_json, write_json
 from minisapo.runs import check_device, load_checkpoint, read_metrics, run_lock
+from minisapo.sft import CHECKPOINT as SFT_CHECKPOINT
 from minisapo.sft import load_sft_weights, train_sft
 
 CONTROL = "sft_continued"  # the control arm: SFT on the same outcomes for the RL stage's budget
@@ -107,7 +108,7 @@ def sft_continued(cfg: Config, stack, model, run_dir: Path) -> bool:
     s.max_steps, s.epochs, s.batch_size, s.grad_accum = cfg.rl.max_steps, 0.0, cfg.rl.batch_size, 1
     s.learning_rate, s.min_lr_ratio, s.warmup_steps = cfg.rl.learning_rate, 1.0, 0
     s.eval_every, s.keep_best, s.pretrain_epochs, s.ema = 0, False, 0.0, 0.0
-    ckpt = load_checkpoint(run_dir / "sft.pt", need=("step",))
+    ckpt = load_checkpoint(run_dir / SFT_CHECKPOINT, need=("step",))
     fresh = ckpt is None or not ckpt.get("done")
     examples = outcome_examples(cfg, stack, model, train_samples(cfg, stack, "rl")) if fresh else [([0], [0])]
     print(f"{CONTROL}: {s.max_steps} SFT steps x {s.batch_size} prompts at lr {s.learning_rate:g} on the RL prompts' "
@@ -381,7 +382,9 @@ def _run_arm(algo: str, cfg: Config, stack, start_model, run_dir: Path) -> tuple
     model = copy.deepcopy(start_model)
     if is_control(algo):
         return model, sft_continued(cfg, stack, model, run_dir)
-    ckpt = load_checkpoint(run_dir / "rl_checkpoint.pt", need=("step",))
+    from minisapo.rl import CHECKPOINT as RL_CHECKPOINT
+
+    ckpt = load_checkpoint(run_dir / RL_CHECKPOINT, need=("step",))
     fresh = ckpt is None or ckpt["step"] < cfg.rl.max_steps
     stage_rl(cfg, stack, model, run_dir, resume=True)  # a finished run just loads its weights
     return model, fresh

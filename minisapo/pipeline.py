@@ -34,6 +34,7 @@ from minisapo.reasoning import (build_examples, build_prompt, build_sequence_exa
 from minisapo.files import claim_dir, read_json, remove, same_path, swap_dir, temp_path, write_json
 from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
 from minisapo.trainer import final_weights
+from minisapo.sft import CHECKPOINT as SFT_CHECKPOINT
 from minisapo.sft import load_sft_weights, train_sft
 from minisapo.tokenizer import Tokenizer
 from minisapo.traces import load_traces
@@ -385,7 +386,7 @@ def load_item_id(cfg: Config, stack: Stack, run_dir: Path) -> GPT | None:
     from minisapo.runs import load_checkpoint
 
     sub = Path(run_dir) / ITEM_ID
-    ckpt = load_checkpoint(sub / "sft.pt", need=("step",))
+    ckpt = load_checkpoint(sub / SFT_CHECKPOINT, need=("step",))
     if ckpt is None or not ckpt.get("done"):
         print(f"no trained item-ID baseline in {sub}: its row is left out (`minisapo sft` with "
               f"--eval.item_id_baseline=true trains one)")

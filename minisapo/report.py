@@ -19,8 +19,10 @@ PROTOCOL_FILES = ("", "_exclude_seenTrue", "_exclude_seenFalse")  # a report, an
 def _eval_reports(run_dir: Path) -> dict[str, dict]:
     """{"SFT": eval_test_sft.json, "SFT+RL": eval_test.json} (whichever exist); on real data each is followed by
     its sibling under the other protocol, and the names say which protocol each is ("SFT, seen items removed")."""
+    from minisapo.rl import CHECKPOINT as RL_CHECKPOINT
+
     out = {}
-    has_rl = (run_dir / "rl_checkpoint.pt").exists()
+    has_rl = (run_dir / RL_CHECKPOINT).exists()
     for stem, name in (("eval_test_sft", "SFT"), ("eval_test", "SFT+RL" if has_rl else "SFT")):
         found = [read_json(run_dir / f"{stem}{p}.json") for p in PROTOCOL_FILES if (run_dir / f"{stem}{p}.json").exists()]
         for rep in found:

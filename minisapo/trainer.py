@@ -2,7 +2,7 @@
 the evaluation schedule, the best checkpoint and the progress display. The loop itself is written out in
 sft.py and rl.py; around each optimiser step it calls the same Trainer methods, for SFT, its pretraining and RL:
 
-    trainer = Trainer(run_dir, "rl", "rl_checkpoint.pt", max_steps, eval_every, save_every, keep_best=...)
+    trainer = Trainer(run_dir, "rl", rl.CHECKPOINT, max_steps, eval_every, save_every, keep_best=...)
     start = trainer.resume(model, optimizer)[0] if resume else trainer.fresh()
     trainer.begin(start, model, eval_fn)                       # evaluate the starting weights
     for step in trainer.steps(start):
