@@ -473,17 +473,26 @@ def cmd_sid(cfg: Config) -> int:
     return 0
 
 
+def checked_sft(cfg: Config, run_dir: Path, resume: bool, check_rl: bool = False) -> tuple[Stack, GPT]:
+    """Inside the run's lock: read and check every input (dataset, SIDs, SFT and pretraining examples; with
+    check_rl what the RL stage needs too) before start_run replaces anything of an earlier run; then SFT ->
+    (stack, model)."""
+    if resume:
+        check_resume(cfg, run_dir)
+    stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
+    examples = sft_examples(cfg, stack)
+    pretrain = pretrain_examples(cfg, stack)
+    if check_rl:
+        check_rl_stack(cfg, stack)
+    start_run(cfg, resume, stack)
+    return stack, stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
+
+
 def cmd_sft(cfg: Config, resume: bool = False) -> int:
     run_dir = run_dir_of(cfg)
     check_device(cfg.device)
     with run_lock(run_dir):
-        if resume:
-            check_resume(cfg, run_dir)
-        stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
-        examples = sft_examples(cfg, stack)  # every input is read before start_run replaces anything
-        pretrain = pretrain_examples(cfg, stack)
-        start_run(cfg, resume, stack)
-        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
+        stack, model = checked_sft(cfg, run_dir, resume)
         stage_eval(cfg, stack, model, run_dir)
         _finish(cfg, run_dir)
     return 0
@@ -564,15 +573,8 @@ def cmd_run(cfg: Config, resume: bool = False) -> int:
     run_dir = run_dir_of(cfg)
     check_device(cfg.device)
     with run_lock(run_dir):
-        if resume:
-            check_resume(cfg, run_dir)
-        stack = load_stack(cfg, run_dir, reuse_run_sids=resume)
-        examples = sft_examples(cfg, stack)  # every input is read (and checked) before start_run replaces anything
-        pretrain = pretrain_examples(cfg, stack)
-        if cfg.rl.max_steps > 0 or cfg.reasoning.mode == "item_id":
-            check_rl_stack(cfg, stack)
-        start_run(cfg, resume, stack)
-        model = stage_sft(cfg, stack, run_dir, resume=resume, examples=examples, pretrain=pretrain)
+        stack, model = checked_sft(cfg, run_dir, resume,
+                                   check_rl=cfg.rl.max_steps > 0 or cfg.reasoning.mode == "item_id")
         stage_eval(cfg, stack, model, run_dir, tag="_sft")
         test = stack.dataset.splits["test"]
         token_credit_figure(model, stack.grammar, stack.table, test, prompts_for(cfg, stack, test[:32]),
