@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from minisapo.config import Config, ConfigError, apply_overrides, config_changes, make_config, resolve_key, to_dict
-from minisapo.evaluate import paired_sign_test
+from minisapo.evaluate import SELECT_METRIC, paired_sign_test
 from minisapo.generate import sample
 from minisapo.pipeline import (check_rl_stack, eval_fn, load_run_config, load_stack, make_run_config, new_model,
                                pick_device, prompts_for, save_config, snapshot_sids, stage_eval, stage_rl, stage_sft,
@@ -283,7 +283,7 @@ def _suffix(tuning, value) -> str:
 
 def _valid_hit(cfg: Config, stack, model) -> float:
     """Validation hit@10 of a model on the validation users SFT and RL validate on (never the test split)."""
-    return eval_fn(cfg, stack)(model)["valid_hit@10"]
+    return eval_fn(cfg, stack)(model)[SELECT_METRIC]
 
 
 def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], seeds: int, tag: str, root: Path,
@@ -347,7 +347,7 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
                     model, _ = _run_arm(algo, cfg_v, stack, start_model, root / f"seed{s}" / folder(algo, _suffix(tuning, v)))
                     scores[v] = _valid_hit(cfg_v, stack, model)
                 tuned[algo] = {"value": max(scores, key=lambda v: (scores[v], -tuning[1].index(v))),
-                               "valid_hit@10": scores}
+                               SELECT_METRIC: scores}
                 print(f"{algo}: {tuning[0]} = {tuned[algo]['value']} (validation hit@10 "
                       + ", ".join(f"{v}: {x:.4f}" for v, x in scores.items()) + ")")
             value = tuned[algo]["value"] if tuning else None
@@ -413,7 +413,7 @@ def format_summary(summary: dict, title: str, tests: dict | None = None, baselin
               "arms are counting baselines on the same test users (no seed); frac_reward_zero_std is averaged over RL steps."]
     if tuned:
         lines += ["", "Tuned on validation users (seed 0), per arm: " + "; ".join(
-            f"{a} {t['value']} ({', '.join(f'{v}: {x:.4f}' for v, x in t['valid_hit@10'].items())})" for a, t in tuned.items())]
+            f"{a} {t['value']} ({', '.join(f'{v}: {x:.4f}' for v, x in t[SELECT_METRIC].items())})" for a, t in tuned.items())]
     if tests:
         lines += ["", "Paired sign test on hit@10 over the same test samples (seeds pooled): `up` = samples only the "
                   "first arm hits, `down` = only the second.", "", "| arms | up | down | p |", "|---|---|---|---|"]

@@ -332,6 +332,11 @@ def evaluate_split(model, grammar, dataset, table, tokenizer, split: str, cfg: E
     return report
 
 
+SELECT_K = 10  # the k of the selection metric
+SELECT_METRIC = f"valid_hit@{SELECT_K}"  # what every choice on validation users is made by: the kept SFT and RL
+#   checkpoints (keep_best; higher is better, the later step wins a tie) and compare's --tune (quick_hit_fn's key)
+
+
 def quick_hit_fn(grammar, dataset, table, tokenizer, samples, k: int = 10, beam_width: int | None = None,
                  reasoning=None, batch_size: int = 64, exclude_seen: bool = False):
     """A `valid_fn` for `sft.train_sft` (and RL): model -> {"valid_hit@k", "valid_ndcg@k", "distinct_top1", "hits"}

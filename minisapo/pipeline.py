@@ -26,7 +26,7 @@ from minisapo import distributed, plugins
 from minisapo import sid as sid_lib
 from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_overrides, config_changes, from_dict,
                              make_config, resolve_key, to_dict)
-from minisapo.evaluate import evaluate_split, format_table, quick_hit_fn
+from minisapo.evaluate import SELECT_K, evaluate_split, format_table, quick_hit_fn
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import (build_examples, build_prompt, build_sequence_examples, item_id_vocab_size, teacher,
@@ -166,8 +166,8 @@ def valid_samples(cfg: Config, stack: Stack) -> list:
 
 
 def eval_fn(cfg: Config, stack: Stack):
-    """`model -> {"valid_hit@10", "valid_ndcg@10"}` on `valid_samples`."""
-    return quick_hit_fn(stack.grammar, stack.dataset, stack.table, stack.tokenizer, valid_samples(cfg, stack), k=10,
+    """`model -> {"valid_hit@10", "valid_ndcg@10", ...}` on `valid_samples` (evaluate.SELECT_METRIC among them)."""
+    return quick_hit_fn(stack.grammar, stack.dataset, stack.table, stack.tokenizer, valid_samples(cfg, stack), k=SELECT_K,
                         reasoning=cfg.reasoning, batch_size=cfg.eval.batch_size, exclude_seen=cfg.eval.exclude_seen)
 
 

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from minisapo import distributed  # noqa: E402
+from minisapo.evaluate import SELECT_METRIC  # noqa: E402
 from minisapo.files import atomic_write  # noqa: E402
 from minisapo.generate import sample as sample_rollouts  # noqa: E402
 from minisapo.rl import ALGOS, RLConfig, score_rollouts  # noqa: E402
@@ -240,7 +241,7 @@ def plot_eval_comparison(reports: dict, path, metric: str = "hit") -> Path:
     return _save(fig, path)
 
 
-RL_PANELS = ("eval/sampled_reward", "eval/valid_hit@10", "eval/distinct_top1", "hit_rate", "frac_reward_zero_std",
+RL_PANELS = ("eval/sampled_reward", f"eval/{SELECT_METRIC}", "eval/distinct_top1", "hit_rate", "frac_reward_zero_std",
              "groups/collapsed")
 
 

@@ -45,6 +45,7 @@ from typing import Callable, Sequence
 import torch
 
 from minisapo import distributed
+from minisapo.evaluate import SELECT_METRIC
 from minisapo.generate import response_logprobs, rollouts
 from minisapo.plugins import plugin
 from minisapo.reasoning import step_index
@@ -411,7 +412,7 @@ def take_groups(parts: Sequence[tuple[dict, list[int]]], group_size: int, pad_id
 
 CHECKPOINT = "rl_checkpoint.pt"  # the last step's (for --resume); with keep_best also rl_best.pt
 MAX_EXTRA_DRAWS = 3  # dynamic sampling draws at most this many extra batches of prompts per step
-SELECT = "eval/valid_hit@10"  # what keep_best selects by
+SELECT = f"eval/{SELECT_METRIC}"  # what keep_best selects by (as logged)
 SHOW_EVAL = (SELECT, "eval/sampled_reward", "eval/distinct_top1")  # printed at every evaluation
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from minisapo import distributed
+from minisapo.evaluate import SELECT_METRIC
 from minisapo.model import autocast
 from minisapo.runs import check_finite, load_weights
 from minisapo.trainer import Trainer, final_weights
@@ -41,7 +42,6 @@ from minisapo.trainer import batch_indices as shared_batch_indices
 
 CHECKPOINT = "sft.pt"  # in the run directory: the last SFT checkpoint (model, optimizer, step, RNG)
 BEST = "sft_best.pt"  # in the run directory: the weights with the best validation SELECT_METRIC so far
-SELECT_METRIC = "valid_hit@10"  # what keep_best selects by (higher is better; the later step wins a tie)
 
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 
