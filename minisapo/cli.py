@@ -150,8 +150,11 @@ def _interrupt_on_sigterm():
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    """torch.OutOfMemoryError (a RuntimeError, matched by name), or the CPU allocator's RuntimeError."""
-    return type(e).__name__ == "OutOfMemoryError" or (
+    """torch's OutOfMemoryError (CUDA's; torch.OutOfMemoryError is the same class), or the CPU allocator's
+    RuntimeError, which has no class of its own."""
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
         isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 

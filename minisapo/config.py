@@ -368,7 +368,7 @@ def _finite(x) -> bool:
 def _range_errors(cfg: Config):
     """(key, what to change) for every setting out of range. Checked in make_config / apply_overrides."""
     from minisapo.data import dataset_name
-    from minisapo.data.synthetic import KNOBS, world_params
+    from minisapo.data.synthetic import KNOBS, WorldError, world_params
     from minisapo.evaluate import parse_ks
     from minisapo.files import name_problem as name_error
 
@@ -410,10 +410,8 @@ def _range_errors(cfg: Config):
     if d.source == "synthetic":
         try:
             world_params(d.world, **{k: getattr(d, k) for k in KNOBS})
-        except (ValueError, TypeError) as e:
-            key = "data.world" if "unknown synthetic world" in str(e) else "data." + next(
-                (k for k in KNOBS if f"{k} must" in str(e) or f" {k}," in str(e) or f"need {k}" in str(e)), "world")
-            yield key, str(e).split(" (got")[0]
+        except WorldError as e:
+            yield f"data.{e.key}", str(e).split(" (got")[0]
         for k in ("zipf", "noise", "stay", "jump", "focus"):
             if getattr(d, k) is not None and not _finite(getattr(d, k)):
                 yield f"data.{k}", "must be a finite number"

@@ -80,3 +80,17 @@ def test_a_model_without_words_must_be_sid_only_without_titles():
     for bad in ({"reasoning.mode": "reasoning"}, {"reasoning.mode": "sid_only", "reasoning.prompt_titles": "true"}):
         with pytest.raises(ConfigError, match="model.words"):
             make_config({"model.words": "false", **bad})
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("data.branching", 1, "branching must be >= 2"),
+    ("data.alpha", 2, "alpha must be in [0, 1]"),
+    ("data.stay", 0.5, "stay does nothing under rule=mode_latin"),  # a taxonomy knob in the compose world
+    ("data.world", "nope", "unknown synthetic world 'nope'"),
+    ("data.rule", "zz", "rule must be one of"),
+])
+def test_a_bad_world_setting_names_its_own_key(key, value, says):
+    """The synthetic world's checks (data.synthetic.WorldError) say which knob is wrong; config names it."""
+    with pytest.raises(ConfigError) as e:
+        make_config({key: value})
+    assert str(e.value).startswith(f"--{key}=") and says in str(e.value)

@@ -103,48 +103,62 @@ SYLLABLES = "ka lo mi ra ven tor bel dri sa nu pex zo lin qua fen mar tis gal ro
 PRIMARY_WORD_PROB = 0.7
 
 
+class WorldError(ValueError):
+    """A bad synthetic-world setting; `key` names the knob ("world" for the preset's name)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 def world_params(world: str, **overrides) -> dict:
-    """The preset `world` with every non-None override applied, checked. A knob the world's rule does not
-    use (e.g. `stay` in a compose world) is an error, so a setting never silently does nothing."""
+    """The preset `world` with every non-None override applied, checked (a WorldError names the knob). A knob
+    the world's rule does not use (e.g. `stay` in a compose world) is an error, so a setting never silently
+    does nothing."""
     if world not in PRESETS:
-        raise ValueError(f"unknown synthetic world {world!r}: choose one of {sorted(PRESETS)}")
+        raise WorldError("world", f"unknown synthetic world {world!r}: choose one of {sorted(PRESETS)}")
     p = dict(PRESETS[world])
     rule = overrides.get("rule") or p["rule"]
     if rule not in RULE_KNOBS:
-        raise ValueError(f"synthetic world: rule must be one of {list(RULE_KNOBS)} (got {rule!r})")
+        raise WorldError("rule", f"synthetic world: rule must be one of {list(RULE_KNOBS)} (got {rule!r})")
     if RULE_KNOBS[rule] != RULE_KNOBS[p["rule"]]:  # another kind of world: its knobs' defaults
         p = {**{k: p[k] for k in SHARED}, **{k: v for k, v in PRESETS["compose" if rule in COMPOSE_RULES else
                                                                    "default"].items() if k in RULE_KNOBS[rule]}}
     for k, v in overrides.items():
         if k not in KNOBS:
-            raise ValueError(f"unknown synthetic knob {k!r}: knobs are {list(KNOBS)}")
+            raise WorldError("world", f"unknown synthetic knob {k!r}: knobs are {list(KNOBS)}")
         if v is None:
             continue
         if k not in p:
-            raise ValueError(f"synthetic world: {k} does nothing under rule={rule} (its knobs: "
-                             f"{list(SHARED + RULE_KNOBS[rule])})")
-        p[k] = type(p[k])(v)
+            raise WorldError(k, f"synthetic world: {k} does nothing under rule={rule} (its knobs: "
+                                f"{list(SHARED + RULE_KNOBS[rule])})")
+        try:
+            p[k] = type(p[k])(v)
+        except (TypeError, ValueError):
+            raise WorldError(k, f"synthetic world: {k} must be a {type(p[k]).__name__} (got {v!r})") from None
     checks = [
-        (p["depth"] >= 1, "depth must be >= 1"),
-        (p["branching"] >= 2, "branching must be >= 2"),
-        (p["items_per_leaf"] >= 2, "items_per_leaf must be >= 2 (repeats of the last item are excluded)"),
-        (p["num_users"] >= 1, "num_users must be >= 1"),
-        (p["seq_len"] >= 3, "seq_len must be >= 3 (one train, one valid and one test target)"),
-        (p["zipf"] >= 0, "zipf must be >= 0"),
-        (0 <= p["noise"] <= 1, "noise must be in [0, 1]"),
+        (p["depth"] >= 1, "depth", "depth must be >= 1"),
+        (p["branching"] >= 2, "branching", "branching must be >= 2"),
+        (p["items_per_leaf"] >= 2, "items_per_leaf", "items_per_leaf must be >= 2 (repeats of the last item are excluded)"),
+        (p["num_users"] >= 1, "num_users", "num_users must be >= 1"),
+        (p["seq_len"] >= 3, "seq_len", "seq_len must be >= 3 (one train, one valid and one test target)"),
+        (p["zipf"] >= 0, "zipf", "zipf must be >= 0"),
+        (0 <= p["noise"] <= 1, "noise", "noise must be in [0, 1]"),
     ]
     if rule == "markov":
         checks += [
-            (0 <= p["stay"] and 0 <= p["jump"] and p["stay"] + p["jump"] <= 1, "need stay, jump >= 0 and stay + jump <= 1"),
-            (p["jump"] > 0, "jump must be > 0 (it also picks the first item)"),
-            (0 <= p["focus"] <= 1, "focus must be in [0, 1]"),
+            (0 <= p["stay"] and 0 <= p["jump"] and p["stay"] + p["jump"] <= 1, "stay",
+             "need stay, jump >= 0 and stay + jump <= 1"),
+            (p["jump"] > 0, "jump", "jump must be > 0 (it also picks the first item)"),
+            (0 <= p["focus"] <= 1, "focus", "focus must be in [0, 1]"),
         ]
     else:
-        checks += [(p["window"] >= 1, "window must be >= 1"), (0 <= p["alpha"] <= 1, "alpha must be in [0, 1]"),
-                   (p["facts"] in (2, 3), "facts must be 2 or 3")]
-    for ok, msg in checks:
+        checks += [(p["window"] >= 1, "window", "window must be >= 1"),
+                   (0 <= p["alpha"] <= 1, "alpha", "alpha must be in [0, 1]"),
+                   (p["facts"] in (2, 3), "facts", "facts must be 2 or 3")]
+    for ok, key, msg in checks:
         if not ok:
-            raise ValueError(f"synthetic world: {msg} (got {p})")
+            raise WorldError(key, f"synthetic world: {msg} (got {p})")
     return p
 
 
