@@ -31,6 +31,7 @@ import torch
 
 from minisapo import distributed
 from minisapo.files import NonFiniteError, append_line, atomic_write, claim_dir, pid_alive, warn
+from minisapo.model import pick_device
 
 
 def seed_everything(seed: int) -> None:
@@ -159,10 +160,7 @@ def check_device(name: str) -> torch.device:
     to pass instead when that device is not available on this machine."""
     name = str(name)
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return pick_device("auto")
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
