@@ -198,6 +198,10 @@ class Grammar:
         return torch.stack(table).to(responses.device)[index.to(responses.device)]  # (B,T,V)
 
     # ------------------------------------------------------------------ parsing
+    def parse_rows(self, responses: torch.Tensor, mask: torch.Tensor) -> list[ParsedResponse]:
+        """`parse` of every row of a rollout batch: responses (B, T), mask (B, T) True on its response tokens."""
+        return [self.parse(r[m].tolist()) for r, m in zip(responses.cpu(), mask.cpu().bool())]
+
     def parse(self, response: Sequence[int] | torch.Tensor) -> ParsedResponse:
         """Check a response and pull out its SID, item and thinking blocks. Padding after <eos> is fine."""
         if isinstance(response, torch.Tensor):

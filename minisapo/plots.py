@@ -324,7 +324,7 @@ def token_credit_figure(model, grammar, table, samples, prompts, path, num_gener
     for s, prompt in list(zip(samples, prompts))[:max_tries]:
         ro = sample_rollouts(model, grammar, [prompt], num_generations=num_generations, generator=gen)
         responses, mask = ro.responses.cpu(), ro.mask.cpu()
-        parsed = [grammar.parse(r[m].tolist()) for r, m in zip(responses, mask)]
+        parsed = grammar.parse_rows(responses, mask)
         credit = token_credit(responses, mask, parsed, tok.sid_ids(table, s.target), tok, K, dedup=grammar.dedup)
         if credit["sapo"].abs().sum() == 0:
             continue  # every rollout got every step equally right: no signal for anyone

@@ -332,7 +332,7 @@ def score_groups(model, grammar, prompts: Sequence[Sequence[int]], target_sids: 
     with torch.no_grad(), nonfinite_context("rl", step + 1):
         ro = rollouts(model, grammar, prompts, G, cfg.rollout, cfg.temperature, list(generators),
                       cfg.max_completion_length)
-    parsed = [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
+    parsed = grammar.parse_rows(ro.responses, ro.mask)
     rows_t = [t for t in target_sids for _ in range(G)]
     with nonfinite_context("rl", step + 1):  # a plug-in's NaN names the step
         scored = score_rollouts(ro.responses, ro.mask, parsed, rows_t, grammar.tok, cfg, grammar.K, ro.given,

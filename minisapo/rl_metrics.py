@@ -139,7 +139,7 @@ def heldout_rewards(model, grammar, prompts: Sequence[Sequence[int]], target_sid
         with torch.no_grad():
             ro = rollouts(model, grammar, prompts[i:i + HELDOUT_CHUNK], cfg.num_generations, cfg.rollout,
                           cfg.temperature, gens[i:i + HELDOUT_CHUNK], cfg.max_completion_length)
-        parsed += [grammar.parse(r[m].tolist()) for r, m in zip(ro.responses.cpu(), ro.mask.cpu())]
+        parsed += grammar.parse_rows(ro.responses, ro.mask)
     rows_t = [t for t in target_sids for _ in range(cfg.num_generations)]
     m = step_matches([p.sid_ids if p.valid else None for p in parsed], rows_t, grammar.K, grammar.dedup)  # (B, S)
     exact = m.prod(dim=-1)
