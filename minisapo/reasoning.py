@@ -266,8 +266,9 @@ def teacher_style(dataset, cfg: ReasoningConfig) -> str:
     compute), "history" on any other data."""
     if cfg.teacher != "auto":
         return cfg.teacher
-    rule = ((getattr(dataset, "info", None) or {}).get("generator") or {}).get("rule", "markov")
-    return "history" if rule == "markov" else "world"
+    from minisapo.data.synthetic import is_compose
+
+    return "world" if is_compose(dataset) else "history"
 
 
 def teacher(dataset, table, tokenizer, cfg: ReasoningConfig):

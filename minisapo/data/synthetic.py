@@ -481,6 +481,13 @@ class Oracle:
         return order if k is None else order[:k]
 
 
+def is_compose(dataset) -> bool:
+    """True for a compose world's dataset (the next item computed from facts of the history: its own codes are
+    the SIDs, its facts the thinking); False for the taxonomy world and for real data."""
+    rule = ((getattr(dataset, "info", None) or {}).get("generator") or {}).get("rule", "markov")
+    return rule in COMPOSE_RULES
+
+
 def oracle(dataset) -> Oracle | None:
     """The exact-distribution oracle for synthetic data; None for real data."""
     if dataset.info.get("source") != "synthetic":

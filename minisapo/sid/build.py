@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from minisapo.data.synthetic import is_compose
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import interaction_svd, l2_normalise, load_vectors, tfidf_svd
 from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans, spread_last_level
@@ -114,8 +115,7 @@ def sid_method(dataset, cfg: SIDConfig) -> str:
     """cfg.method with "auto" resolved: the designed codes of a compose world, RQ-KMeans for any other data."""
     if cfg.method != "auto":
         return cfg.method
-    rule = ((getattr(dataset, "info", None) or {}).get("generator") or {}).get("rule", "markov")
-    return "rqkmeans" if cfg.vectors or rule == "markov" else "latent"
+    return "latent" if is_compose(dataset) and not cfg.vectors else "rqkmeans"
 
 
 def latent_codes(dataset, levels: int) -> tuple[np.ndarray, list[int]]:
