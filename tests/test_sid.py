@@ -361,3 +361,22 @@ def test_hybrid_vectors_put_text_and_interactions_side_by_side(tmp_path):
                                atol=1e-6)
     with pytest.raises(ValueError, match="embedding must be one of"):
         SIDConfig(embedding="bert")
+
+
+def test_collaborative_sids_are_cached_by_the_training_interactions(tmp_path, monkeypatch):
+    """With collab or hybrid item vectors the SID cache key holds the training interactions, also under the
+    default sid.method=auto (RQ-KMeans outside a compose world), so other interactions never hit an old cache."""
+    from minisapo.data import DataConfig, load, prepare
+    from minisapo.sid.build import _fingerprint, sid_method
+
+    ds = load(tmp_path, prepare(DataConfig(world="tiny"), tmp_path).name)
+    for cfg in (SIDConfig(embedding="collab"), SIDConfig(embedding="hybrid"), SIDConfig(embedding="collab", method="rqkmeans")):
+        assert sid_method(ds, cfg) == "rqkmeans"
+        before = _fingerprint(ds, cfg)
+        with monkeypatch.context() as m:
+            m.setattr(ds, "train_user_items", lambda: [set() for _ in range(ds.num_users)])
+            assert _fingerprint(ds, cfg) != before
+    text = SIDConfig(embedding="tfidf")  # text vectors: the interactions are not part of the key
+    before = _fingerprint(ds, text)
+    monkeypatch.setattr(ds, "train_user_items", lambda: [set() for _ in range(ds.num_users)])
+    assert _fingerprint(ds, text) == before

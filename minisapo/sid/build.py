@@ -179,7 +179,7 @@ def _fingerprint(dataset, cfg: SIDConfig) -> str:
         h.update(b"\x1d")
     if cfg.vectors and Path(cfg.vectors).exists():
         h.update(Path(cfg.vectors).read_bytes())
-    elif cfg.embedding != "tfidf" and cfg.method == "rqkmeans":  # collaborative vectors: the training interactions
+    elif cfg.embedding != "tfidf" and sid_method(dataset, cfg) == "rqkmeans":  # collaborative: the training interactions
         h.update(json.dumps([sorted(items) for items in dataset.train_user_items()]).encode())
     return h.hexdigest()
 
