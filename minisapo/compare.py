@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from minisapo.config import Config, ConfigError, apply_overrides, config_changes, make_config, resolve_key, to_dict
-from minisapo.evaluate import SELECT_METRIC, paired_sign_test
+from minisapo.evaluate import SELECT_METRIC, hits_at, paired_sign_test
 from minisapo.generate import sample
 from minisapo.pipeline import (check_rl_stack, eval_fn, load_run_config, load_stack, make_run_config, new_model,
                                pick_device, prompts_for, save_config, snapshot_sids, stage_eval, stage_rl, stage_sft,
@@ -148,11 +148,6 @@ def paired_tests(hits: dict[str, list[int]]) -> dict[str, dict]:
     names = [a for a in hits if hits[a]]
     return {f"{b} vs {a}": paired_sign_test(hits[a], hits[b]) for a, b in combinations(names, 2)
             if len(hits[a]) == len(hits[b])}
-
-
-def _hits(report: dict) -> list[int]:
-    """1 per test sample whose target the model ranked in its top 10 (from the report's per-sample ranks)."""
-    return [int(0 < r <= 10) for r in report.get("ranks", [])]
 
 
 def _row(report: dict, records: list[dict]) -> dict:
@@ -330,13 +325,13 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
         stack, sft_model, sft_report = sft_for(_seeded(base, s), "sft")
         baselines = sft_report.get("baselines", {})
         results["sft"].append(_row(sft_report, []))
-        hits["sft"] += _hits(sft_report)
+        hits["sft"] += hits_at(sft_report)
         for algo in algos:
             acfg = _seeded(per_algo[algo], s)
             if sft_only(algo):  # an SFT model of its own is the arm
                 _, _, report = sft_for(acfg, folder(algo))
                 results[algo].append(_row(report, []))
-                hits[algo] += _hits(report)
+                hits[algo] += hits_at(report)
                 continue
             own = sft_key(acfg) != sft_key(_seeded(base, s))
             stack, start_model, _ = sft_for(acfg, f"sft_{folder(algo)}") if own else (stack, sft_model, None)
@@ -356,7 +351,7 @@ def _compare(base: Config, per_algo: dict, overrides: dict, algos: list[str], se
             model, fresh = _run_arm(algo, cfg_v, stack, start_model, run_dir)
             report, records = _final_eval(cfg_v, stack, model, run_dir, fresh), read_metrics(run_dir / "metrics.jsonl")
             results[algo].append(_row(report, records))
-            hits[algo] += _hits(report)
+            hits[algo] += hits_at(report)
             if s == 0 and not is_control(algo):
                 curves[algo] = records
     tests = paired_tests(hits)

@@ -103,6 +103,12 @@ def ranking_metrics(rankings: Sequence[Sequence[int]], targets: Sequence[int], k
     return out
 
 
+def hits_at(report: dict, k: int = 10) -> list[int]:
+    """1 per sample whose target a report (eval_*.json, or a baseline's part of it) ranked in its top k, from its
+    per-sample `ranks` (0 = not in the list): what paired sign tests compare. [] for a report without ranks."""
+    return [int(0 < r <= k) for r in report.get("ranks", [])]
+
+
 def paired_sign_test(a: Sequence[float], b: Sequence[float]) -> dict:
     """Two systems on the same samples (0/1 hits, aligned): how many samples only b got right ("up"), only
     a ("down"), and the exact two-sided sign test (McNemar's exact test) p-value for "b and a are equally
@@ -351,6 +357,6 @@ def quick_hit_fn(grammar, dataset, table, tokenizer, samples, k: int = 10, beam_
         r = evaluate(model, grammar, dataset, table, tokenizer, samples, ks=(k,), beam_width=beam_width or k,
                      batch_size=batch_size, reasoning=reasoning, progress=False, exclude_seen=exclude_seen)
         return {f"valid_hit@{k}": r[f"hit@{k}"], f"valid_ndcg@{k}": r[f"ndcg@{k}"], "distinct_top1": r["distinct_top1"],
-                "hits": [int(0 < rank <= k) for rank in r["ranks"]]}
+                "hits": hits_at(r, k)}
 
     return valid_fn

@@ -48,15 +48,11 @@ def algo_label(rl: dict) -> str:
     return name or f"{rl.get('reward')}/{rl.get('advantage')}"
 
 
-def _hits(report: dict, k: int = 10) -> list[int]:
-    return [int(0 < r <= k) for r in report.get("ranks", [])]
-
-
 def results_table(run_dir: str | Path) -> str:
     """The run's answer in one table (Markdown): the counting baselines, the sid_only SFT (with
     sft.compare_sid_only), the reasoning SFT and the final model, on the same test users, with paired sign tests
     on hit@10 (reasoning vs sid_only, SFT+RL vs SFT) and which model RL left with. '' without a test report."""
-    from minisapo.evaluate import paired_sign_test
+    from minisapo.evaluate import hits_at, paired_sign_test
 
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json")
@@ -73,13 +69,13 @@ def results_table(run_dir: str | Path) -> str:
     if sft is not None:
         test = ""
         if sid_only.exists():
-            t = paired_sign_test(_hits(read_json(sid_only)), _hits(sft))
+            t = paired_sign_test(hits_at(read_json(sid_only)), hits_at(sft))
             test = f"vs sid_only: +{t['up']} / −{t['down']}, p = {t['p']:.2g}"
         rows.append((f"SFT, {config['reasoning']['mode']}", sft, test))
     if "SFT+RL" in evals:
         final, test = evals["SFT+RL"], ""
         if sft is not None:
-            t = paired_sign_test(_hits(sft), _hits(final))
+            t = paired_sign_test(hits_at(sft), hits_at(final))
             test = f"vs SFT: +{t['up']} / −{t['down']}, p = {t['p']:.2g}"
         rows.append((f"SFT + RL ({algo_label(config['rl'])}), the model the run leaves with", final, test))
     keys = ["hit@1", "hit@5", "hit@10", "ndcg@10"]
