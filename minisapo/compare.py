@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minisapo.config import Config, ConfigError, apply_overrides, config_changes, make_config, resolve_key, to_dict
+from minisapo.config import (Config, ConfigError, apply_overrides, config_changes, make_config, plus_settings, resolve_key,
+                             to_dict)
 from minisapo.evaluate import SELECT_METRIC, hits_at, paired_sign_test
 from minisapo.generate import sample
 from minisapo.pipeline import (check_rl_stack, eval_fn, load_run_config, load_stack, make_run_config, new_model,
@@ -132,11 +133,8 @@ def sft_arm_config(cfg: Config, arm: str) -> Config:
     and no RL."""
     out = copy.deepcopy(cfg)
     mods = ["reasoning.mode=sid_only", "sft.user_fraction=1"] if arm == SUPERVISED else arm[len(SFT_ARM):].split("+")
-    for mod in mods:
-        key, eq, value = mod.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--algos={arm}: expected sft+key=value[+key=value...], got {mod!r}")
-        apply_overrides(out, {key: value}, validate_now=False)
+    apply_overrides(out, plus_settings(f"--algos={arm}", mods, "sft+key=value[+key=value...]", bare=None),
+                    validate_now=False)
     out.rl.max_steps = 0
     return apply_overrides(out, {})
 
@@ -163,11 +161,8 @@ def arm_config(overrides: dict, arm: str, from_run: str | Path | None = None) ->
     arm's preset, then the user's overrides (so `--rl.reward=prefix` applies to every algorithm)."""
     if is_control(arm):  # sft_continued[+key=value...]: the control with settings of its own (rl.* by default)
         cfg = start_config(overrides, None, from_run)
-        for mod in arm.split("+")[1:]:
-            key, eq, value = mod.partition("=")
-            if not eq or not key:
-                raise ConfigError(f"--algos={arm}: expected {CONTROL}+key=value, got {mod!r}")
-            apply_overrides(cfg, {key if "." in key else f"rl.{key}": value}, validate_now=False)
+        apply_overrides(cfg, plus_settings(f"--algos={arm}", arm.split("+")[1:], f"{CONTROL}+key=value"),
+                        validate_now=False)
         return apply_overrides(cfg, {})
     if sft_only(arm):
         return sft_arm_config(start_config(overrides, None, from_run), arm)

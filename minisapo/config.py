@@ -263,6 +263,18 @@ def make_config(overrides: dict[str, object] | None = None, preset: str | None =
     return cfg
 
 
+def plus_settings(name: str, mods: list[str], form: str, bare: str | None = "rl") -> dict[str, str]:
+    """The `+key=value` pieces of an algorithm or arm name (`sapo+reward=prefix`) as {key: value}, a bare key in
+    section `bare` (None: resolved as any other key); a piece without `=` is an error that names `form`."""
+    out = {}
+    for mod in mods:
+        key, eq, value = mod.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"{name}: expected {form}, got {mod!r}")
+        out[key if "." in key or bare is None else f"{bare}.{key}"] = value
+    return out
+
+
 def apply_algo(cfg: Config, algo: str) -> None:
     """Set the rl keys of an algorithm on `cfg`: a preset of `minisapo.rl.ALGOS` (`--algo=grpo`), optionally
     followed by `+key=value` rl settings, e.g. `--algo=sapo+advantage=my_algos.py:reward_to_go` (your own
@@ -273,11 +285,8 @@ def apply_algo(cfg: Config, algo: str) -> None:
                           f"optionally with +key=value rl settings (e.g. sapo+advantage=my_algos.py:fn)")
     for k, v in rl.ALGOS[name].items():
         set_value(cfg, f"rl.{k}", v)
-    for mod in mods:
-        key, eq, value = mod.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--algo={algo}: expected PRESET+key=value, got {mod!r}")
-        _set_given(cfg, key if "." in key else f"rl.{key}", value)
+    for key, value in plus_settings(f"--algo={algo}", mods, "PRESET+key=value").items():
+        _set_given(cfg, key, value)
 
 
 def _set_given(cfg: Config, key: str, value) -> None:
