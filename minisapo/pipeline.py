@@ -419,6 +419,7 @@ def protocols(cfg: Config, stack: Stack, other_protocol: bool = True) -> list[Co
 def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str, tag: str,
                 other_protocol: bool) -> dict:
     item_id = load_item_id(cfg, stack, run_dir)
+    rl_done = cfg.rl.max_steps and (run_dir / "rl_config.json").exists()
     reports = []
     for c in protocols(cfg, stack, other_protocol):
         report = evaluate_split(model, stack.grammar, stack.dataset, stack.table, stack.tokenizer, split, c.eval,
@@ -427,7 +428,6 @@ def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str
         report["machine"] = machine(cfg)
         path = run_dir / f"eval_{split}{tag}{eval_tag(cfg, c)}.json"
         write_json(path, report)
-        rl_done = cfg.rl.max_steps and (run_dir / "rl_config.json").exists()
         print(f"{split} metrics, {'SFT' if tag == '_sft' else 'SFT+RL' if rl_done else 'model'} ({run_dir.name}; "
               f"{'seen items removed' if c.eval.exclude_seen else 'every item ranked'}):")
         print(format_table(report))
@@ -438,8 +438,6 @@ def _stage_eval(cfg: Config, stack: Stack, model: GPT, run_dir: Path, split: str
 
 def machine(cfg: Config) -> dict:
     """What the digits of a result depend on besides the settings: torch, the CPU's kernels, the device."""
-    import torch
-
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "device": str(pick_device(cfg.device))}
 
