@@ -18,24 +18,25 @@ field's type; an unknown key is an error that names the closest valid key.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import functools
-import math
-import re
+import inspect
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from minisapo import plugins, rl
-from minisapo.data import DataConfig
+from minisapo.data import DataConfig, dataset_name
 from minisapo.evaluate import EvalConfig
-from minisapo.generate import ROLLOUTS
+from minisapo.files import name_problem
 from minisapo.model import ModelConfig
-from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES
 from minisapo.reasoning import ReasoningConfig
 from minisapo.rl import RLConfig
+from minisapo.runs import device_problem
 from minisapo.sft import SFTConfig
 from minisapo.sid import SIDConfig
 
@@ -44,12 +45,18 @@ from minisapo.sid import SIDConfig
 class Config:
     """Everything a run needs. `config.json` in every run directory is this, resolved."""
 
-    preset: str = "small"  # preset the run started from (see PRESETS); overrides are applied on top
-    name: str = ""  # run name: outputs go to <runs_dir>/<name>/ (default: the preset's name)
-    seed: int = 0  # seed for model init, data order and sampling (the data itself has data.world_seed)
-    device: str = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "mps"
-    data_dir: str = "data"  # raw and processed datasets live under here
-    runs_dir: str = "runs"  # every run writes <runs_dir>/<name>/
+    preset: str = "small"
+    """preset the run started from (see PRESETS); overrides are applied on top"""
+    name: str = ""
+    """run name: outputs go to <runs_dir>/<name>/ (default: the preset's name)"""
+    seed: int = 0
+    """seed for model init, data order and sampling (the data itself has data.world_seed)"""
+    device: str = "auto"
+    """auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps"""
+    data_dir: str = "data"
+    """raw and processed datasets live under here"""
+    runs_dir: str = "runs"
+    """every run writes <runs_dir>/<name>/"""
     data: DataConfig = field(default_factory=DataConfig)
     sid: SIDConfig = field(default_factory=SIDConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -61,10 +68,7 @@ class Config:
 
 SECTIONS = ("data", "sid", "model", "reasoning", "sft", "rl", "eval")
 
-# The compose world (README "Results"): the next item's SID is computed from facts of the history, the thinking
-# states those facts (teacher "world"), and a fifth of the users have reasoning traces (SFT) while RL learns from
-# the others' outcomes in the paper's setting: G = 16 samples at temperature 1, sampled thinking credited with its
-# step's advantage, KL 1e-3 to the SFT model. A 2-layer GPT (d = 64), one CPU thread.
+# The compose world (README "Results"): computing thinking, SFT on a fifth of users' traces, the paper's RL.
 _COMPOSE: dict[str, object] = {
     "data.world": "compose",  # sid.method and reasoning.teacher "auto": the world's own codes and facts
     "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 64,
@@ -292,9 +296,9 @@ def apply_algo(cfg: Config, algo: str) -> None:
 def _set_given(cfg: Config, key: str, value) -> None:
     """`set_value` for a setting the command (or code) gives itself: a plug-in it names may be imported."""
     set_value(cfg, key, value)
-    full = resolve_key(key, cfg)
-    if full in plugins.KEYS:
-        plugins.trust(_get(cfg, full))
+    section, _, name = resolve_key(key, cfg).rpartition(".")
+    if f"{section}.{name}" in plugins.KEYS:
+        plugins.trust(getattr(getattr(cfg, section), name))
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None = None,
@@ -312,77 +316,26 @@ def apply_overrides(cfg: Config, overrides: dict[str, object], algo: str | None 
     return cfg
 
 
-def check_rl(cfg: RLConfig) -> None:
-    """A ValueError that says what to change about RL's names and group (`validate` adds the range checks of
-    every number): every option one of rl.py's names, a plug-in tried on an example now, not at step 1 (but not
-    one only a run's config.json names: that is never imported, see minisapo.plugins)."""
-    for key, allowed in (("scale_rewards", rl.SCALE_REWARDS), ("loss_type", rl.LOSS_TYPES), ("rollout", ROLLOUTS),
-                         ("optimizer", rl.OPTIMIZERS), ("reward", rl.REWARDS), ("advantage", rl.ADVANTAGES)):
-        if getattr(cfg, key) not in allowed and not (key in ("reward", "advantage") and ":" in getattr(cfg, key)):
-            raise ValueError(f"rl.{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}"
-                             + (" (or module:function)" if key in ("reward", "advantage") else ""))
-    if plugins.may_load(cfg.reward) and plugins.may_load(cfg.advantage):
-        rewards = rl.compute_rewards(EXAMPLE_MATCHES, cfg.reward, cfg.advantage, EXAMPLE_GROUP)  # a plug-in is tried now
-        rl.advantage_function(cfg.advantage)(rewards, EXAMPLE_GROUP, cfg.scale_rewards)
-    if cfg.reward == "rank" and cfg.rollout != "beam":
-        raise ValueError("rl.reward=rank ranks the group, so it needs --rl.rollout=beam")
-    if cfg.num_generations < 2:
-        raise ValueError("rl.num_generations must be >= 2: group-relative advantages need a group")
-    if min(cfg.num_iterations, cfg.batch_size, cfg.gradient_accumulation_steps) < 1:
-        raise ValueError("rl.num_iterations, rl.batch_size and rl.gradient_accumulation_steps must be >= 1")
-    if (cfg.batch_size * cfg.num_generations) % cfg.gradient_accumulation_steps:
-        raise ValueError(f"rl.gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide "
-                         f"batch_size * num_generations = {cfg.batch_size * cfg.num_generations}")
-
-
-def rl_config(algo: str | None = None, **overrides) -> RLConfig:
-    """An RLConfig for a preset in `rl.ALGOS`, with keyword overrides on top, checked (`check_rl`): how a
-    library user makes one (e.g. `rl_config("grpo", num_generations=8)`)."""
-    if algo is not None and algo not in rl.ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; choose one of {', '.join(rl.ALGOS)}")
-    cfg = RLConfig(**{**rl.ALGOS.get(algo, {}), **overrides})
-    check_rl(cfg)
-    return cfg
-
-
 def validate(cfg: Config) -> None:
-    """Every section's own checks (`__post_init__`, `check_rl`) and every range check below, so a bad
-    setting is refused when the config is made, before any stage runs. Messages name the key."""
+    """Every section's own checks (`problems()`, beside its fields) and the checks that span sections or name
+    the folders, so a bad setting is refused when the config is made, before any stage runs."""
     for s in SECTIONS:
-        post = getattr(getattr(cfg, s), "__post_init__", None)
-        if post is not None:
-            try:
-                post()
-            except ValueError as e:
-                raise ConfigError(f"{s}: {e}") from None
-    try:
-        check_rl(cfg.rl)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    for key, why in _range_errors(cfg):
-        raise ConfigError(f"--{key}={_get(cfg, key)!r}: {why}")
+        section = getattr(cfg, s)
+        try:
+            for key, why in section.problems():
+                raise ConfigError(f"--{s}.{key}={getattr(section, key, None)!r}: {why}")
+        except ConfigError:
+            raise
+        except ValueError as e:  # a plug-in that fails on the example says so in its own words
+            raise ConfigError(str(e)) from None
+    for key, why in _composition_problems(cfg):
+        section, _, name = key.rpartition(".")
+        raise ConfigError(f"--{key}={getattr(getattr(cfg, section) if section else cfg, name)!r}: {why}")
 
 
-def _get(cfg: Config, key: str):
-    obj = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _range_errors(cfg: Config):
-    """(key, what to change) for every setting out of range. Checked in make_config / apply_overrides."""
-    from minisapo.data import dataset_name
-    from minisapo.data.synthetic import KNOBS, WorldError, world_params
-    from minisapo.evaluate import parse_ks
-    from minisapo.files import name_problem as name_error
-
-    # --- top level: names, folders, seed, device
-    why = name_error(cfg.name, "name")
+def _composition_problems(cfg: Config):
+    """(key, what to change) for the top-level settings and for settings that only make sense together."""
+    why = name_problem(cfg.name, "name")
     if why:
         yield "name", why
     for key in ("data_dir", "runs_dir"):
@@ -393,152 +346,27 @@ def _range_errors(cfg: Config):
             yield key, f"{p} is a file, not a folder: point --{key} at a folder (it is created if missing)"
     if not 0 <= cfg.seed < 2 ** 32:
         yield "seed", "must be in 0 .. 2**32 - 1"
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.device)):
-        yield "device", "use auto, cpu, cuda, cuda:N or mps"
-    # --- data
+    if device_problem(str(cfg.device)):
+        yield "device", device_problem(str(cfg.device))
     d = cfg.data
-    if d.source not in ("synthetic", "amazon", "atomic"):
-        yield "data.source", "use synthetic, amazon or atomic"
-    if d.name is not None:
-        why = name_error(d.name, "data.name")
-        if why:
-            yield "data.name", why
-    elif d.source in ("amazon", "atomic") and (d.reviews or d.path):
-        why = name_error(dataset_name(d), "data.name")
-        if why:
-            yield "data.name", f"the dataset name taken from the input file ({dataset_name(d)!r}) is not a " \
-                               f"folder name: pass --data.name=NAME"
-    if d.split not in ("loo", "temporal"):
-        yield "data.split", "use loo (leave-one-out) or temporal"
-    if d.max_history < 1:
-        yield "data.max_history", "must be >= 1"
-    if d.kcore < 0:
-        yield "data.kcore", "must be >= 0 (0 or 1 = no k-core filter)"
-    if d.world_seed < 0:
-        yield "data.world_seed", "must be >= 0"
-    if d.source == "synthetic":
-        try:
-            world_params(d.world, **{k: getattr(d, k) for k in KNOBS})
-        except WorldError as e:
-            yield f"data.{e.key}", str(e).split(" (got")[0]
-        for k in ("zipf", "noise", "stay", "jump", "focus"):
-            if getattr(d, k) is not None and not _finite(getattr(d, k)):
-                yield f"data.{k}", "must be a finite number"
-    if name_error(dataset_name(d), "data.name") is None:
+    if name_problem(dataset_name(d), "data.name") is None:
         out = (Path(str(cfg.data_dir)) / "processed" / dataset_name(d)).resolve()
         for key in ("reviews", "meta", "path"):
             f = getattr(d, key)
             if d.source != "synthetic" and f and out in (Path(f).resolve(), *Path(f).resolve().parents):
                 yield f"data.{key}", (f"is inside {out}, the folder this dataset is written to: point it at the raw "
                                       f"files elsewhere (e.g. data/raw/), or pick another --data.name")
-    if d.source == "amazon" and not d.reviews:
-        yield "data.reviews", "--source=amazon needs --reviews=FILE (see data/README.md)"
-    if d.source == "atomic" and not d.path:
-        yield "data.path", "--source=atomic needs --path=DIR (a folder with <name>.inter)"
-    for key in ("start", "end"):
-        if getattr(d, key):
-            from minisapo.data.filters import parse_date
-            try:
-                parse_date(getattr(d, key))
-            except ValueError:
-                yield f"data.{key}", "use a date YYYY-MM-DD (UTC)"
-    # --- sid
-    sd = cfg.sid
-    if sd.codebook_size == 1:
-        yield "sid.codebook_size", "must be 0 (auto) or >= 2"
-    for key, v, lo in (("embed_dim", sd.embed_dim, 1), ("kmeans_iters", sd.kmeans_iters, 1),
-                       ("descriptor_words", sd.descriptor_words, 1), ("max_vocab", sd.max_vocab, 0),
-                       ("sid_seed", sd.sid_seed, 0)):
-        if v < lo:
-            yield f"sid.{key}", f"must be >= {lo}"
-    # --- model
-    m = cfg.model
-    for key, lo in (("vocab_size", 0), ("n_layer", 1), ("n_head", 1), ("n_embd", 1), ("mlp_ratio", 1),
-                    ("max_seq_len", 8)):
-        if getattr(m, key) < lo:
-            yield f"model.{key}", f"must be >= {lo}"
-    if m.n_head >= 1 and m.n_embd >= 1:
-        if m.n_embd % m.n_head:
-            yield "model.n_embd", f"must be divisible by model.n_head={m.n_head} (e.g. --n_embd={max(1, m.n_embd // m.n_head) * m.n_head})"
-        elif (m.n_embd // m.n_head) % 2:
-            yield "model.n_embd", f"n_embd / n_head = {m.n_embd // m.n_head} must be even (RoPE rotates pairs)"
-    if not (_finite(m.rope_base) and m.rope_base > 1):
-        yield "model.rope_base", "must be a finite number > 1"
-    if not (_finite(m.dropout) and 0 <= m.dropout < 1):
-        yield "model.dropout", "must be in [0, 1)"
-    if not (_finite(m.init_std) and m.init_std > 0):
-        yield "model.init_std", "must be a finite number > 0"
-    if not m.words and (cfg.reasoning.mode == "reasoning" or cfg.reasoning.prompt_titles):
-        yield "model.words", "a model that writes thinking or reads titles needs the words: use sid_only without titles"
-    # --- reasoning
     r = cfg.reasoning
-    for key in ("title_words", "recent", "descriptor_words"):
-        if getattr(r, key) < 1:
-            yield f"reasoning.{key}", "must be >= 1"
-    # --- sft
-    t = cfg.sft
-    for key, lo in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0), ("eval_every", 0),
-                    ("eval_samples", 0), ("log_every", 1)):
-        if getattr(t, key) < lo:
-            yield f"sft.{key}", f"must be >= {lo}"
-    if not (_finite(t.pretrain_epochs) and t.pretrain_epochs >= 0):
-        yield "sft.pretrain_epochs", "must be a finite number >= 0 (0 = no pretraining)"
-    if t.pretrain_window < 0 or t.pretrain_window == 1:
-        yield "sft.pretrain_window", "must be 0 (data.max_history + 1) or >= 2 items"
-    if t.pretrain_stride < 0:
-        yield "sft.pretrain_stride", "must be >= 0 (0 = the window: windows side by side)"
-    if not (_finite(t.user_fraction) and 0 < t.user_fraction <= 1):
-        yield "sft.user_fraction", "must be in (0, 1] (1 = SFT on every training user)"
-    if not (_finite(t.epochs) and t.epochs >= 0):
-        yield "sft.epochs", "must be a finite number >= 0"
-    elif t.max_steps == 0 and t.epochs == 0:
-        yield "sft.max_steps", "set sft.max_steps > 0, or sft.max_steps=0 with sft.epochs > 0"
-    for key, lo, hi, text in (("learning_rate", 0, None, "a finite number > 0"),
-                              ("weight_decay", 0, None, "a finite number >= 0"),
-                              ("grad_clip", 0, None, "a finite number >= 0 (0 = no clipping)"),
-                              ("min_lr_ratio", 0, 1, "in [0, 1]"), ("beta1", 0, 1, "in [0, 1)"), ("beta2", 0, 1, "in [0, 1)"),
-                              ("ema", 0, 1, "in [0, 1) (0 = off)")):
-        v = getattr(t, key)
-        bad = not _finite(v) or v < lo or (key == "learning_rate" and v == 0) or \
-            (hi is not None and (v > hi or (key != "min_lr_ratio" and v == hi)))
-        if bad:
-            yield f"sft.{key}", f"must be {text}"
-    # --- rl (enums, num_generations, batch_size, ... are check_rl's)
-    q = cfg.rl
-    for key, lo in (("max_steps", 0), ("eval_every", 0), ("save_every", 0), ("warmup_steps", 0), ("eval_prompts", 1)):
-        if getattr(q, key) < lo:
-            yield f"rl.{key}", f"must be >= {lo}"
-    for key, text in (("temperature", "a finite number > 0"), ("learning_rate", "a finite number > 0")):
-        if not (_finite(getattr(q, key)) and getattr(q, key) > 0):
-            yield f"rl.{key}", f"must be {text}"
-    for key in ("beta", "weight_decay", "max_grad_norm"):
-        if not (_finite(getattr(q, key)) and getattr(q, key) >= 0):
-            yield f"rl.{key}", "must be a finite number >= 0" + (" (0 = off)" if key != "weight_decay" else "")
-    if not (_finite(q.keep_best_p) and 0 < q.keep_best_p <= 1):
-        yield "rl.keep_best_p", "must be in (0, 1] (1 = any validation gain replaces the SFT model)"
-    if not (_finite(q.epsilon) and 0 <= q.epsilon < 1):
-        yield "rl.epsilon", "must be in [0, 1) (the ratio is clipped below at 1 - epsilon)"
-    if q.epsilon_high is not None and not (_finite(q.epsilon_high) and q.epsilon_high >= 0):
-        yield "rl.epsilon_high", "must be a finite number >= 0, or none (= epsilon)"
-    if q.max_completion_length is not None:
+    if not cfg.model.words and (r.mode == "reasoning" or r.prompt_titles):
+        yield "model.words", "a model that writes thinking or reads titles needs the words: use sid_only without titles"
+    if cfg.rl.max_completion_length is not None:
         K = cfg.sid.levels
         shortest = K + 1 if r.mode == "sid_only" else 4 * K + 1
-        if q.max_completion_length < shortest:
+        if cfg.rl.max_completion_length < shortest:
             what = "" if r.mode == "sid_only" else f"{K} thinking blocks of >= 3 tokens, "
             yield "rl.max_completion_length", (f"shorter than the shortest complete response ({shortest} tokens: {what}"
                                                f"{K} SID tokens, <eos>), so every rollout would be cut and get reward 0; "
                                                f"set it >= {shortest} or to none (the grammar's own cap)")
-    # --- eval
-    e = cfg.eval
-    try:
-        parse_ks(e.ks)
-    except ValueError:
-        yield "eval.ks", "expected comma-separated whole numbers >= 1, like 1,5,10"
-    for key in ("beam_width", "batch_size"):
-        if getattr(e, key) < 1:
-            yield f"eval.{key}", "must be >= 1"
-    if e.max_samples < 0:
-        yield "eval.max_samples", "must be >= 0 (0 = all)"
 
 
 # Settings that may change when a run is resumed (more steps, another device, other evaluation);
@@ -587,17 +415,14 @@ def from_dict(d: dict) -> Config:
     return cfg
 
 
-def field_comments(cls) -> dict[str, str]:
-    """{field: its trailing `# comment`} read from the dataclass's source (the comments are the docs)."""
-    import inspect
-    import re
-
-    out = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)", line)
-        if m:
-            out.setdefault(m.group(1), m.group(2).strip())
-    return out
+@functools.lru_cache(maxsize=None)
+def field_docs(cls) -> dict[str, str]:
+    """{field: its docstring}: the string under each field of a config dataclass (cleanrl's convention), read
+    from the class's syntax tree."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {a.target.id: " ".join(b.value.value.split()) for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)}
 
 
 def describe(cfg: Config | None = None) -> str:
@@ -606,6 +431,6 @@ def describe(cfg: Config | None = None) -> str:
     lines = []
     for k in all_keys(cfg):
         obj, name = (cfg, k) if "." not in k else (getattr(cfg, k.split(".")[0]), k.split(".")[1])
-        comment = field_comments(type(obj)).get(name, "")
-        lines.append(f"  --{k}={getattr(obj, name)!r}".ljust(44) + (f"  # {comment}" if comment else ""))
+        doc = field_docs(type(obj)).get(name, "")
+        lines.append(f"  --{k}={getattr(obj, name)!r}".ljust(44) + (f"  # {doc}" if doc else ""))
     return "\n".join(lines)

@@ -28,6 +28,7 @@ import torch
 
 from minisapo.baselines import (canonical_items, excluded_items, item_id_rankings, item_knn_rankings, markov_rankings,
                                 oracle_rankings, popularity_rankings, seen_items, targets_of)
+from minisapo.files import finite, refuse_problems
 from minisapo.generate import beam_search
 from minisapo.progress import bar as progress_bar
 from minisapo.reasoning import ReasoningConfig, build_prompt
@@ -35,23 +36,45 @@ from minisapo.reasoning import ReasoningConfig, build_prompt
 
 @dataclass
 class EvalConfig:
-    ks: str = "1,5,10"  # cut-offs K for hit@K / ndcg@K, comma-separated (recall@K == hit@K with one target)
-    beam_width: int = 10  # constrained beam width (the paper's 10); must be >= max K (raised to max K if smaller)
-    max_samples: int = 0  # evaluate on the first N samples of the split (0 = all)
-    batch_size: int = 64  # prompts per beam-search call
-    baselines: bool = True  # also compute the popularity, markov, item_knn (and, on synthetic data, oracle) baselines
-    knn_recency: float = 0.5  # item_knn weighs the t-th most recent history item by this^t (1 = plain sum)
-    exclude_seen: bool = False  # remove every item the user saw before the target (their whole sequence before it)
-    #   from every ranked list: the model's beam search and every baseline's (False: rank every item, RecBole's
-    #   default for sequential models)
-    both_protocols: bool = True  # on real data (no oracle) every eval_<split>*.json gets a sibling under the other
-    #   protocol (exclude_seen flipped): eval_<split>*_exclude_seenTrue.json (or ..False.json)
-    item_id_baseline: bool = False  # also rank with the item-ID transformer (reasoning.mode=item_id: the same GPT
-    #   with one token per item, trained with the run's settings in <run>/item_id/ before the first evaluation)
+    ks: str = "1,5,10"
+    """cut-offs K for hit@K / ndcg@K, comma-separated (recall@K == hit@K with one target)"""
+    beam_width: int = 10
+    """constrained beam width (the paper's 10); must be >= max K (raised to max K if smaller)"""
+    max_samples: int = 0
+    """evaluate on the first N samples of the split (0 = all)"""
+    batch_size: int = 64
+    """prompts per beam-search call"""
+    baselines: bool = True
+    """also compute the popularity, markov, item_knn (and, on synthetic data, oracle) baselines"""
+    knn_recency: float = 0.5
+    """item_knn weighs the t-th most recent history item by this^t (1 = plain sum)"""
+    exclude_seen: bool = False
+    """remove every item the user saw before the target (their whole sequence before it) from every ranked list:
+    the model's beam search and every baseline's (False: rank every item, RecBole's default for sequential
+    models)"""
+    both_protocols: bool = True
+    """on real data (no oracle) every eval_<split>*.json gets a sibling under the other protocol (exclude_seen
+    flipped): eval_<split>*_exclude_seenTrue.json (or ..False.json)"""
+    item_id_baseline: bool = False
+    """also rank with the item-ID transformer (reasoning.mode=item_id: the same GPT with one token per item,
+    trained with the run's settings in <run>/item_id/ before the first evaluation)"""
 
     def __post_init__(self):
-        if not 0.0 < self.knn_recency <= 1.0:
-            raise ValueError(f"knn_recency must be in (0, 1], got {self.knn_recency}")
+        refuse_problems(self, "eval")
+
+    def problems(self):
+        """(field, what to change) for every setting out of range."""
+        try:
+            parse_ks(self.ks)
+        except ValueError:
+            yield "ks", "expected comma-separated whole numbers >= 1, like 1,5,10"
+        for key in ("beam_width", "batch_size"):
+            if getattr(self, key) < 1:
+                yield key, "must be >= 1"
+        if self.max_samples < 0:
+            yield "max_samples", "must be >= 0 (0 = all)"
+        if not (finite(self.knn_recency) and 0 < self.knn_recency <= 1):
+            yield "knn_recency", "must be in (0, 1] (1 = a plain sum over the history)"
 
 
 def parse_ks(ks: str | Sequence[int]) -> list[int]:

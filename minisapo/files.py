@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -20,6 +21,22 @@ from typing import Any
 def warn(message: str) -> None:
     """One warning line on stderr (what a reader repaired or dropped, a lock taken over, ...)."""
     print(f"minisapo: warning: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# settings: every stage's config dataclass lists its own problems (`problems()`, beside its fields)
+
+
+def finite(x) -> bool:
+    """A real number that is not inf or nan (a bool is not a number here)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def refuse_problems(cfg, section: str) -> None:
+    """A ValueError `section.key=value: what to change` for the first of `cfg.problems()` (a config dataclass
+    calls this in `__post_init__`; `config.validate` asks every section of a whole config the same way)."""
+    for key, why in cfg.problems():
+        raise ValueError(f"{section}.{key}={getattr(cfg, key, None)!r}: {why}")
 
 
 # ----------------------------------------------------------------------------------------------

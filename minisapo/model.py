@@ -30,20 +30,54 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minisapo.files import finite, refuse_problems
+
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 0  # number of token ids; 0 = filled in from the tokenizer when the model is built
-    words: bool = True  # the vocabulary holds the word tokens; False: specials and SID tokens only, for a sid_only
-    #   model without prompt titles (it never reads or writes a word): a softmax over ~200 tokens, not ~2,300
-    n_layer: int = 2  # number of transformer blocks
-    n_head: int = 2  # attention heads per block (n_embd must be divisible by n_head)
-    n_embd: int = 32  # width of the residual stream (C)
-    mlp_ratio: int = 4  # hidden width of the MLP = mlp_ratio * n_embd
-    max_seq_len: int = 512  # longest prompt + response the model accepts (size of the RoPE table)
-    rope_base: float = 10000.0  # RoPE frequency base
-    dropout: float = 0.0  # dropout on attention weights and residual branches (training only)
-    init_std: float = 0.02  # std of the normal weight init (residual projections are scaled by 1/sqrt(2*n_layer))
+    vocab_size: int = 0
+    """number of token ids; 0 = filled in from the tokenizer when the model is built"""
+    words: bool = True
+    """the vocabulary holds the word tokens; False: specials and SID tokens only, for a sid_only model without
+    prompt titles (it never reads or writes a word): a softmax over ~200 tokens, not ~2,300"""
+    n_layer: int = 2
+    """number of transformer blocks"""
+    n_head: int = 2
+    """attention heads per block (n_embd must be divisible by n_head)"""
+    n_embd: int = 32
+    """width of the residual stream (C)"""
+    mlp_ratio: int = 4
+    """hidden width of the MLP = mlp_ratio * n_embd"""
+    max_seq_len: int = 512
+    """longest prompt + response the model accepts (size of the RoPE table)"""
+    rope_base: float = 10000.0
+    """RoPE frequency base"""
+    dropout: float = 0.0
+    """dropout on attention weights and residual branches (training only)"""
+    init_std: float = 0.02
+    """std of the normal weight init (residual projections are scaled by 1/sqrt(2*n_layer))"""
+
+    def __post_init__(self):
+        refuse_problems(self, "model")
+
+    def problems(self):
+        """(field, what to change) for every setting out of range."""
+        for key, lo in (("vocab_size", 0), ("n_layer", 1), ("n_head", 1), ("n_embd", 1), ("mlp_ratio", 1),
+                        ("max_seq_len", 8)):
+            if getattr(self, key) < lo:
+                yield key, f"must be >= {lo}"
+        if self.n_head >= 1 and self.n_embd >= 1:
+            if self.n_embd % self.n_head:
+                yield "n_embd", (f"must be divisible by model.n_head={self.n_head} "
+                                 f"(e.g. --n_embd={max(1, self.n_embd // self.n_head) * self.n_head})")
+            elif (self.n_embd // self.n_head) % 2:
+                yield "n_embd", f"n_embd / n_head = {self.n_embd // self.n_head} must be even (RoPE rotates pairs)"
+        if not (finite(self.rope_base) and self.rope_base > 1):
+            yield "rope_base", "must be a finite number > 1"
+        if not (finite(self.dropout) and 0 <= self.dropout < 1):
+            yield "dropout", "must be in [0, 1)"
+        if not (finite(self.init_std) and self.init_std > 0):
+            yield "init_std", "must be a finite number > 0"
 
 
 

@@ -121,7 +121,7 @@ def checked(fn: Callable, key: str, spec: str) -> Callable:
     return call
 
 
-# Plug-ins are tried on these per-step matches when a config is checked (config.check_rl): three groups of
+# Plug-ins are tried on these per-step matches when a config is checked (RLConfig.problems): three groups of
 # G = 4 rows, K = 3 steps; the last group is all equal (zero variance: a plug-in must not divide by a 0 std).
 EXAMPLE_MATCHES = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]] * 2 + [[1, 0, 0]] * 4, dtype=torch.float)
 EXAMPLE_GROUP = 4

@@ -59,24 +59,47 @@ from typing import Sequence
 
 import torch
 
+from minisapo.files import refuse_problems
 from minisapo.tokenizer import REASONING_WORDS as TEACHER_WORDS  # "recent", "often", "next": always in the vocabulary
 from minisapo.tokenizer import SPECIALS
 
 
 @dataclass
 class ReasoningConfig:
-    mode: str = "reasoning"  # "reasoning" (thinking blocks + SID), "sid_only" (SID only, the TIGER-style baseline) or "item_id" (one token per item, no SIDs: the SASRec-style baseline, ranked by a softmax over the catalog)
-    layout: str = "blocks_first"  # "blocks_first" (all K blocks, then the SID; the paper's) or "interleaved" (block k before SID token k)
-    max_think_tokens: int = 16  # cap on the words inside one thinking block (the grammar then forces </think>)
-    prompt_titles: bool = False  # add each history item's title words after its SID in the prompt
-    title_words: int = 4  # how many title words per history item when prompt_titles=True
-    recent: int = 5  # teacher blocks look at the user's last `recent` history items
-    descriptor_words: int = 3  # words kept from each descriptor inside a teacher block
-    traces: str | None = None  # optional JSONL of external traces (see minisapo.traces); None = teacher blocks
-    teacher: str = "auto"  # teacher blocks: "auto" (world on a compose world, else history), "history" (what the history shows at level k, no target; in interleaved also the SID so far), "target" (names the target's level-k descriptor: the paper-style rationale), "world" (compose worlds: the two facts level k's code is computed from) or "world_misaligned" (the same facts, block k carrying level k+1's: a control)
+    mode: str = "reasoning"
+    """"reasoning" (thinking blocks + SID), "sid_only" (SID only, the TIGER-style baseline) or "item_id" (one
+    token per item, no SIDs: the SASRec-style baseline, ranked by a softmax over the catalog)"""
+    layout: str = "blocks_first"
+    """"blocks_first" (all K blocks, then the SID; the paper's) or "interleaved" (block k before SID token k)"""
+    max_think_tokens: int = 16
+    """cap on the words inside one thinking block (the grammar then forces </think>)"""
+    prompt_titles: bool = False
+    """add each history item's title words after its SID in the prompt"""
+    title_words: int = 4
+    """how many title words per history item when prompt_titles=True"""
+    recent: int = 5
+    """teacher blocks look at the user's last `recent` history items"""
+    descriptor_words: int = 3
+    """words kept from each descriptor inside a teacher block"""
+    traces: str | None = None
+    """optional JSONL of external traces (see minisapo.traces); None = teacher blocks"""
+    teacher: str = "auto"
+    """teacher blocks: "auto" (world on a compose world, else history), "history" (what the history shows at
+    level k, no target; in interleaved also the SID so far), "target" (names the target's level-k descriptor:
+    the paper-style rationale), "world" (compose worlds: the two facts level k's code is computed from) or
+    "world_misaligned" (the same facts, block k carrying level k+1's: a control)"""
 
     def __post_init__(self):
-        check_config(self)
+        refuse_problems(self, "reasoning")
+
+    def problems(self):
+        """(field, what to change) for every setting out of range."""
+        for key, allowed in (("mode", MODES), ("layout", LAYOUTS), ("teacher", TEACHERS)):
+            if getattr(self, key) not in allowed:
+                yield key, f"choose one of {', '.join(allowed)}"
+        for key in ("max_think_tokens", "title_words", "recent", "descriptor_words"):
+            if getattr(self, key) < 1:
+                yield key, "must be >= 1"
 
 
 MODES = ("reasoning", "sid_only", "item_id")
@@ -84,18 +107,6 @@ ITEM_OFFSET = 2  # mode="item_id": token 0 is <pad>, 1 is <bos> (the tokenizer's
 BOS_ID = SPECIALS.index("<bos>")
 LAYOUTS = ("blocks_first", "interleaved")
 TEACHERS = ("auto", "history", "target", "world", "world_misaligned")
-
-
-def check_config(cfg: ReasoningConfig) -> None:
-    """Raise a ValueError that says what to change for an invalid mode/layout/cap."""
-    if cfg.mode not in MODES:
-        raise ValueError(f"reasoning.mode={cfg.mode!r}: choose one of {MODES}")
-    if cfg.layout not in LAYOUTS:
-        raise ValueError(f"reasoning.layout={cfg.layout!r}: choose one of {LAYOUTS}")
-    if cfg.max_think_tokens < 1:
-        raise ValueError(f"reasoning.max_think_tokens={cfg.max_think_tokens}: must be >= 1")
-    if cfg.teacher not in TEACHERS:
-        raise ValueError(f"reasoning.teacher={cfg.teacher!r}: choose one of {TEACHERS}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +210,7 @@ def teacher_blocks(history: Sequence[int], target: int, table, tokenizer,
     and tokenizer (descriptor words), for speed.
     """
     cfg = cfg or ReasoningConfig()
-    check_config(cfg)
+    refuse_problems(cfg, "reasoning")
     known = _word_set(tokenizer)
     connector = {w: [tokenizer.token_to_id(w)] if tokenizer.token_to_id(w) in known else [] for w in TEACHER_WORDS}
     codes = table.codes
@@ -344,7 +355,7 @@ def build_examples(dataset, table, tokenizer, samples, cfg: ReasoningConfig | No
     mode="item_id": `<bos> i_1 .. i_n` -> the target's token. The same code path for all three.
     """
     cfg = cfg or ReasoningConfig()
-    check_config(cfg)
+    refuse_problems(cfg, "reasoning")
     titles = dataset.item_titles if cfg.prompt_titles else None
     examples, from_traces = [], 0
     blocks_of = teacher(dataset, table, tokenizer, cfg) if cfg.mode == "reasoning" else None

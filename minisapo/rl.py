@@ -2,7 +2,7 @@
 
 Top to bottom: rewards -> advantages -> per-token credit -> PPO-clip loss -> one step -> the loop, pure
 tensor functions up to `score_rollouts`. trainer.py keeps the books (metrics.jsonl, checkpoints, resume,
-evaluation schedule), rl_metrics.py measures, config.py checks settings (`rl_config`). One RL step:
+evaluation schedule), rl_metrics.py measures, `RLConfig.problems` checks the settings. One RL step:
 
     batch_size prompts --rollout--> G = num_generations responses each          (B = batch_size * G rows)
     responses --parse--> per-step matches m[i, k] = 1[SID token k of response i == target token k]
@@ -44,13 +44,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from minisapo import distributed
+from minisapo import distributed, plugins
 from minisapo.evaluate import SELECT_METRIC
-from minisapo.generate import response_logprobs, rollouts
-from minisapo.plugins import plugin
+from minisapo.files import finite, refuse_problems, write_json
+from minisapo.generate import ROLLOUTS, response_logprobs, rollouts
+from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES, plugin
 from minisapo.reasoning import step_index
 from minisapo.rl_metrics import add_chunk_stats, clip_stats, rollout_metrics, step_matches
-from minisapo.files import write_json
 from minisapo.runs import check_finite, nonfinite_context
 from minisapo.trainer import STREAM_EXTRA, STREAM_ROLLOUTS, Trainer, batch_indices, mix_seed, warmup_lr
 
@@ -60,41 +60,109 @@ class RLConfig:
     """RL hyperparameters (names follow TRL's GRPOConfig where TRL has the knob)."""
 
     # --- what is rewarded and how credit is assigned
-    reward: str = "position"  # exact | position (paper) | prefix (gated) | sidreasoner | rank (beam) | module:function
-    advantage: str = "step"  # sequence (GRPO: one per response) | step (SAPO: one per step) | module:function
-    step_token_mean: bool = True  # step advantage: each step weighs the same whatever its length (1/|y_i^(k)|)
-    scale_rewards: str = "group"  # group (group std) | batch (std over batch) | none; the mean is always per group
-    think_credit: bool = True  # sampled thinking tokens get their step's advantage (False: only SID tokens, <eos>)
-    sid_credit: bool = True  # SID tokens get their step's advantage (False with think_credit: the thinking only)
+    reward: str = "position"
+    """exact | position (paper) | prefix (gated) | sidreasoner | rank (beam) | module:function"""
+    advantage: str = "step"
+    """sequence (GRPO: one per response) | step (SAPO: one per step) | module:function"""
+    step_token_mean: bool = True
+    """step advantage: each step weighs the same whatever its length (1/|y_i^(k)|)"""
+    scale_rewards: str = "group"
+    """group (group std) | batch (std over batch) | none; the mean is always per group"""
+    think_credit: bool = True
+    """sampled thinking tokens get their step's advantage (False: only SID tokens, <eos>)"""
+    sid_credit: bool = True
+    """SID tokens get their step's advantage (False with think_credit: the thinking only)"""
     # --- the group
-    rollout: str = "sample"  # sample (G samples) | greedy_think (greedy thinking, G sampled SIDs) | beam (top G beams)
-    num_generations: int = 16  # G: responses per prompt (the group); the paper uses 16
-    temperature: float = 1.0  # sampling temperature (the loss uses the same one)
-    max_completion_length: int | None = None  # cap on response tokens; None = the grammar's own cap
-    batch_size: int = 64  # prompts per RL step (rows per step = batch_size * num_generations)
+    rollout: str = "sample"
+    """sample (G samples) | greedy_think (greedy thinking, G sampled SIDs) | beam (top G beams)"""
+    num_generations: int = 16
+    """G: responses per prompt (the group); the paper uses 16"""
+    temperature: float = 1.0
+    """sampling temperature (the loss uses the same one)"""
+    max_completion_length: int | None = None
+    """cap on response tokens; None = the grammar's own cap"""
+    batch_size: int = 64
+    """prompts per RL step (rows per step = batch_size * num_generations)"""
     # --- the surrogate
-    loss_type: str = "grpo"  # grpo | bnpo | dr_grpo | dapo (TRL's normalisers, see policy_loss)
-    epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
-    epsilon_high: float | None = None  # upper clip: ratio <= 1 + epsilon_high (None = epsilon; DAPO: 0.28)
-    beta: float = 0.001  # KL(pi || pi_ref) coefficient, k3 estimator (the paper: 1e-3); 0 = no reference model
-    dynamic_sampling: bool = False  # DAPO: drop groups without signal (all rewards equal) and draw more prompts
-    #   (at most 3 extra batches) until the step has batch_size groups that carry one
-    num_iterations: int = 1  # mu: PPO updates per batch of rollouts (1 = on-policy, ratio == 1)
+    loss_type: str = "grpo"
+    """grpo | bnpo | dr_grpo | dapo (TRL's normalisers, see policy_loss)"""
+    epsilon: float = 0.2
+    """lower clip: ratio >= 1 - epsilon"""
+    epsilon_high: float | None = None
+    """upper clip: ratio <= 1 + epsilon_high (None = epsilon; DAPO: 0.28)"""
+    beta: float = 0.001
+    """KL(pi || pi_ref) coefficient, k3 estimator (the paper: 1e-3); 0 = no reference model"""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups without signal (all rewards equal) and draw more prompts (at most 3 extra batches) until
+    the step has batch_size groups that carry one"""
+    num_iterations: int = 1
+    """mu: PPO updates per batch of rollouts (1 = on-policy, ratio == 1)"""
     # --- optimisation
-    optimizer: str = "adamw"  # adamw | sgd (plain, no momentum)
-    learning_rate: float = 3e-5  # constant after warm-up
-    warmup_steps: int = 0  # linear warm-up of the learning rate over this many steps
-    weight_decay: float = 0.0  # AdamW weight decay
-    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
-    gradient_accumulation_steps: int = 1  # split each batch into this many chunks per optimiser step
+    optimizer: str = "adamw"
+    """adamw | sgd (plain, no momentum)"""
+    learning_rate: float = 3e-5
+    """constant after warm-up"""
+    warmup_steps: int = 0
+    """linear warm-up of the learning rate over this many steps"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (0 = off)"""
+    gradient_accumulation_steps: int = 1
+    """split each batch into this many chunks per optimiser step"""
     # --- schedule
-    max_steps: int = 100  # RL steps (each = one batch of prompts, rolled out once)
-    eval_every: int = 25  # evaluate every this many steps (0 = only at start and end)
-    save_every: int = 25  # checkpoint every this many steps (the final step is always saved)
-    eval_prompts: int = 128  # held-out (validation) prompts for the eval/sampled_reward curve
-    keep_best: bool = False  # leave RL with the evaluated weights of best eval/valid_hit@10 (step 0 = the SFT model)
-    keep_best_p: float = 0.05  # with keep_best, an evaluation replaces the SFT model only if its gain is significant:
-    #   a paired sign test over the validation users at p < keep_best_p (1 = any gain counts)
+    max_steps: int = 100
+    """RL steps (each = one batch of prompts, rolled out once)"""
+    eval_every: int = 25
+    """evaluate every this many steps (0 = only at start and end)"""
+    save_every: int = 25
+    """checkpoint every this many steps (the final step is always saved)"""
+    eval_prompts: int = 128
+    """held-out (validation) prompts for the eval/sampled_reward curve"""
+    keep_best: bool = False
+    """leave RL with the evaluated weights of best eval/valid_hit@10 (step 0 = the SFT model)"""
+    keep_best_p: float = 0.05
+    """with keep_best, an evaluation replaces the SFT model only if its gain is significant: a paired sign test
+    over the validation users at p < keep_best_p (1 = any gain counts)"""
+
+    def __post_init__(self):
+        refuse_problems(self, "rl")
+
+    def problems(self):
+        """(field, what to change) for every setting out of range or of an unknown name; a plug-in is tried on
+        an example now, not at step 1 (but not one only a run's config.json names: see minisapo.plugins)."""
+        for key, allowed in (("scale_rewards", SCALE_REWARDS), ("loss_type", LOSS_TYPES), ("rollout", ROLLOUTS),
+                             ("optimizer", OPTIMIZERS), ("reward", REWARDS), ("advantage", ADVANTAGES)):
+            plugin_ok = key in ("reward", "advantage") and ":" in getattr(self, key)
+            if getattr(self, key) not in allowed and not plugin_ok:
+                yield key, f"use one of {', '.join(allowed)}" + (" (or module:function)" if key in ("reward", "advantage") else "")
+        if plugins.may_load(self.reward) and plugins.may_load(self.advantage):
+            rewards = compute_rewards(EXAMPLE_MATCHES, self.reward, self.advantage, EXAMPLE_GROUP)  # raises if bad
+            advantage_function(self.advantage)(rewards, EXAMPLE_GROUP, self.scale_rewards)
+        if self.reward == "rank" and self.rollout != "beam":
+            yield "reward", "rank ranks the group, so it needs --rl.rollout=beam"
+        if self.num_generations < 2:
+            yield "num_generations", "must be >= 2: group-relative advantages need a group"
+        for key, lo in (("num_iterations", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1), ("max_steps", 0),
+                        ("eval_every", 0), ("save_every", 0), ("warmup_steps", 0), ("eval_prompts", 1)):
+            if getattr(self, key) < lo:
+                yield key, f"must be >= {lo}"
+        if self.gradient_accumulation_steps >= 1 and (self.batch_size * self.num_generations) % \
+                self.gradient_accumulation_steps:
+            yield "gradient_accumulation_steps", (f"must divide batch_size * num_generations = "
+                                                  f"{self.batch_size * self.num_generations}")
+        for key in ("temperature", "learning_rate"):
+            if not (finite(getattr(self, key)) and getattr(self, key) > 0):
+                yield key, "must be a finite number > 0"
+        for key in ("beta", "weight_decay", "max_grad_norm"):
+            if not (finite(getattr(self, key)) and getattr(self, key) >= 0):
+                yield key, "must be a finite number >= 0" + (" (0 = off)" if key != "weight_decay" else "")
+        if not (finite(self.keep_best_p) and 0 < self.keep_best_p <= 1):
+            yield "keep_best_p", "must be in (0, 1] (1 = any validation gain replaces the SFT model)"
+        if not (finite(self.epsilon) and 0 <= self.epsilon < 1):
+            yield "epsilon", "must be in [0, 1) (the ratio is clipped below at 1 - epsilon)"
+        if self.epsilon_high is not None and not (finite(self.epsilon_high) and self.epsilon_high >= 0):
+            yield "epsilon_high", "must be a finite number >= 0, or none (= epsilon)"
 
 
 ALGOS: dict[str, dict[str, object]] = {
@@ -108,6 +176,14 @@ SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 OPTIMIZERS = ("adamw", "sgd")
 EPS = 1e-4  # added to a reward std before dividing (TRL's value)
+
+
+def rl_config(algo: str | None = None, **overrides) -> RLConfig:
+    """An RLConfig for a preset in `ALGOS`, with keyword overrides on top, checked when it is made: how a
+    library user makes one (e.g. `rl_config("grpo", num_generations=8)`)."""
+    if algo is not None and algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
+    return RLConfig(**{**ALGOS.get(algo, {}), **overrides})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -155,16 +155,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def device_problem(name: str) -> str | None:
+    """What to pass instead when `name` is not a device name minisapo takes, else None (whether this machine
+    has that device is `check_device`'s question, asked when a stage starts)."""
+    try:
+        ok = name == "auto" or torch.device(name).type in ("cpu", "cuda", "mps")
+    except (RuntimeError, ValueError):
+        ok = False
+    return None if ok else "use auto, cpu, cuda, cuda:N or mps"
+
+
 def check_device(name: str) -> torch.device:
     """The torch device for `name` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps'), or a ValueError saying what
     to pass instead when that device is not available on this machine."""
     name = str(name)
     if name == "auto":
         return pick_device("auto")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device={name} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if device_problem(name):
+        raise ValueError(f"--device={name} is not a device: {device_problem(name)}")
+    dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device={name}: CUDA is not available on this machine (torch {torch.__version__}); "
@@ -176,8 +185,6 @@ def check_device(name: str) -> torch.device:
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise ValueError(f"--device={name}: MPS is not available on this machine; use --device=cpu or --device=auto")
-    elif dev.type != "cpu":
-        raise ValueError(f"--device={name}: use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from minisapo import distributed
 from minisapo.evaluate import SELECT_METRIC
+from minisapo.files import finite, refuse_problems
 from minisapo.model import autocast
 from minisapo.runs import check_finite, load_weights
 from minisapo.trainer import Trainer, final_weights
@@ -48,31 +49,84 @@ Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
 
 @dataclass
 class SFTConfig:
-    max_steps: int = 600  # optimizer steps; 0 = use `epochs` instead
-    epochs: float = 0.0  # passes over the training examples (used only when max_steps = 0)
-    pretrain_epochs: float = 0.0  # passes of item-sequence pretraining before SFT (every training item a
-    #   next-item target, SID tokens only; reasoning.build_sequence_examples); 0 = none
-    pretrain_window: int = 0  # items per pretraining window (0 = data.max_history + 1, a prompt's history and its target)
-    pretrain_stride: int = 0  # items between the starts of two windows of a user (0 = the window: side by side;
-    #   smaller: overlapping windows, every item a target under several contexts)
-    batch_size: int = 32  # examples per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
-    learning_rate: float = 1e-3  # peak AdamW learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    warmup_steps: int = 20  # linear warmup from 0 to learning_rate over this many steps
-    weight_decay: float = 0.1  # AdamW weight decay (matrices only; biases, norms and gains get none)
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.95  # AdamW beta2
-    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
-    eval_every: int = 100  # validate and checkpoint every this many steps (and at the end; 0 = only at the end)
-    eval_samples: int = 64  # validation examples for the validation loss / quick hit@10 (0 = all)
-    ema: float = 0.0  # > 0: evaluate, keep and end with the exponential moving average of the weights
-    #   (avg <- ema * avg + (1 - ema) * weights after every step; 0.999 averages over ~1,000 steps); 0 = off
-    keep_best: bool = True  # after training use the checkpoint with the best validation hit@10 (sft_best.pt), not the last
-    log_every: int = 10  # write a training record to metrics.jsonl every this many steps
-    user_fraction: float = 1.0  # SFT sees only this fraction of the training users; RL prompts come from the others
-    compare_sid_only: bool = False  # `minisapo run`: also train the same SFT without thinking (mode sid_only, same
-    #   users and steps) and show it beside the reasoning model in the final table
+    max_steps: int = 600
+    """optimizer steps; 0 = use `epochs` instead"""
+    epochs: float = 0.0
+    """passes over the training examples (used only when max_steps = 0)"""
+    pretrain_epochs: float = 0.0
+    """passes of item-sequence pretraining before SFT (every training item a next-item target, SID tokens only;
+    reasoning.build_sequence_examples); 0 = none"""
+    pretrain_window: int = 0
+    """items per pretraining window (0 = data.max_history + 1, a prompt's history and its target)"""
+    pretrain_stride: int = 0
+    """items between the starts of two windows of a user (0 = the window: side by side; smaller: overlapping
+    windows, every item a target under several contexts)"""
+    batch_size: int = 32
+    """examples per micro-batch"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step (effective batch = batch_size * grad_accum)"""
+    learning_rate: float = 1e-3
+    """peak AdamW learning rate"""
+    min_lr_ratio: float = 0.1
+    """cosine decays to learning_rate * min_lr_ratio"""
+    warmup_steps: int = 20
+    """linear warmup from 0 to learning_rate over this many steps"""
+    weight_decay: float = 0.1
+    """AdamW weight decay (matrices only; biases, norms and gains get none)"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.95
+    """AdamW beta2"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this (0 = no clipping)"""
+    eval_every: int = 100
+    """validate and checkpoint every this many steps (and at the end; 0 = only at the end)"""
+    eval_samples: int = 64
+    """validation examples for the validation loss / quick hit@10 (0 = all)"""
+    ema: float = 0.0
+    """> 0: evaluate, keep and end with the exponential moving average of the weights (avg <- ema * avg + (1 -
+    ema) * weights after every step; 0.999 averages over ~1,000 steps); 0 = off"""
+    keep_best: bool = True
+    """after training use the checkpoint with the best validation hit@10 (sft_best.pt), not the last"""
+    log_every: int = 10
+    """write a training record to metrics.jsonl every this many steps"""
+    user_fraction: float = 1.0
+    """SFT sees only this fraction of the training users; RL prompts come from the others"""
+    compare_sid_only: bool = False
+    """`minisapo run`: also train the same SFT without thinking (mode sid_only, same users and steps) and show it
+    beside the reasoning model in the final table"""
+
+    def __post_init__(self):
+        refuse_problems(self, "sft")
+
+    def problems(self):
+        """(field, what to change) for every setting out of range."""
+        for key, lo in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0),
+                        ("eval_every", 0), ("eval_samples", 0), ("log_every", 1)):
+            if getattr(self, key) < lo:
+                yield key, f"must be >= {lo}"
+        if not (finite(self.pretrain_epochs) and self.pretrain_epochs >= 0):
+            yield "pretrain_epochs", "must be a finite number >= 0 (0 = no pretraining)"
+        if self.pretrain_window < 0 or self.pretrain_window == 1:
+            yield "pretrain_window", "must be 0 (data.max_history + 1) or >= 2 items"
+        if self.pretrain_stride < 0:
+            yield "pretrain_stride", "must be >= 0 (0 = the window: windows side by side)"
+        if not (finite(self.user_fraction) and 0 < self.user_fraction <= 1):
+            yield "user_fraction", "must be in (0, 1] (1 = SFT on every training user)"
+        if not (finite(self.epochs) and self.epochs >= 0):
+            yield "epochs", "must be a finite number >= 0"
+        elif self.max_steps == 0 and self.epochs == 0:
+            yield "max_steps", "set sft.max_steps > 0, or sft.max_steps=0 with sft.epochs > 0"
+        for key, lo, hi, text in (("learning_rate", 0, None, "a finite number > 0"),
+                                  ("weight_decay", 0, None, "a finite number >= 0"),
+                                  ("grad_clip", 0, None, "a finite number >= 0 (0 = no clipping)"),
+                                  ("min_lr_ratio", 0, 1, "in [0, 1]"), ("beta1", 0, 1, "in [0, 1)"),
+                                  ("beta2", 0, 1, "in [0, 1)"), ("ema", 0, 1, "in [0, 1) (0 = off)")):
+            v = getattr(self, key)
+            bad = not finite(v) or v < lo or (key == "learning_rate" and v == 0) or \
+                (hi is not None and (v > hi or (key != "min_lr_ratio" and v == hi)))
+            if bad:
+                yield key, f"must be {text}"
 
 
 # ----------------------------------------------------------------------------------------------

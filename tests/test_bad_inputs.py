@@ -828,7 +828,7 @@ def test_a_plugin_nan_at_a_later_step_names_it_and_leaves_a_resumable_run(ws, ca
 
 
 def test_a_step_plugin_that_returns_one_advantage_per_response_says_so_once(tmp_path, capsys):
-    from minisapo.config import rl_config
+    from minisapo.rl import rl_config
     from minisapo.rl import advantage_function, reward_position
     from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES
 

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from minisapo.config import PRESETS, Config, ConfigError, from_dict, make_config, parse_overrides, resolve_key, to_dict
+from minisapo.config import (PRESETS, Config, ConfigError, all_keys, apply_overrides, from_dict, make_config, parse_overrides,
+                             resolve_key, to_dict)
 
 
 def test_defaults_then_preset_then_overrides():
@@ -54,15 +55,56 @@ def test_json_round_trip():
     assert isinstance(again, Config)
 
 
-def test_every_config_field_has_a_comment():
-    from minisapo.config import SECTIONS, describe, field_comments
+def test_every_config_field_has_a_docstring():
+    from minisapo.config import SECTIONS, describe, field_docs
 
     cfg = Config()
     for obj in [cfg] + [getattr(cfg, s) for s in SECTIONS]:
-        comments = field_comments(type(obj))
-        missing = [f for f in vars(obj) if f not in SECTIONS and not comments.get(f)]
-        assert not missing, f"{type(obj).__name__}: fields without a comment: {missing}"
-    assert all("  # " in line for line in describe().splitlines())  # --help-config shows every comment
+        docs = field_docs(type(obj))
+        missing = [f for f in vars(obj) if f not in SECTIONS and not docs.get(f)]
+        assert not missing, f"{type(obj).__name__}: fields without a docstring: {missing}"
+    help_lines = describe().splitlines()
+    assert len(help_lines) == len(all_keys()) and all("  # " in line for line in help_lines)
+    assert any(line.startswith("  --sft.learning_rate=0.001") and line.endswith("# peak AdamW learning rate")
+               for line in help_lines)
+
+
+def test_field_docs_reads_the_string_under_each_field():
+    from dataclasses import dataclass
+
+    from minisapo.config import field_docs
+
+    @dataclass
+    class Demo:
+        a: int = 1
+        """the first
+        knob"""
+        b: int = 2  # a comment is not a docstring
+        c: int = 3
+        """the third"""
+
+    assert field_docs(Demo) == {"a": "the first knob", "c": "the third"}
+
+
+def test_each_section_refuses_its_own_bad_settings():
+    from minisapo.data import DataConfig
+    from minisapo.evaluate import EvalConfig
+    from minisapo.model import ModelConfig
+    from minisapo.reasoning import ReasoningConfig
+    from minisapo.rl import RLConfig
+    from minisapo.sft import SFTConfig
+    from minisapo.sid import SIDConfig
+
+    for cls, key, bad, why in [(DataConfig, "max_history", 0, "must be >= 1"), (SIDConfig, "codebook_size", 1, "or >= 2"),
+                               (ModelConfig, "n_embd", 33, "divisible by model.n_head=2"),
+                               (ReasoningConfig, "recent", 0, "must be >= 1"), (SFTConfig, "ema", 1.0, "in \\[0, 1\\)"),
+                               (RLConfig, "num_generations", 1, "need a group"), (EvalConfig, "ks", "1,x", "like 1,5,10")]:
+        assert list(cls().problems()) == []  # the defaults are fine
+        with pytest.raises(ValueError, match=f"\\.{key}={bad!r}: .*{why}"):
+            cls(**{key: bad})  # refused when made (a library user's config) ...
+        cfg = make_config(preset="tiny")
+        with pytest.raises(ConfigError, match=f"--[a-z]+\\.{key}={bad!r}: .*{why}"):
+            apply_overrides(cfg, {key: bad})  # ... and when set on a whole config
 
 
 def test_real_preset_is_sized_in_epochs_and_validates_on_enough_users():

@@ -122,12 +122,16 @@ def test_knobs_override_preset(tmp_path):
 
 
 def test_bad_synthetic_settings(tmp_path):
+    with pytest.raises(ValueError, match="data.world='huge': unknown synthetic world"):
+        DataConfig(world="huge")  # refused when the config is made
+    cfg = DataConfig()
+    cfg.world = "huge"  # or changed after it
     with pytest.raises(ValueError, match="unknown synthetic world"):
-        prepare(DataConfig(world="huge"), tmp_path)
+        prepare(cfg, tmp_path)
     with pytest.raises(ValueError, match="stay \\+ jump"):
         world_params("tiny", stay=0.9, jump=0.5)
-    with pytest.raises(ValueError, match="unknown data source"):
-        prepare(DataConfig(source="csv"), tmp_path)
+    with pytest.raises(ValueError, match="data.source='csv': use synthetic, amazon or atomic"):
+        DataConfig(source="csv")
     with pytest.raises(FileNotFoundError, match="minisapo data --source=synthetic"):
         load(tmp_path, "nothing_here")
 

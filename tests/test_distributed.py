@@ -62,7 +62,7 @@ def _sft_setup():
 def _rl_setup(rollout):
     import numpy as np
 
-    from minisapo import config
+    from minisapo.rl import rl_config
     from minisapo.grammar import Grammar
     from minisapo.model import ModelConfig, build_model
     from minisapo.reasoning import build_prompt
@@ -79,8 +79,8 @@ def _rl_setup(rollout):
     samples = [S(0, (i % 6, (i + 1) % 6), (i + 2) % 6) for i in range(6)]
     prompts = [build_prompt(s.history, table, tok) for s in samples]
     # 3 prompts per step: the ranks roll out 2 and 1 whole groups; KL to the reference model on
-    cfg = config.rl_config("sapo", rollout=rollout, num_generations=4, batch_size=3, max_steps=3, learning_rate=1e-2,
-                           beta=0.01, eval_every=0, save_every=0, gradient_accumulation_steps=2 if rollout == "sample" else 1)
+    cfg = rl_config("sapo", rollout=rollout, num_generations=4, batch_size=3, max_steps=3, learning_rate=1e-2,
+                    beta=0.01, eval_every=0, save_every=0, gradient_accumulation_steps=2 if rollout == "sample" else 1)
     return model, grammar, tok, table, samples, prompts, cfg
 
 

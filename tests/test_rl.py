@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from minisapo import config, rl
+from minisapo import rl
 from minisapo.rl_metrics import step_matches
 
 
@@ -218,13 +218,13 @@ def test_clip_and_kl_by_hand():
 
 def test_presets_are_valid_configs():
     for name in rl.ALGOS:
-        cfg = config.rl_config(name)
+        cfg = rl.rl_config(name)
         assert cfg.reward in rl.REWARDS and cfg.advantage in rl.ADVANTAGES
-    assert config.rl_config("sapo").advantage == "step" and config.rl_config("grpo").reward == "exact"
+    assert rl.rl_config("sapo").advantage == "step" and rl.rl_config("grpo").reward == "exact"
     with pytest.raises(ValueError):
-        config.rl_config("nope")
+        rl.rl_config("nope")
     with pytest.raises(ValueError):
-        config.rl_config(loss_type="sapo")  # not Qwen's soft-gated SAPO
+        rl.rl_config(loss_type="sapo")  # not Qwen's soft-gated SAPO
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_score_rollouts_credit_by_step_on_real_responses(world, layout):
     mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows]).bool()
     parsed = [grammar.parse(r) for r in responses]
     assert all(p.valid for p in parsed)
-    sapo = config.rl_config("sapo", num_generations=4, step_token_mean=False, think_credit=True)
+    sapo = rl.rl_config("sapo", num_generations=4, step_token_mean=False, think_credit=True)
     s = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, sapo, 3, dedup=True)
     # the dedup token is step 3 (the whole SID right): response 1 has <d_0> instead of <d_1>
     assert s["matches"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
@@ -284,7 +284,7 @@ def test_score_rollouts_credit_by_step_on_real_responses(world, layout):
         # the dedup token (last SID token) is credited with step 3's advantage
         if tok.token_level[rows[i][-2]] == 3:
             assert s["token_adv"][i, len(rows[i]) - 2].item() == pytest.approx(s["advantages"][i, 3].item())
-    grpo = config.rl_config("grpo", num_generations=4, think_credit=True)
+    grpo = rl.rl_config("grpo", num_generations=4, think_credit=True)
     g = rl.score_rollouts(responses, mask, parsed, [target] * 4, tok, grpo, 3, dedup=True)
     assert g["rewards"].tolist() == [1, 0, 0, 0]
     assert (g["token_adv"][mask] != 0).all() and (g["token_adv"][~mask] == 0).all()
@@ -361,7 +361,7 @@ def test_one_rl_step_changes_weights_and_stays_finite(world, tmp_path, algo):
     table, tok, grammar, model, samples, prompts = _tiny_setup(world)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # a large lr and no zero-variance luck: reward="position" for both keeps signal likely
-    cfg = config.rl_config(algo, num_generations=4, batch_size=3, max_steps=1, learning_rate=1e-2, beta=0.01,
+    cfg = rl.rl_config(algo, num_generations=4, batch_size=3, max_steps=1, learning_rate=1e-2, beta=0.01,
                        eval_every=0, reward="sidreasoner" if algo == "grpo" else "position")
     calls = []
     last = rl.train_rl(model, None, grammar, tok, table, samples, prompts, cfg, tmp_path,
@@ -386,13 +386,13 @@ def test_resume_continues_from_checkpoint(world, tmp_path):
     from minisapo.runs import read_metrics
 
     table, tok, grammar, model, samples, prompts = _tiny_setup(world)
-    cfg = config.rl_config("sapo", num_generations=2, batch_size=2, max_steps=2, save_every=1, eval_every=0,
+    cfg = rl.rl_config("sapo", num_generations=2, batch_size=2, max_steps=2, save_every=1, eval_every=0,
                        num_iterations=2, beta=0.0)
     rl.train_rl(model, None, grammar, tok, table, samples, prompts, cfg, tmp_path, progress=False)
     w_full = {k: v.clone() for k, v in model.state_dict().items()}
     # a second run interrupted after step 1, then resumed, ends with the same weights
     _, _, _, model2, _, _ = _tiny_setup(world)
-    cfg1 = config.rl_config("sapo", num_generations=2, batch_size=2, max_steps=1, save_every=1, eval_every=0,
+    cfg1 = rl.rl_config("sapo", num_generations=2, batch_size=2, max_steps=1, save_every=1, eval_every=0,
                         num_iterations=2, beta=0.0)
     d2 = tmp_path / "b"
     rl.train_rl(model2, None, grammar, tok, table, samples, prompts, cfg1, d2, progress=False)
@@ -407,7 +407,7 @@ def test_keep_best_leaves_rl_with_the_best_evaluated_weights(world, tmp_path, ca
     """keep_best: validation peaks at step 2 of 4 (evaluated every step): RL ends with step 2's weights (not the
     last), a resumed finished run hands them back again, and step 0 (the SFT model) is a candidate too."""
     table, tok, grammar, model, samples, prompts = _tiny_setup(world)
-    cfg = config.rl_config("sapo", num_generations=2, batch_size=2, max_steps=4, save_every=1, eval_every=1, beta=0.0,
+    cfg = rl.rl_config("sapo", num_generations=2, batch_size=2, max_steps=4, save_every=1, eval_every=1, beta=0.0,
                        rollout="sample", learning_rate=1e-2, keep_best=True)
     curve, snaps = {0: .1, 1: .2, 2: .5, 3: .3, 4: .4}, {}
 
@@ -489,14 +489,14 @@ def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
 
     stack, sft_model, samples, prompts, d = tiny_sft
     targets = [stack.tokenizer.sid_ids(stack.table, s.target) for s in samples]
-    probe = config.rl_config(algo, num_generations=32, rollout="sample")  # 32 fresh samples per prompt, fixed seeds
+    probe = rl.rl_config(algo, num_generations=32, rollout="sample")  # 32 fresh samples per prompt, fixed seeds
 
     def sampled(m):
         return heldout_rewards(m, stack.grammar, prompts, targets, probe)["sampled_reward"]
 
     model = copy.deepcopy(sft_model)
     before = sampled(model)
-    cfg = config.rl_config(algo, num_generations=8, batch_size=4, learning_rate=3e-3, beta=0.0, max_steps=30,
+    cfg = rl.rl_config(algo, num_generations=8, batch_size=4, learning_rate=3e-3, beta=0.0, max_steps=30,
                        rollout="sample", think_credit=True,
                        eval_every=0, save_every=0)
     rl.train_rl(model, None, stack.grammar, stack.tokenizer, stack.table, samples, prompts, cfg, d / algo,
@@ -532,7 +532,7 @@ def test_dynamic_sampling_trains_on_groups_with_a_signal(tiny_sft):
     from minisapo.runs import read_metrics
 
     stack, sft_model, samples, prompts, d = tiny_sft
-    cfg = config.rl_config("grpo", num_generations=4, batch_size=4, max_steps=3, rollout="sample", eval_every=0,
+    cfg = rl.rl_config("grpo", num_generations=4, batch_size=4, max_steps=3, rollout="sample", eval_every=0,
                            save_every=0, dynamic_sampling=True)
     rl.train_rl(copy.deepcopy(sft_model), None, stack.grammar, stack.tokenizer, stack.table, samples, prompts, cfg,
                 d / "dynamic", progress=False)
@@ -559,7 +559,7 @@ def test_credit_on_thinking_only_sid_only_or_both():
     thinking = torch.as_tensor(tok.token_level)[responses] < 0
     eos = responses == tok.eos_id
     for think, sid in ((True, True), (True, False), (False, True)):
-        cfg = config.rl_config("sapo", num_generations=2, think_credit=think, sid_credit=sid, step_token_mean=False)
+        cfg = rl.rl_config("sapo", num_generations=2, think_credit=think, sid_credit=sid, step_token_mean=False)
         s = rl.score_rollouts(responses, mask, parsed, [tok.sid_ids(table, 0)] * 2, tok, cfg, 2)
         credited = s["token_adv"] != 0
         assert bool(credited[thinking & ~eos].any()) == think and bool(credited[~thinking].any()) == sid

@@ -359,7 +359,7 @@ def test_hybrid_vectors_put_text_and_interactions_side_by_side(tmp_path):
     np.testing.assert_allclose(hybrid, l2_normalise(np.concatenate([text, collab], 1)), atol=1e-6)
     np.testing.assert_allclose(item_vectors(item_texts(ds), SIDConfig(embedding="collab", embed_dim=8), ds), collab,
                                atol=1e-6)
-    with pytest.raises(ValueError, match="embedding must be one of"):
+    with pytest.raises(ValueError, match="sid.embedding=.*use one of"):
         SIDConfig(embedding="bert")
 
 

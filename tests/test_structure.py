@@ -31,7 +31,7 @@ LAYERS = [
     ["sft", "rl_metrics"],
     ["rl"],
     ["plots", "report"],  # figures (the token-credit picture scores rollouts with rl), report.md
-    ["config"],  # composes every stage's config dataclass and checks every setting (RL's: check_rl)
+    ["config"],  # composes every stage's config dataclass (each checks its own fields), presets, the parser
     ["pipeline", "compare", "bench", "gpu_check"],
     ["cli", "__main__"],
 ]

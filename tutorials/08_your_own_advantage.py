@@ -34,13 +34,13 @@ import _common as C
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minisapo.config import make_config, parse_overrides, rl_config
+from minisapo.config import make_config, parse_overrides
 from minisapo.evaluate import quick_hit_fn
 from minisapo.pipeline import load_stack, new_model
 from minisapo.plugins import load_function
 from minisapo.reasoning import build_examples, build_prompt
 from minisapo.rl import (ADVANTAGES, ALGOS, REWARDS, advantage_function, reward_exact, reward_function,
-                         reward_position, sequence_advantages, step_advantages, step_matches, train_rl)
+                         reward_position, rl_config, sequence_advantages, step_advantages, step_matches, train_rl)
 from minisapo.runs import read_metrics
 from minisapo.sft import train_sft
 

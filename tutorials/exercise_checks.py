@@ -822,7 +822,7 @@ def score_with_plugin(ctx: Ctx, algo: str, spec: str, batch, G: int = 4) -> dict
     """rl.score_rollouts with `--rl.advantage=spec` (loaded from the answers' file by minisapo, fresh), as an
     RL step calls it; the answer's code runs under the part's rule."""
     from minisapo import plugins, rl
-    from minisapo.config import rl_config
+    from minisapo.rl import rl_config
 
     responses, mask, parsed, targets, tok, K = batch
     plugins.forget()  # read the file as it is now

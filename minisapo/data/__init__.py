@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minisapo.data.dataset import Dataset, Sample, load, make_splits, user_subset, write_processed
-from minisapo.data.synthetic import PRESETS, Oracle, oracle
+from minisapo.data.filters import parse_date
+from minisapo.data.synthetic import KNOBS, PRESETS, Oracle, WorldError, generate, oracle, world_params
+from minisapo.files import check_name, claim_dir, finite, name_problem, refuse_problems, remove, swap_dir, temp_path
 
 __all__ = ["DataConfig", "dataset_name", "Dataset", "Sample", "Oracle", "PRESETS", "prepare", "load", "oracle", "make_splits",
            "user_subset", "stored_settings", "named"]
@@ -26,37 +28,108 @@ FORMAT_VERSION = 1  # bump when the processed files change meaning (old caches t
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # where the data comes from: "synthetic" | "amazon" | "atomic"
-    name: str | None = None  # processed dataset name (folder under <data_dir>/processed/); None = world / file name
+    source: str = "synthetic"
+    """where the data comes from: synthetic | amazon | atomic"""
+    name: str | None = None
+    """processed dataset name (folder under <data_dir>/processed/); None = world / file name"""
     # --- synthetic world (source=synthetic) ---
-    world: str = "default"  # preset: "tiny" | "default" | "easy" | "sparse" | "compose" | "compose_tiny" (synthetic.PRESETS)
-    rule: str | None = None  # "markov" (the taxonomy world) | "mode_latin" | "coupled" | "track" | "nested" (compose worlds: reasoning computes)
-    depth: int | None = None  # taxonomy depth (levels of categories); None = preset's (3)
-    branching: int | None = None  # children per taxonomy node; None = preset's
-    items_per_leaf: int | None = None  # catalog size knob: items under each leaf (more = sparser exact match)
-    num_users: int | None = None  # number of users (= sequences); None = preset's
-    seq_len: int | None = None  # longest sequence; lengths are uniform in [seq_len // 2, seq_len]
-    zipf: float | None = None  # popularity exponent within a leaf (0 = uniform, larger = more peaked)
-    noise: float | None = None  # markov: chance a title word is swapped for another node's; compose: chance of a random leaf
-    stay: float | None = None  # chance the next item stays in the last item's leaf
-    jump: float | None = None  # chance the next item jumps to a top category drawn from the user's preference
-    focus: float | None = None  # weight of a user's home top category in their preference (0 = none)
-    window: int | None = None  # compose: the rule's facts come from the last `window` items (keep <= max_history)
-    alpha: float | None = None  # compose: share of SID levels that follow the two-fact rule (0 = all one-fact)
-    facts: int | None = None  # compose: facts a composite level combines, 2 (often, recent) or 3 (+ first)
-    world_seed: int = 0  # seed of the synthetic world (same seed -> byte-identical files)
+    world: str = "default"
+    """preset: "tiny" | "default" | "easy" | "sparse" | "compose" | "compose_tiny" (synthetic.PRESETS)"""
+    rule: str | None = None
+    """"markov" (the taxonomy world) | "mode_latin" | "coupled" | "track" | "nested" (compose worlds: reasoning
+    computes)"""
+    depth: int | None = None
+    """taxonomy depth (levels of categories); None = preset's (3)"""
+    branching: int | None = None
+    """children per taxonomy node; None = preset's"""
+    items_per_leaf: int | None = None
+    """catalog size knob: items under each leaf (more = sparser exact match)"""
+    num_users: int | None = None
+    """number of users (= sequences); None = preset's"""
+    seq_len: int | None = None
+    """longest sequence; lengths are uniform in [seq_len // 2, seq_len]"""
+    zipf: float | None = None
+    """popularity exponent within a leaf (0 = uniform, larger = more peaked)"""
+    noise: float | None = None
+    """markov: chance a title word is swapped for another node's; compose: chance of a random leaf"""
+    stay: float | None = None
+    """chance the next item stays in the last item's leaf"""
+    jump: float | None = None
+    """chance the next item jumps to a top category drawn from the user's preference"""
+    focus: float | None = None
+    """weight of a user's home top category in their preference (0 = none)"""
+    window: int | None = None
+    """compose: the rule's facts come from the last `window` items (keep <= max_history)"""
+    alpha: float | None = None
+    """compose: share of SID levels that follow the two-fact rule (0 = all one-fact)"""
+    facts: int | None = None
+    """compose: facts a composite level combines, 2 (often, recent) or 3 (+ first)"""
+    world_seed: int = 0
+    """seed of the synthetic world (same seed -> byte-identical files)"""
     # --- real data ---
-    reviews: str | None = None  # source=amazon: reviews file (reviews_X_5.json.gz | X_5.json.gz | X.jsonl.gz ...)
-    meta: str | None = None  # source=amazon: metadata file; None = meta_X... next to the reviews file
-    path: str | None = None  # source=atomic: folder with <name>.inter (+ <name>.item), RecBole atomic format
-    kcore: int = 5  # real data: keep users and items with >= kcore interactions (iterated); 0/1 = off
-    start: str | None = None  # real data: keep interactions from this UTC date on (YYYY-MM-DD); None = no bound
-    end: str | None = None  # real data: keep interactions up to this UTC date, inclusive; None = no bound
-    with_description: bool = True  # amazon: add description/features to the item text SIDs embed (false: leave them out)
-    strict: bool = False  # a malformed input line is an error (file:line) instead of skipped and counted
+    reviews: str | None = None
+    """source=amazon: reviews file (reviews_X_5.json.gz | X_5.json.gz | X.jsonl.gz ...)"""
+    meta: str | None = None
+    """source=amazon: metadata file; None = meta_X... next to the reviews file"""
+    path: str | None = None
+    """source=atomic: folder with <name>.inter (+ <name>.item), RecBole atomic format"""
+    kcore: int = 5
+    """real data: keep users and items with >= kcore interactions (iterated); 0/1 = off"""
+    start: str | None = None
+    """real data: keep interactions from this UTC date on (YYYY-MM-DD); None = no bound"""
+    end: str | None = None
+    """real data: keep interactions up to this UTC date, inclusive; None = no bound"""
+    with_description: bool = True
+    """amazon: add description/features to the item text SIDs embed (false: leave them out)"""
+    strict: bool = False
+    """a malformed input line is an error (file:line) instead of skipped and counted"""
     # --- samples ---
-    split: str = "loo"  # "loo" (leave-one-out, TIGER/SASRec) | "temporal" (global 8:1:1 by time, MiniOneRec)
-    max_history: int = 10  # history = the at most max_history items right before the target
+    split: str = "loo"
+    """"loo" (leave-one-out, TIGER/SASRec) | "temporal" (global 8:1:1 by time, MiniOneRec)"""
+    max_history: int = 10
+    """history = the at most max_history items right before the target"""
+
+    def __post_init__(self):
+        refuse_problems(self, "data")
+
+    def problems(self):
+        """(field, what to change) for every setting out of range; the folders they point at are config.py's."""
+        if self.source not in ("synthetic", "amazon", "atomic"):
+            yield "source", "use synthetic, amazon or atomic"
+        if self.name is not None:
+            why = name_problem(self.name, "data.name")
+            if why:
+                yield "name", why
+        elif self.source in ("amazon", "atomic") and (self.reviews or self.path) and \
+                name_problem(dataset_name(self), "data.name"):
+            yield "name", (f"the dataset name taken from the input file ({dataset_name(self)!r}) is not a folder "
+                           f"name: pass --data.name=NAME")
+        if self.split not in ("loo", "temporal"):
+            yield "split", "use loo (leave-one-out) or temporal"
+        if self.max_history < 1:
+            yield "max_history", "must be >= 1"
+        if self.kcore < 0:
+            yield "kcore", "must be >= 0 (0 or 1 = no k-core filter)"
+        if self.world_seed < 0:
+            yield "world_seed", "must be >= 0"
+        if self.source == "synthetic":
+            try:
+                world_params(self.world, **{k: getattr(self, k) for k in KNOBS})
+            except WorldError as e:
+                yield e.key, str(e).split(" (got")[0]
+            for k in ("zipf", "noise", "stay", "jump", "focus"):
+                if getattr(self, k) is not None and not finite(getattr(self, k)):
+                    yield k, "must be a finite number"
+        if self.source == "amazon" and not self.reviews:
+            yield "reviews", "--source=amazon needs --reviews=FILE (see data/README.md)"
+        if self.source == "atomic" and not self.path:
+            yield "path", "--source=atomic needs --path=DIR (a folder with <name>.inter)"
+        for key in ("start", "end"):
+            if getattr(self, key):
+                try:
+                    parse_date(getattr(self, key))
+                except ValueError:
+                    yield key, "use a date YYYY-MM-DD (UTC)"
 
 
 def dataset_name(cfg: DataConfig) -> str:
@@ -67,7 +140,6 @@ def dataset_name(cfg: DataConfig) -> str:
 
 def _default_name(cfg: DataConfig) -> str:
     if cfg.source == "synthetic":  # each changed knob is part of the name, so worlds never share a folder
-        from minisapo.data.synthetic import KNOBS
         knobs = "".join(f"_{k}{getattr(cfg, k)}" for k in KNOBS if getattr(cfg, k) is not None)
         return cfg.world + knobs + (f"_seed{cfg.world_seed}" if cfg.world_seed else "")
     if cfg.source == "amazon" and cfg.reviews:
@@ -171,18 +243,12 @@ def named(cfg: DataConfig, data_dir: str | Path, given: set[str] | frozenset = f
 
 def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
     """Build `<data_dir>/processed/<name>/` from `cfg`; reuse it when the settings are unchanged."""
-    if cfg.source not in ("synthetic", "amazon", "atomic"):
-        raise ValueError(f"unknown data source {cfg.source!r}: use --source=synthetic, amazon or atomic")
-    if cfg.split not in ("loo", "temporal"):
-        raise ValueError(f"unknown split {cfg.split!r}: use --split=loo or --split=temporal")
-    from minisapo.files import check_name, claim_dir, remove, swap_dir, temp_path
-
+    refuse_problems(cfg, "data")  # settings changed after the config was made are checked again
     name = check_name(dataset_name(cfg), "data.name")  # one folder name: nothing is written outside processed/
     out = Path(data_dir) / "processed" / name
     claim_dir(out, ("dataset.json",), "a dataset folder")  # never a folder of the user's, never through a link
     settings = {**_settings_of(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
     if cfg.source == "synthetic":  # the world's resolved knobs: a preset that changes rebuilds its datasets
-        from minisapo.data.synthetic import KNOBS, world_params
         settings["world_params"] = world_params(cfg.world, **{k: getattr(cfg, k) for k in KNOBS})
     info_file = out / "dataset.json"
     if info_file.exists():
@@ -212,7 +278,6 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
     # read everything first, build into a temporary folder, and only then swap it in: a failed read
     # (a truncated .gz, a bad line in strict mode, an empty k-core) leaves the old dataset as it was
     if cfg.source == "synthetic":
-        from minisapo.data.synthetic import KNOBS, generate
         raw = generate(cfg.world, cfg.world_seed, **{k: getattr(cfg, k) for k in KNOBS})
     elif cfg.source == "amazon":
         from minisapo.data.amazon import read_amazon

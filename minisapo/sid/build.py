@@ -32,7 +32,7 @@ from minisapo.data.synthetic import is_compose
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import interaction_svd, l2_normalise, load_vectors, tfidf_svd
 from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans, spread_last_level
-from minisapo.files import claim_dir, new_dir, remove, swap_dir, temp_path, write_json
+from minisapo.files import claim_dir, new_dir, refuse_problems, remove, swap_dir, temp_path, write_json
 from minisapo.sid.table import SIDTable, dedup_codes
 from minisapo.tokenizer import LETTERS, Tokenizer
 
@@ -49,40 +49,60 @@ PLOT_FILE = "sid_tree.png"
 class SIDConfig:
     """Settings of the SID stage (`minisapo sid`, keys `--sid.<field>`)."""
 
-    levels: int = 3  # K: semantic SID levels (= reasoning steps); at most 7
-    method: str = "auto"  # "rqkmeans" (item vectors -> residual k-means) | "latent" (synthetic worlds: the designed
-    #   codes, each item's latent path; no vectors, no k-means) | "auto" (latent on a compose world, else rqkmeans)
-    codebook_size: int = 0  # codes per level; 0 = auto: smallest power of two >= 4*N^(1/K), in [4, 256], <= N
-    dedup: str = "token"  # "token": colliding items get an extra <d_i> token; "none": keep shared SIDs
-    #   (then a hit on a shared SID counts as a hit for every item sharing it)
-    embedding: str = "tfidf"  # built-in item vectors: "tfidf" (TF-IDF + truncated SVD of the item text, no
-    #   download), "collab" (truncated SVD of the training user-item matrix, items scaled by 1/sqrt(their users)) or
-    #   "hybrid" (both side by side, each L2-normalised and weighted 1/sqrt(2))
-    vectors: str | None = None  # path to a .npy (N x d), row i = item index i; replaces `embedding` when set
-    embed_dim: int = 64  # TF-IDF SVD dimension (ignored with `vectors`)
-    normalize: bool = True  # L2-normalise item vectors before k-means
-    kmeans_iters: int = 30  # max Lloyd iterations per level (stops early when assignments settle)
-    sid_seed: int = 0  # seed of SVD and k-means++ (SIDs are a data artifact: own seed, not the run seed)
-    descriptor_words: int = 2  # words per descriptor (per code prefix)
-    unique_last: bool = False  # last level: items sharing the other codes get distinct codes where the codebook
-    #   allows (nearest free centroid), so few items collide and need a dedup token
-    max_vocab: int = 8192  # tokenizer size cap: specials + SID tokens + words; 0 = keep every word
+    levels: int = 3
+    """K: semantic SID levels (= reasoning steps); at most 7"""
+    method: str = "auto"
+    """"rqkmeans" (item vectors -> residual k-means) | "latent" (synthetic worlds: the designed codes, each
+    item's latent path; no vectors, no k-means) | "auto" (latent on a compose world, else rqkmeans)"""
+    codebook_size: int = 0
+    """codes per level; 0 = auto: smallest power of two >= 4*N^(1/K), in [4, 256], <= N"""
+    dedup: str = "token"
+    """"token": colliding items get an extra <d_i> token; "none": keep shared SIDs (then a hit on a shared SID
+    counts as a hit for every item sharing it)"""
+    embedding: str = "tfidf"
+    """built-in item vectors: "tfidf" (TF-IDF + truncated SVD of the item text, no download), "collab" (truncated
+    SVD of the training user-item matrix, items scaled by 1/sqrt(their users)) or "hybrid" (both side by side,
+    each L2-normalised and weighted 1/sqrt(2))"""
+    vectors: str | None = None
+    """path to a .npy (N x d), row i = item index i; replaces `embedding` when set"""
+    embed_dim: int = 64
+    """TF-IDF SVD dimension (ignored with `vectors`)"""
+    normalize: bool = True
+    """L2-normalise item vectors before k-means"""
+    kmeans_iters: int = 30
+    """max Lloyd iterations per level (stops early when assignments settle)"""
+    sid_seed: int = 0
+    """seed of SVD and k-means++ (SIDs are a data artifact: own seed, not the run seed)"""
+    descriptor_words: int = 2
+    """words per descriptor (per code prefix)"""
+    unique_last: bool = False
+    """last level: items sharing the other codes get distinct codes where the codebook allows (nearest free
+    centroid), so few items collide and need a dedup token"""
+    max_vocab: int = 8192
+    """tokenizer size cap: specials + SID tokens + words; 0 = keep every word"""
 
     def __post_init__(self):
+        refuse_problems(self, "sid")
+
+    def problems(self):
+        """(field, what to change) for every setting out of range."""
         if not 1 <= self.levels <= len(LETTERS) - 1:
-            raise ValueError(f"levels must be in 1..{len(LETTERS) - 1}, got {self.levels}")
+            yield "levels", f"must be in 1..{len(LETTERS) - 1}"
         if self.dedup not in ("token", "none"):
-            raise ValueError(f"dedup must be 'token' or 'none', got {self.dedup!r}")
+            yield "dedup", "use token or none"
         if self.embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)} (for your own vectors set "
-                             f"vectors=<file.npy>), got {self.embedding!r}")
-        if self.codebook_size < 0:
-            raise ValueError("codebook_size must be >= 0 (0 = auto)")
+            yield "embedding", f"use one of {', '.join(EMBEDDINGS)} (for your own vectors set vectors=<file.npy>)"
+        if self.codebook_size < 0 or self.codebook_size == 1:
+            yield "codebook_size", "must be 0 (auto) or >= 2"
         if self.method not in ("auto", "rqkmeans", "latent"):
-            raise ValueError(f"method must be 'auto', 'rqkmeans' or 'latent', got {self.method!r}")
+            yield "method", "use auto, rqkmeans or latent"
         if self.method == "latent" and self.vectors:
-            raise ValueError("vectors are for sid.method=rqkmeans (sid.method=latent uses the world's own codes): "
-                             "set --sid.method=rqkmeans to build SIDs from your vectors")
+            yield "vectors", ("vectors are for sid.method=rqkmeans (sid.method=latent uses the world's own codes): "
+                              "set --sid.method=rqkmeans to build SIDs from your vectors")
+        for key, lo in (("embed_dim", 1), ("kmeans_iters", 1), ("descriptor_words", 1), ("max_vocab", 0),
+                        ("sid_seed", 0)):
+            if getattr(self, key) < lo:
+                yield key, f"must be >= {lo}"
 
 
 # ------------------------------------------------------------------ helpers
