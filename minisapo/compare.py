@@ -58,7 +58,9 @@ from minisapo.pipeline import (check_rl_stack, eval_fn, load_run_config, load_st
                                pick_device, prompts_for, save_config, snapshot_sids, stage_eval, stage_rl, stage_sft,
                                train_samples)
 from minisapo.files import atomic_write, check_name, read_json, write_json
-from minisapo.runs import check_device, load_checkpoint, read_metrics, run_lock
+from minisapo.lock import run_lock
+from minisapo.metrics_log import read_metrics
+from minisapo.runs import check_device, load_checkpoint
 from minisapo.sft import CHECKPOINT as SFT_CHECKPOINT
 from minisapo.sft import load_sft_weights, train_sft
 

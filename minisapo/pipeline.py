@@ -32,7 +32,8 @@ from minisapo.model import GPT, build_model, pick_device
 from minisapo.reasoning import (build_examples, build_prompt, build_sequence_examples, item_id_vocab_size, teacher,
                                 vocab_words)
 from minisapo.files import claim_dir, read_json, remove, same_path, swap_dir, temp_path, write_json
-from minisapo.runs import check_device, check_not_busy, load_weights, run_lock, seed_everything
+from minisapo.lock import check_not_busy, run_lock
+from minisapo.runs import check_device, load_weights, seed_everything
 from minisapo.trainer import final_weights
 from minisapo.sft import CHECKPOINT as SFT_CHECKPOINT
 from minisapo.sft import load_sft_weights, train_sft

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from minisapo.evaluate import format_table
 from minisapo.files import atomic_write, read_json
-from minisapo.runs import read_metrics
+from minisapo.metrics_log import read_metrics
 
 
 PROTOCOL_FILES = ("", "_exclude_seenTrue", "_exclude_seenFalse")  # a report, and its other protocol's sibling

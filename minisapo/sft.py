@@ -236,8 +236,7 @@ def validation_loss(model, examples: Sequence[Example], pad_id: int, device, bat
 def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SFTConfig, run_dir: str | Path,
               valid_examples: Sequence[Example] | None = None, valid_fn: Callable[[torch.nn.Module], dict] | None = None,
               resume: bool = False, device: str | torch.device = "cpu", pad_id: int = 0, seed: int = 0,
-              progress: bool = True, stop_after: int | None = None, stage: str = "sft",
-              validate_first: bool = False) -> dict:
+              progress: bool = True, stage: str = "sft", validate_first: bool = False) -> dict:
     """Fine-tune `model` on (prompt_ids, response_ids) examples; returns the last validation record.
 
     run_dir: gets `sft.pt` (checkpoint after every validation, written atomically) and appends to
@@ -249,7 +248,6 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
         logged too. It must not use the global RNG (beam search does not).
     resume: continue from run_dir/sft.pt if it exists (a finished run returns at once).
     seed: seeds the data order (the model was initialised by the caller).
-    stop_after: stop after this many steps, as if interrupted (for tests; None = run to the end).
     validate_first: also validate before the first step, so the starting weights (e.g. a pretrained
         model) are a candidate for the best checkpoint.
     """
@@ -288,8 +286,6 @@ def train_sft(model: torch.nn.Module, train_examples: Sequence[Example], cfg: SF
     extra = lambda: {"config": asdict(cfg), "seed": seed, "running_loss": [running, running_n]}  # noqa: E731
     trainer.begin(start, model, validate if valid_examples or valid_fn else None, first_eval=validate_first)
     for step in trainer.steps(start):
-        if stop_after is not None and step >= stop_after:  # tests: an interruption after `stop_after` steps
-            break
         with trainer.step(step, model, optimizer, extra):  # bookkeeping: a NaN checkpoints the last good step
             model.train()
             lr = lr_at(step, cfg, n_total)

@@ -28,8 +28,9 @@ from minisapo import distributed
 from minisapo.evaluate import paired_sign_test
 from minisapo.files import NonFiniteError
 from minisapo.progress import bar as progress_bar
-from minisapo.runs import (MetricsLogger, check_finite_weights, load_checkpoint, load_optimizer, load_weights,
-                           nonfinite_context, rng_state, save_checkpoint, set_rng_state, trim_metrics)
+from minisapo.metrics_log import MetricsLogger, trim_metrics
+from minisapo.runs import (check_finite_weights, load_checkpoint, load_optimizer, load_weights, nonfinite_context,
+                           rng_state, save_checkpoint, set_rng_state)
 
 
 # Random streams of a run: mix_seed(seed, STREAM, ...) keeps them apart (same seed, unrelated numbers).

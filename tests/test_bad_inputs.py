@@ -846,7 +846,7 @@ def test_a_step_plugin_that_returns_one_advantage_per_response_says_so_once(tmp_
 
 
 def test_metrics_logger_writes_null_for_non_finite_values(tmp_path):
-    from minisapo.runs import MetricsLogger
+    from minisapo.metrics_log import MetricsLogger
 
     log = MetricsLogger(tmp_path / "m.jsonl")
     log.log({"a": float("nan"), "b": float("inf"), "c": torch.tensor(1.5), "d": [1.0, float("-inf")]})
@@ -854,7 +854,7 @@ def test_metrics_logger_writes_null_for_non_finite_values(tmp_path):
 
 
 def test_a_busy_run_is_refused(ws, capsys):
-    from minisapo.runs import run_lock
+    from minisapo.lock import run_lock
 
     with run_lock(ws / "runs/toy"):  # another command of this process holds it
         before = snapshot(ws)
@@ -869,7 +869,7 @@ def test_a_busy_run_is_refused(ws, capsys):
 def test_two_commands_on_one_run_at_once(ws, capsys):
     """Two processes: while one holds runs/toy (a stand-in that only takes the lock, like a running command
     would), a real `minisapo eval` on that run is refused with exit code 2; once it is gone, its lock is stale."""
-    code = ("import time; from minisapo.runs import run_lock\n"
+    code = ("import time; from minisapo.lock import run_lock\n"
             "with run_lock('runs/toy'):\n    print('locked', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

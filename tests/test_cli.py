@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from minisapo.cli import main
-from minisapo.runs import read_metrics
+from minisapo.metrics_log import read_metrics
 
 def test_run_end_to_end_writes_every_file(tmp_path, dirs, capsys, fast):
     assert main(["run", *fast, *dirs, "--name=e2e"]) == 0

@@ -356,7 +356,7 @@ def test_ratio_is_one_at_mu_1_and_sampler_logprobs_match(world):
 
 @pytest.mark.parametrize("algo", ["grpo", "sapo"])
 def test_one_rl_step_changes_weights_and_stays_finite(world, tmp_path, algo):
-    from minisapo.runs import read_metrics
+    from minisapo.metrics_log import read_metrics
 
     table, tok, grammar, model, samples, prompts = _tiny_setup(world)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -383,7 +383,7 @@ def test_one_rl_step_changes_weights_and_stays_finite(world, tmp_path, algo):
 
 
 def test_resume_continues_from_checkpoint(world, tmp_path):
-    from minisapo.runs import read_metrics
+    from minisapo.metrics_log import read_metrics
 
     table, tok, grammar, model, samples, prompts = _tiny_setup(world)
     cfg = rl.rl_config("sapo", num_generations=2, batch_size=2, max_steps=2, save_every=1, eval_every=0,
@@ -485,7 +485,7 @@ def test_rl_learns_a_handful_of_prompts(tiny_sft, algo, floor):
     import copy
 
     from minisapo.rl_metrics import heldout_rewards
-    from minisapo.runs import read_metrics
+    from minisapo.metrics_log import read_metrics
 
     stack, sft_model, samples, prompts, d = tiny_sft
     targets = [stack.tokenizer.sid_ids(stack.table, s.target) for s in samples]
@@ -529,7 +529,7 @@ def test_dynamic_sampling_trains_on_groups_with_a_signal(tiny_sft):
     """With dynamic sampling every group the step trains on carries a signal, drawing extra prompts when needed."""
     import copy
 
-    from minisapo.runs import read_metrics
+    from minisapo.metrics_log import read_metrics
 
     stack, sft_model, samples, prompts, d = tiny_sft
     cfg = rl.rl_config("grpo", num_generations=4, batch_size=4, max_steps=3, rollout="sample", eval_every=0,

@@ -1,10 +1,12 @@
 """SFT: prompt masking, schedule, gradient accumulation, and resume == uninterrupted."""
 
 import json
+from contextlib import contextmanager
 
 import pytest
 import torch
 
+from minisapo import sft
 from minisapo.sft import SFTConfig, batch_indices, collate, lr_at, masked_token_loss, train_sft
 
 V = 12
@@ -99,8 +101,26 @@ def test_grad_accum_matches_big_batch(tmp_path):
         assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
 
 
+@contextmanager
+def interrupted_after(monkeypatch, steps: int):
+    """Inside: train_sft is stopped as by Ctrl-C when it starts the step after `steps` optimiser steps (its
+    loop calls sft.lr_at once at the start of every step; the call after the `steps`-th raises
+    KeyboardInterrupt). The interruption must happen; the KeyboardInterrupt goes no further."""
+    real, calls = sft.lr_at, []
+
+    def lr_at_or_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > steps:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(sft, "lr_at", lr_at_or_interrupt)
+        yield
+
+
 @pytest.mark.parametrize("ema", [0.0, 0.9])  # with sft.ema the moving average is resumed too
-def test_resume_gives_identical_weights(tmp_path, ema):
+def test_resume_gives_identical_weights(tmp_path, monkeypatch, ema):
     ex, valid = make_examples(20, seed=0), make_examples(6, seed=1)
     cfg = SFTConfig(max_steps=12, batch_size=4, grad_accum=2, warmup_steps=3, eval_every=4, log_every=2,
                     eval_samples=6, ema=ema)
@@ -116,7 +136,8 @@ def test_resume_gives_identical_weights(tmp_path, ema):
 
     torch.manual_seed(0)
     run = TinyLM(dropout=0.2)
-    train_sft(run, ex, cfg, tmp_path / "run", valid_examples=valid, seed=3, progress=False, stop_after=10)
+    with interrupted_after(monkeypatch, 10):
+        train_sft(run, ex, cfg, tmp_path / "run", valid_examples=valid, seed=3, progress=False)
     assert torch.load(tmp_path / "run" / "sft.pt", weights_only=False)["step"] == 8  # last checkpoint
     torch.manual_seed(123)  # a fresh process: different init and RNG, all restored from the checkpoint
     resumed = TinyLM(dropout=0.2)
@@ -141,14 +162,15 @@ def test_resume_gives_identical_weights(tmp_path, ema):
     assert all(torch.equal(v, _weights(again)[k]) for k, v in ref_w.items())
 
 
-def test_resume_logs_the_same_losses_when_eval_every_is_not_a_multiple_of_log_every(tmp_path):
+def test_resume_logs_the_same_losses_when_eval_every_is_not_a_multiple_of_log_every(tmp_path, monkeypatch):
     """The running loss average since the last log record is checkpointed, so every logged loss matches."""
     ex = make_examples(20, seed=0)
     cfg = SFTConfig(max_steps=9, batch_size=4, warmup_steps=2, eval_every=3, log_every=2)
     torch.manual_seed(0)
     train_sft(TinyLM(dropout=0.2), ex, cfg, tmp_path / "ref", seed=1, progress=False)
     torch.manual_seed(0)
-    train_sft(TinyLM(dropout=0.2), ex, cfg, tmp_path / "run", seed=1, progress=False, stop_after=5)
+    with interrupted_after(monkeypatch, 5):
+        train_sft(TinyLM(dropout=0.2), ex, cfg, tmp_path / "run", seed=1, progress=False)
     train_sft(TinyLM(dropout=0.2), ex, cfg, tmp_path / "run", seed=1, progress=False, resume=True)
 
     def losses(d):
@@ -159,7 +181,7 @@ def test_resume_logs_the_same_losses_when_eval_every_is_not_a_multiple_of_log_ev
     assert [s for s, _ in losses(tmp_path / "ref")] == [2, 4, 6, 8, 9]
 
 
-def test_keep_best_uses_the_best_validation_checkpoint_and_resumes_exactly(tmp_path, capsys):
+def test_keep_best_uses_the_best_validation_checkpoint_and_resumes_exactly(tmp_path, capsys, monkeypatch):
     """valid hit@10 peaks at step 8 of 12: the model leaves SFT with step 8's weights (sft_best.pt), a
     resumed run selects the same ones, and load_sft_weights loads them too."""
     from minisapo.sft import BEST, load_sft_weights
@@ -190,8 +212,8 @@ def test_keep_best_uses_the_best_validation_checkpoint_and_resumes_exactly(tmp_p
     # interrupted after step 8's checkpoint, then resumed: the same selection, the same weights
     snapshots.clear()
     torch.manual_seed(0)
-    train_sft(TinyLM(), ex, cfg, tmp_path / "b", valid_examples=valid, valid_fn=valid_fn, progress=False,
-              stop_after=10)
+    with interrupted_after(monkeypatch, 10):
+        train_sft(TinyLM(), ex, cfg, tmp_path / "b", valid_examples=valid, valid_fn=valid_fn, progress=False)
     resumed = TinyLM()  # validates once more, at step 12 (hit@10 0.3 < step 8's 0.5, kept in sft.pt)
     train_sft(resumed, ex, cfg, tmp_path / "b", valid_examples=valid, valid_fn=lambda m: {"valid_hit@10": 0.3},
               progress=False, resume=True)

@@ -25,8 +25,9 @@ LAYERS = [
     ["model"],
     ["grammar"],
     ["generate"],
-    ["runs", "plugins", "baselines"],  # run directories, checkpoints, safety rules; user functions; rankings
-    #   without the generator (counting, the oracle, the item-ID transformer)
+    ["runs", "lock", "metrics_log", "plugins", "baselines"],  # run directories, checkpoints, safety rules; the run
+    #   lock; metrics.jsonl; user functions; rankings without the generator (counting, the oracle, the item-ID
+    #   transformer)
     ["trainer", "evaluate"],  # what SFT and RL share; metrics and reports
     ["sft", "rl_metrics"],
     ["rl"],

@@ -26,7 +26,7 @@ from minisapo.generate import beam_search
 from minisapo.pipeline import load_stack, new_model
 from minisapo.plots import plot_response_steps, plot_sft_curves
 from minisapo.reasoning import build_examples, build_prompt, build_response, step_index, teacher_blocks
-from minisapo.runs import read_metrics
+from minisapo.metrics_log import read_metrics
 from minisapo.sft import SFTConfig, train_sft
 
 C.start("Tutorial 4 - thinking blocks, reasoning steps (step_index), and a short SFT")

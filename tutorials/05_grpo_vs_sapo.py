@@ -35,7 +35,7 @@ from minisapo.plots import token_credit
 from minisapo.rl import (ALGOS, compute_rewards, reward_exact, reward_position, reward_prefix, sequence_advantages,
                          step_advantages, step_matches, token_advantages, train_rl)
 from minisapo.rl_metrics import think_accuracy, zero_std_groups
-from minisapo.runs import read_metrics
+from minisapo.metrics_log import read_metrics
 from minisapo.sid import prefix_key
 from minisapo.sft import train_sft
 

@@ -30,7 +30,7 @@ from minisapo.compare import compare
 from minisapo.config import parse_overrides
 from minisapo.evaluate import oracle_baseline, paired_sign_test, popularity_baseline
 from minisapo.pipeline import load_dataset, make_run_config
-from minisapo.runs import read_metrics
+from minisapo.metrics_log import read_metrics
 
 C.start("Tutorial 6 - the paper's experiment in minutes: GRPO vs SAPO against sparsity")
 

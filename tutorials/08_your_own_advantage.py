@@ -41,7 +41,7 @@ from minisapo.plugins import load_function
 from minisapo.reasoning import build_examples, build_prompt
 from minisapo.rl import (ADVANTAGES, ALGOS, REWARDS, advantage_function, reward_exact, reward_function,
                          reward_position, rl_config, sequence_advantages, step_advantages, step_matches, train_rl)
-from minisapo.runs import read_metrics
+from minisapo.metrics_log import read_metrics
 from minisapo.sft import train_sft
 
 C.start("Tutorial 8 - prototype your own algorithm: a reward or an advantage function in a file of your own")
