@@ -215,7 +215,8 @@ ROLLOUTS = ("sample", "greedy_think", "beam")
 
 
 def rollouts(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_generations: int, mode: str = "sample",
-             temperature: float = 1.0, generator=None, max_new_tokens: int | None = None) -> Rollouts:
+             temperature: float = 1.0, generator=None, max_new_tokens: int | None = None,
+             exclude: Sequence[Iterable[int]] | None = None) -> Rollouts:
     """The group of G = num_generations responses of every prompt, as RL uses them.
 
     sample        G samples at `temperature`, thinking included (the textbook GRPO group);
@@ -223,10 +224,13 @@ def rollouts(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_gene
     beam          the thinking written greedily, then the top G distinct items of the constrained beam
                   search: the group is the ranked list evaluation scores (MiniOneRec's beam rollouts).
     In the last two, `given` marks the greedy thinking tokens (not sampled: RL gives them no loss).
-    `generator` as for `sample` (unused by beam search, which is deterministic).
+    `generator` as for `sample` (unused by beam search, which is deterministic); `exclude` (beam only): per
+    prompt, items its beams leave out (`beam_search`).
     """
     if mode not in ROLLOUTS:
         raise ValueError(f"rollout={mode!r}: choose one of {', '.join(ROLLOUTS)}")
+    if exclude is not None and mode != "beam":
+        raise ValueError(f"exclude leaves items out of a ranked group: it needs rollout='beam', not {mode!r}")
     tok = grammar.tok
     if mode != "beam":
         ro = sample(model, grammar, prompts, num_generations=num_generations, temperature=temperature,
@@ -236,7 +240,7 @@ def rollouts(model, grammar: Grammar, prompts: Sequence[Sequence[int]], num_gene
         return ro
     G, dev = num_generations, _device(model)
     rows = []
-    for p, res in zip(prompts, beam_search(model, grammar, prompts, G)):
+    for p, res in zip(prompts, beam_search(model, grammar, prompts, G, exclude=exclude)):
         if len(res.responses) < G:
             raise ValueError(f"rollout=beam needs num_generations <= the number of distinct SIDs the trie allows "
                              f"after a prompt; got {len(res.responses)} beams for num_generations={G}")

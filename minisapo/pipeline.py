@@ -24,6 +24,7 @@ import torch
 from minisapo import data as data_lib
 from minisapo import distributed, plugins
 from minisapo import sid as sid_lib
+from minisapo.baselines import seen_items
 from minisapo.config import (SAFE_ON_RESUME, Config, ConfigError, apply_overrides, config_changes, from_dict,
                              make_config, resolve_key, to_dict)
 from minisapo.evaluate import SELECT_K, evaluate_split, format_table, quick_hit_fn
@@ -337,7 +338,8 @@ def stage_rl(cfg: Config, stack: Stack, model: GPT, run_dir: Path, resume: bool 
     samples = train_samples(cfg, stack, "rl")
     return train_rl(model, None, stack.grammar, stack.tokenizer, stack.table, samples, prompts_for(cfg, stack, samples),
                     cfg.rl, run_dir, eval_fn=rl_eval_fn(cfg, stack), resume=resume, device=pick_device(cfg.device),
-                    seed=cfg.seed, teacher_blocks=teacher_word_ids(cfg, stack, samples))
+                    seed=cfg.seed, teacher_blocks=teacher_word_ids(cfg, stack, samples),
+                    exclude=seen_items(stack.dataset, samples) if cfg.rl.exclude_seen else None)
 
 
 def teacher_word_ids(cfg: Config, stack: Stack, samples) -> list | None:

@@ -83,6 +83,8 @@ class RLConfig:
     """cap on response tokens; None = the grammar's own cap"""
     batch_size: int = 64
     """prompts per RL step (rows per step = batch_size * num_generations)"""
+    exclude_seen: bool = False
+    """beam rollouts leave out the items each user has already seen, as eval.exclude_seen does for ranked lists"""
     # --- the surrogate
     loss_type: str = "grpo"
     """grpo | bnpo | dr_grpo | dapo (TRL's normalisers, see policy_loss)"""
@@ -139,6 +141,8 @@ class RLConfig:
         if plugins.may_load(self.reward) and plugins.may_load(self.advantage):
             rewards = compute_rewards(EXAMPLE_MATCHES, self.reward, self.advantage, EXAMPLE_GROUP)  # raises if bad
             advantage_function(self.advantage)(rewards, EXAMPLE_GROUP, self.scale_rewards)
+        if self.exclude_seen and self.rollout != "beam":
+            yield "exclude_seen", "leaves items out of a ranked group, so it needs --rl.rollout=beam"
         if self.reward == "rank" and self.rollout != "beam":
             yield "reward", "rank ranks the group, so it needs --rl.rollout=beam"
         if self.num_generations < 2:
@@ -400,14 +404,15 @@ def score_rollouts(responses: torch.Tensor, mask: torch.Tensor, parsed: Sequence
 
 
 def score_groups(model, grammar, prompts: Sequence[Sequence[int]], target_sids: Sequence, cfg: RLConfig,
-                 generators: Sequence[torch.Generator], step: int = 0) -> dict:
+                 generators: Sequence[torch.Generator], step: int = 0, exclude: Sequence | None = None) -> dict:
     """The G rollouts of every prompt and their rewards, advantages and credit (no gradient): `score_rollouts`'
-    dict plus each row's "prompts", "responses" (B, T) and "mask" (B, T)."""
+    dict plus each row's "prompts", "responses" (B, T) and "mask" (B, T). exclude[i]: items prompt i's beams
+    leave out (rl.exclude_seen)."""
     G = cfg.num_generations
     model.eval()  # dropout off for sampling AND for the loss (so ratio == 1 when num_iterations == 1)
     with torch.no_grad(), nonfinite_context("rl", step + 1):
         ro = rollouts(model, grammar, prompts, G, cfg.rollout, cfg.temperature, list(generators),
-                      cfg.max_completion_length)
+                      cfg.max_completion_length, exclude)
     parsed = grammar.parse_rows(ro.responses, ro.mask)
     rows_t = [t for t in target_sids for _ in range(G)]
     with nonfinite_context("rl", step + 1):  # a plug-in's NaN names the step
@@ -495,13 +500,13 @@ SHOW_EVAL = (SELECT, "eval/sampled_reward", "eval/distinct_top1")  # printed at 
 def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, prompts: Sequence[Sequence[int]],
              cfg: RLConfig, run_dir: str | Path, eval_fn: Callable | None = None, resume: bool = False,
              device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
-             teacher_blocks: Sequence | None = None) -> dict:
+             teacher_blocks: Sequence | None = None, exclude: Sequence | None = None) -> dict:
     """RL fine-tuning of `model` (in place) from its SFT weights; returns the last step's metrics. samples[i]
     is a `Sample` (its `.target` is rewarded), prompts[i] its prompt ids; `ref_model` the frozen model of the
     KL term (None: a copy of `model` now); `eval_fn(model) -> dict` is logged as `eval/<key>` at step 0,
     every `eval_every` steps and at the end; teacher_blocks[i] (optional): the teacher's K thinking blocks of
-    sample i as word ids, for the think_acc/step_k metrics. Writes metrics.jsonl, rl_config.json and
-    rl_checkpoint.pt."""
+    sample i as word ids, for the think_acc/step_k metrics; exclude[i] (rl.exclude_seen): the items sample i's
+    beam rollouts leave out. Writes metrics.jsonl, rl_config.json and rl_checkpoint.pt."""
     if cfg.batch_size < distributed.world_size() or len(samples) != len(prompts) or not samples:
         raise ValueError(f"need one prompt per sample ({len(samples)} samples, {len(prompts)} prompts) and "
                          f"rl.batch_size={cfg.batch_size} >= the {distributed.world_size()} torchrun processes")
@@ -524,7 +529,8 @@ def train_rl(model, ref_model, grammar, tokenizer, table, samples: Sequence, pro
         gens = [torch.Generator().manual_seed(mix_seed(seed, STREAM_ROLLOUTS, step, j, *([draw] if draw else [])))
                 for j in range(len(batch))]  # one per group
         idx, gens = distributed.my_slice(batch), distributed.my_slice(gens)  # torchrun: this rank's whole groups
-        return batch, score_groups(model, grammar, [prompts[i] for i in idx], [targets[i] for i in idx], cfg, gens, step)
+        return batch, score_groups(model, grammar, [prompts[i] for i in idx], [targets[i] for i in idx], cfg, gens, step,
+                                   None if exclude is None else [exclude[i] for i in idx])
 
     extra = lambda: {"rl_config": asdict(cfg), "seed": seed}  # noqa: E731  (what the checkpoint also holds)
     trainer.begin(start, model, eval_fn, show_eval=SHOW_EVAL)

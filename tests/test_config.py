@@ -107,6 +107,15 @@ def test_each_section_refuses_its_own_bad_settings():
             apply_overrides(cfg, {key: bad})  # ... and when set on a whole config
 
 
+def test_settings_that_need_beam_rollouts_say_so():
+    from minisapo.rl import RLConfig
+
+    for key, value in (("exclude_seen", True), ("reward", "rank")):
+        with pytest.raises(ValueError, match=f"rl.{key}={value!r}: .*needs --rl.rollout=beam"):
+            RLConfig(**{key: value})
+        RLConfig(**{key: value}, rollout="beam")  # fine with beam rollouts
+
+
 def test_real_preset_is_sized_in_epochs_and_validates_on_enough_users():
     from minisapo.sft import total_steps
 

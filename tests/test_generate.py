@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minisapo.generate import beam_search, response_logprobs, sample
+from minisapo.generate import beam_search, response_logprobs, rollouts, sample
 from minisapo.grammar import Grammar
 from minisapo.model import GPT, ModelConfig
 from minisapo.sid import SIDTable, SIDTrie
@@ -283,6 +283,23 @@ def test_beam_search_leaving_out_items_equals_the_exact_ranking_without_them(lay
         assert e.items == [i for i in f.items if i not in ex]
         assert e.scores == pytest.approx([s for i, s in zip(f.items, f.scores) if i not in ex], abs=1e-5)
         assert not set(n.items) & ex and len(n.items) == min(3, table.num_items - len(ex))
+
+
+def test_beam_rollouts_leaving_out_seen_items_are_the_filtered_beam_list():
+    """rl.exclude_seen: a beam group is the top G of the beam list without each prompt's excluded items (the
+    list eval.exclude_seen scores); sampled groups cannot leave items out, so asking for it is an error."""
+    g, table, tok = make("blocks_first", "sid_only")
+    model = peaky_model(tok.vocab_size, seed=5, scale=4.0)
+    prompts = prompts_for(tok)
+    exclude = [{0, 3}, {7, 2, 5}, {1}]
+    G = 4
+    ro = rollouts(model, g, prompts, G, mode="beam", exclude=exclude)
+    for j, (res, ex) in enumerate(zip(beam_search(model, g, prompts, G, exclude=exclude), exclude)):
+        rows = [[t for t in r if t != tok.pad_id] for r in ro.responses[j * G:(j + 1) * G].tolist()]
+        assert rows == res.responses[:G] and not set(res.items) & ex
+    assert ro.responses.tolist() != rollouts(model, g, prompts, G, mode="beam").responses.tolist()
+    with pytest.raises(ValueError, match="rollout='beam'"):
+        rollouts(model, g, prompts, G, mode="sample", exclude=exclude)
 
 
 def test_a_sid_only_model_without_word_tokens_decodes_as_the_full_one():
