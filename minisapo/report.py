@@ -49,9 +49,10 @@ def algo_label(rl: dict) -> str:
 
 
 def results_table(run_dir: str | Path) -> str:
-    """The run's answer in one table (Markdown): the counting baselines, the sid_only SFT (with
-    sft.compare_sid_only), the reasoning SFT and the final model, on the same test users, with paired sign tests
-    on hit@10 (reasoning vs sid_only, SFT+RL vs SFT) and which model RL left with. '' without a test report."""
+    """The run's answer in one table per protocol (Markdown; real data has two: every item ranked, seen items
+    removed): the counting baselines, the sid_only SFT (with sft.compare_sid_only), the SFT and the final model,
+    on the same test users, with paired sign tests on hit@10 (reasoning vs sid_only, SFT+RL vs SFT) and which
+    model RL left with. '' without a test report."""
     from minisapo.evaluate import hits_at, paired_sign_test
 
     run_dir = Path(run_dir)
@@ -60,30 +61,36 @@ def results_table(run_dir: str | Path) -> str:
     if not evals:
         return ""
     first = next(iter(evals.values()))
-    sid_only = run_dir / "sid_only" / "eval_test.json"
-    rows: list[tuple[str, dict, str]] = [(f"{n}{' (the ceiling)' if n == 'oracle' else ''}", b, "")
-                                         for n, b in first.get("baselines", {}).items()]
-    if sid_only.exists():
-        rows.append(("SFT, sid_only (no thinking; same users and steps)", read_json(sid_only), ""))
-    sft = evals.get("SFT")
-    if sft is not None:
-        test = ""
-        if sid_only.exists():
-            t = paired_sign_test(hits_at(read_json(sid_only)), hits_at(sft))
-            test = f"vs sid_only: +{t['up']} / −{t['down']}, p = {t['p']:.2g}"
-        rows.append((f"SFT, {config['reasoning']['mode']}", sft, test))
-    if "SFT+RL" in evals:
-        final, test = evals["SFT+RL"], ""
-        if sft is not None:
-            t = paired_sign_test(hits_at(sft), hits_at(final))
-            test = f"vs SFT: +{t['up']} / −{t['down']}, p = {t['p']:.2g}"
-        rows.append((f"SFT + RL ({algo_label(config['rl'])}), the model the run leaves with", final, test))
+    sid_only = read_json(run_dir / "sid_only" / "eval_test.json") if (run_dir / "sid_only" / "eval_test.json").exists() else None
     keys = ["hit@1", "hit@5", "hit@10", "ndcg@10"]
-    lines = [f"| test, {first.get('num_samples', '?')} users | " + " | ".join(keys) + " | paired sign test on hit@10 |",
-             "|---|" + "---|" * (len(keys) + 1)]
-    for name, rep, test in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{rep[k]:.4f}" if isinstance(rep.get(k), float) else "-"
-                                                for k in keys) + f" | {test} |")
+    lines = []
+    for protocol in dict.fromkeys(name.partition(",")[2] for name in evals):  # "" or ", every item ranked", ...
+        reps = {name.partition(",")[0]: rep for name, rep in evals.items() if name.partition(",")[2] == protocol}
+        top = next(iter(reps.values()))
+        rows: list[tuple[str, dict, str]] = [(f"{n}{' (the ceiling)' if n == 'oracle' else ''}", b, "")
+                                             for n, b in top.get("baselines", {}).items()]
+        no_thinking = sid_only if sid_only and sid_only.get("exclude_seen") == top.get("exclude_seen") else None
+        if no_thinking:
+            rows.append(("SFT, sid_only (no thinking; same users and steps)", no_thinking, ""))
+        sft = reps.get("SFT")
+        if sft is not None:
+            test = ""
+            if no_thinking:
+                t = paired_sign_test(hits_at(no_thinking), hits_at(sft))
+                test = f"vs sid_only: +{t['up']} / −{t['down']}, p = {t['p']:.2g}"
+            rows.append((f"SFT, {config['reasoning']['mode']}", sft, test))
+        if "SFT+RL" in reps:
+            final, test = reps["SFT+RL"], ""
+            if sft is not None:
+                t = paired_sign_test(hits_at(sft), hits_at(final))
+                test = f"vs SFT: +{t['up']} / −{t['down']}, p = {t['p']:.2g}"
+            rows.append((f"SFT + RL ({algo_label(config['rl'])}), the model the run leaves with", final, test))
+        lines += [""] if lines else []
+        lines += [f"| test, {top.get('num_samples', '?')} users{protocol and ',' + protocol} | " + " | ".join(keys)
+                  + " | paired sign test on hit@10 |", "|---|" + "---|" * (len(keys) + 1)]
+        for name, rep, test in rows:
+            lines.append(f"| {name} | " + " | ".join(f"{rep[k]:.4f}" if isinstance(rep.get(k), float) else "-"
+                                                    for k in keys) + f" | {test} |")
     kept = [r for r in read_metrics(run_dir / "metrics.jsonl") if "selected_step" in r and r.get("stage") == "rl"]
     if kept:
         r = kept[-1]

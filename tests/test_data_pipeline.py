@@ -40,6 +40,11 @@ def _check_real_data_run(run: Path, dataset: str, source: str, item_id: bool = F
     for name in ("SFT", "SFT+RL"):
         for protocol in ("every item ranked", "seen items removed"):
             assert f"## Test: {name}, {protocol}" in text
+    # the run in one table per protocol, the model's rows with their numbers under each
+    for protocol, rep in (("every item ranked", report), ("seen items removed", filtered)):
+        table = text.split(f"| test, {report['num_samples']} users, {protocol} |")[1].split("\n\n")[0]
+        final = next(line for line in table.splitlines() if line.startswith("| SFT + RL ("))
+        assert final.split(" | ")[3] == f"{rep['hit@10']:.4f}" and "| SFT, " in table
     return report
 
 
