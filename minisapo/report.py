@@ -176,7 +176,7 @@ def seeds_table(groups: dict[str, list], baselines: tuple[str, ...] = ("populari
     def cell(values) -> str:
         v = np.asarray(values, dtype=float)
         text = f"{v.mean():.4f}"
-        return text + (f" ± {v.std(ddof=1):.4f}" if len(v) > 1 and v.std() > 0 else "")
+        return text + (f" ± {v.std(ddof=1):.4f}" if len(v) > 1 and np.ptp(v) > 1e-9 else "")  # equal up to rounding: no spread
 
     def hits(rep) -> list[int]:
         return [int(0 < r <= k) for r in rep["ranks"]]

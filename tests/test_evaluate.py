@@ -330,18 +330,19 @@ def test_seeds_table_means_sample_std_and_pooled_sign_test(tmp_path):
 
     from minisapo.report import seeds_table
 
-    def write(name, model_ranks, knn_ranks):
-        def rep(ranks):
+    def write(name, model_ranks, knn_ranks, knn_ndcg):
+        def rep(ranks, ndcg=0.0):
             hits = [int(0 < r <= 10) for r in ranks]
             return {"hit@1": float(np.mean([r == 1 for r in ranks])), "hit@10": float(np.mean(hits)),
-                    "ndcg@10": 0.0, "ranks": ranks}
+                    "ndcg@10": ndcg, "ranks": ranks}
         path = tmp_path / name
-        path.write_text(json.dumps({**rep(model_ranks), "baselines": {"item_knn": rep(knn_ranks)}}))
+        path.write_text(json.dumps({**rep(model_ranks), "baselines": {"item_knn": rep(knn_ranks, knn_ndcg)}}))
         return path
 
-    files = [write("s0.json", [0, 2, 5, 0], [1, 0, 11, 3]), write("s1.json", [1, 1, 4, 2], [1, 0, 11, 3])]
+    # the baseline's ndcg differs between the seeds only by float rounding (0.1 + 0.2 != 0.3): no spread shown
+    files = [write("s0.json", [0, 2, 5, 0], [1, 0, 11, 3], 0.1 + 0.2), write("s1.json", [1, 1, 4, 2], [1, 0, 11, 3], 0.3)]
     table = seeds_table({"SFT": files}, ks=(1, 10)).splitlines()
     assert table[0] == "|  | hit@1 | hit@10 | ndcg@10 | hit@10 vs item_knn: +/−, p (seeds pooled) |"
     # item_knn hits 1 0 0 1 in both seeds; the model 0 1 1 0, then 1 1 1 1: 4 users up, 2 down, p = 2 * 22 / 64
-    assert table[2] == "| item_knn | 0.2500 | 0.5000 | 0.0000 |  |"
+    assert table[2] == "| item_knn | 0.2500 | 0.5000 | 0.3000 |  |"
     assert table[3] == "| SFT | 0.2500 ± 0.3536 | 0.7500 ± 0.3536 | 0.0000 | +4 / −2, p = 0.69 |"
