@@ -61,7 +61,8 @@ def results_table(run_dir: str | Path) -> str:
     if not evals:
         return ""
     first = next(iter(evals.values()))
-    sid_only = read_json(run_dir / "sid_only" / "eval_test.json") if (run_dir / "sid_only" / "eval_test.json").exists() else None
+    sid_only_file = run_dir / "sid_only" / "eval_test.json"  # sft.compare_sid_only's run
+    sid_only = read_json(sid_only_file) if sid_only_file.exists() else None
     keys = ["hit@1", "hit@5", "hit@10", "ndcg@10"]
     lines = []
     for protocol in dict.fromkeys(name.partition(",")[2] for name in evals):  # "" or ", every item ranked", ...
@@ -176,7 +177,8 @@ def seeds_table(groups: dict[str, list], baselines: tuple[str, ...] = ("populari
     def cell(values) -> str:
         v = np.asarray(values, dtype=float)
         text = f"{v.mean():.4f}"
-        return text + (f" ± {v.std(ddof=1):.4f}" if len(v) > 1 and np.ptp(v) > 1e-9 else "")  # equal up to rounding: no spread
+        spread = len(v) > 1 and np.ptp(v) > 1e-9  # seeds equal up to float rounding: no spread
+        return text + (f" ± {v.std(ddof=1):.4f}" if spread else "")
 
     def hits(rep) -> list[int]:
         return [int(0 < r <= k) for r in rep["ranks"]]
