@@ -28,7 +28,7 @@ import torch
 
 from minisapo.baselines import (canonical_items, excluded_items, item_id_rankings, item_knn_rankings, markov_rankings,
                                 oracle_rankings, popularity_rankings, seen_items, targets_of)
-from minisapo.files import finite, refuse_problems
+from minisapo.files import at_least, finite, refuse_problems
 from minisapo.generate import beam_search
 from minisapo.progress import bar as progress_bar
 from minisapo.reasoning import ReasoningConfig, build_prompt
@@ -68,9 +68,7 @@ class EvalConfig:
             parse_ks(self.ks)
         except ValueError:
             yield "ks", "expected comma-separated whole numbers >= 1, like 1,5,10"
-        for key in ("beam_width", "batch_size"):
-            if getattr(self, key) < 1:
-                yield key, "must be >= 1"
+        yield from at_least(self, beam_width=1, batch_size=1)
         if self.max_samples < 0:
             yield "max_samples", "must be >= 0 (0 = all)"
         if not (finite(self.knn_recency) and 0 < self.knn_recency <= 1):

@@ -32,6 +32,13 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def at_least(cfg, **minimums: int):
+    """(field, "must be >= lo") for each of `cfg`'s fields below its minimum: `problems()`'s common case."""
+    for key, lo in minimums.items():
+        if getattr(cfg, key) < lo:
+            yield key, f"must be >= {lo}"
+
+
 def refuse_problems(cfg, section: str) -> None:
     """A ValueError `section.key=value: what to change` for the first of `cfg.problems()` (a config dataclass
     calls this in `__post_init__`; `config.validate` asks every section of a whole config the same way)."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minisapo.files import finite, refuse_problems
+from minisapo.files import at_least, finite, refuse_problems
 
 
 @dataclass
@@ -62,10 +62,7 @@ class ModelConfig:
 
     def problems(self):
         """(field, what to change) for every setting out of range."""
-        for key, lo in (("vocab_size", 0), ("n_layer", 1), ("n_head", 1), ("n_embd", 1), ("mlp_ratio", 1),
-                        ("max_seq_len", 8)):
-            if getattr(self, key) < lo:
-                yield key, f"must be >= {lo}"
+        yield from at_least(self, vocab_size=0, n_layer=1, n_head=1, n_embd=1, mlp_ratio=1, max_seq_len=8)
         if self.n_head >= 1 and self.n_embd >= 1:
             if self.n_embd % self.n_head:
                 yield "n_embd", (f"must be divisible by model.n_head={self.n_head} "

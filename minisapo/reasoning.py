@@ -59,7 +59,7 @@ from typing import Sequence
 
 import torch
 
-from minisapo.files import refuse_problems
+from minisapo.files import at_least, refuse_problems
 from minisapo.tokenizer import REASONING_WORDS as TEACHER_WORDS  # "recent", "often", "next": always in the vocabulary
 from minisapo.tokenizer import SPECIALS
 
@@ -97,9 +97,7 @@ class ReasoningConfig:
         for key, allowed in (("mode", MODES), ("layout", LAYOUTS), ("teacher", TEACHERS)):
             if getattr(self, key) not in allowed:
                 yield key, f"choose one of {', '.join(allowed)}"
-        for key in ("max_think_tokens", "title_words", "recent", "descriptor_words"):
-            if getattr(self, key) < 1:
-                yield key, "must be >= 1"
+        yield from at_least(self, max_think_tokens=1, title_words=1, recent=1, descriptor_words=1)
 
 
 MODES = ("reasoning", "sid_only", "item_id")

@@ -46,7 +46,7 @@ import torch
 
 from minisapo import distributed, plugins
 from minisapo.evaluate import SELECT_METRIC
-from minisapo.files import finite, refuse_problems, write_json
+from minisapo.files import at_least, finite, refuse_problems, write_json
 from minisapo.generate import ROLLOUTS, response_logprobs, rollouts
 from minisapo.plugins import EXAMPLE_GROUP, EXAMPLE_MATCHES, plugin
 from minisapo.reasoning import step_index
@@ -147,10 +147,8 @@ class RLConfig:
             yield "reward", "rank ranks the group, so it needs --rl.rollout=beam"
         if self.num_generations < 2:
             yield "num_generations", "must be >= 2: group-relative advantages need a group"
-        for key, lo in (("num_iterations", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1), ("max_steps", 0),
-                        ("eval_every", 0), ("save_every", 0), ("warmup_steps", 0), ("eval_prompts", 1)):
-            if getattr(self, key) < lo:
-                yield key, f"must be >= {lo}"
+        yield from at_least(self, num_iterations=1, batch_size=1, gradient_accumulation_steps=1, max_steps=0,
+                            eval_every=0, save_every=0, warmup_steps=0, eval_prompts=1)
         if self.gradient_accumulation_steps >= 1 and (self.batch_size * self.num_generations) % \
                 self.gradient_accumulation_steps:
             yield "gradient_accumulation_steps", (f"must divide batch_size * num_generations = "

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from minisapo import distributed
 from minisapo.evaluate import SELECT_METRIC
-from minisapo.files import finite, refuse_problems
+from minisapo.files import at_least, finite, refuse_problems
 from minisapo.model import autocast
 from minisapo.runs import check_finite, load_weights
 from minisapo.trainer import Trainer, final_weights
@@ -101,10 +101,8 @@ class SFTConfig:
 
     def problems(self):
         """(field, what to change) for every setting out of range."""
-        for key, lo in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0),
-                        ("eval_every", 0), ("eval_samples", 0), ("log_every", 1)):
-            if getattr(self, key) < lo:
-                yield key, f"must be >= {lo}"
+        yield from at_least(self, max_steps=0, batch_size=1, grad_accum=1, warmup_steps=0, eval_every=0,
+                            eval_samples=0, log_every=1)
         if not (finite(self.pretrain_epochs) and self.pretrain_epochs >= 0):
             yield "pretrain_epochs", "must be a finite number >= 0 (0 = no pretraining)"
         if self.pretrain_window < 0 or self.pretrain_window == 1:

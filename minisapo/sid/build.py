@@ -32,7 +32,7 @@ from minisapo.data.synthetic import is_compose
 from minisapo.sid.descriptors import build_descriptors
 from minisapo.sid.embed import interaction_svd, l2_normalise, load_vectors, tfidf_svd
 from minisapo.sid.rqkmeans import auto_codebook_size, level_stats, rq_kmeans, spread_last_level
-from minisapo.files import claim_dir, new_dir, refuse_problems, remove, swap_dir, temp_path, write_json
+from minisapo.files import at_least, claim_dir, new_dir, refuse_problems, remove, swap_dir, temp_path, write_json
 from minisapo.sid.table import SIDTable, dedup_codes
 from minisapo.tokenizer import LETTERS, Tokenizer
 
@@ -99,10 +99,7 @@ class SIDConfig:
         if self.method == "latent" and self.vectors:
             yield "vectors", ("vectors are for sid.method=rqkmeans (sid.method=latent uses the world's own codes): "
                               "set --sid.method=rqkmeans to build SIDs from your vectors")
-        for key, lo in (("embed_dim", 1), ("kmeans_iters", 1), ("descriptor_words", 1), ("max_vocab", 0),
-                        ("sid_seed", 0)):
-            if getattr(self, key) < lo:
-                yield key, f"must be >= {lo}"
+        yield from at_least(self, embed_dim=1, kmeans_iters=1, descriptor_words=1, max_vocab=0, sid_seed=0)
 
 
 # ------------------------------------------------------------------ helpers
