@@ -32,7 +32,7 @@ from pathlib import Path
 from minisapo import plugins, rl
 from minisapo.data import DataConfig, dataset_name
 from minisapo.evaluate import EvalConfig
-from minisapo.files import name_problem
+from minisapo.files import name_problem, refuse_problems
 from minisapo.model import ModelConfig
 from minisapo.reasoning import ReasoningConfig
 from minisapo.rl import RLConfig
@@ -320,10 +320,8 @@ def validate(cfg: Config) -> None:
     """Every section's own checks (`problems()`, beside its fields) and the checks that span sections or name
     the folders, so a bad setting is refused when the config is made, before any stage runs."""
     for s in SECTIONS:
-        section = getattr(cfg, s)
         try:
-            for key, why in section.problems():
-                raise ConfigError(f"--{s}.{key}={getattr(section, key, None)!r}: {why}")
+            refuse_problems(getattr(cfg, s), f"--{s}", ConfigError)
         except ConfigError:
             raise
         except ValueError as e:  # a plug-in that fails on the example says so in its own words
@@ -346,8 +344,8 @@ def _composition_problems(cfg: Config):
             yield key, f"{p} is a file, not a folder: point --{key} at a folder (it is created if missing)"
     if not 0 <= cfg.seed < 2 ** 32:
         yield "seed", "must be in 0 .. 2**32 - 1"
-    if device_problem(str(cfg.device)):
-        yield "device", device_problem(str(cfg.device))
+    if why := device_problem(str(cfg.device)):
+        yield "device", why
     d = cfg.data
     if name_problem(dataset_name(d), "data.name") is None:
         out = (Path(str(cfg.data_dir)) / "processed" / dataset_name(d)).resolve()

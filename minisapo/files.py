@@ -39,11 +39,12 @@ def at_least(cfg, **minimums: int):
             yield key, f"must be >= {lo}"
 
 
-def refuse_problems(cfg, section: str) -> None:
-    """A ValueError `section.key=value: what to change` for the first of `cfg.problems()` (a config dataclass
-    calls this in `__post_init__`; `config.validate` asks every section of a whole config the same way)."""
+def refuse_problems(cfg, section: str, error: type[ValueError] = ValueError) -> None:
+    """An `error` (a ValueError) `section.key=value: what to change` for the first of `cfg.problems()` (a config
+    dataclass calls this in `__post_init__`; `config.validate` asks every section of a whole config the same
+    way, with section "--data" and its ConfigError)."""
     for key, why in cfg.problems():
-        raise ValueError(f"{section}.{key}={getattr(cfg, key, None)!r}: {why}")
+        raise error(f"{section}.{key}={getattr(cfg, key, None)!r}: {why}")
 
 
 # ----------------------------------------------------------------------------------------------

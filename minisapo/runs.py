@@ -168,8 +168,8 @@ def check_device(name: str) -> torch.device:
     name = str(name)
     if name == "auto":
         return pick_device("auto")
-    if device_problem(name):
-        raise ValueError(f"--device={name} is not a device: {device_problem(name)}")
+    if why := device_problem(name):
+        raise ValueError(f"--device={name} is not a device: {why}")
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
