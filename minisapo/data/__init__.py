@@ -92,6 +92,10 @@ class DataConfig:
     def __post_init__(self):
         refuse_problems(self, "data")
 
+    def knobs(self) -> dict:
+        """The synthetic world's knobs as set here ({name: value or None}), as generate / world_params take them."""
+        return {k: getattr(self, k) for k in KNOBS}
+
     def problems(self):
         """(field, what to change) for every setting out of range; the folders they point at are config.py's."""
         if self.source not in ("synthetic", "amazon", "atomic"):
@@ -114,7 +118,7 @@ class DataConfig:
             yield "world_seed", "must be >= 0"
         if self.source == "synthetic":
             try:
-                world_params(self.world, **{k: getattr(self, k) for k in KNOBS})
+                world_params(self.world, **self.knobs())
             except WorldError as e:
                 yield e.key, str(e).split(" (got")[0]
             for k in ("zipf", "noise", "stay", "jump", "focus"):
@@ -249,7 +253,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
     claim_dir(out, ("dataset.json",), "a dataset folder")  # never a folder of the user's, never through a link
     settings = {**_settings_of(cfg), "name": name, "format_version": FORMAT_VERSION, "input_files": _file_facts(cfg)}
     if cfg.source == "synthetic":  # the world's resolved knobs: a preset that changes rebuilds its datasets
-        settings["world_params"] = world_params(cfg.world, **{k: getattr(cfg, k) for k in KNOBS})
+        settings["world_params"] = world_params(cfg.world, **cfg.knobs())
     info_file = out / "dataset.json"
     if info_file.exists():
         try:
@@ -278,7 +282,7 @@ def prepare(cfg: DataConfig, data_dir: str | Path = "data") -> Path:
     # read everything first, build into a temporary folder, and only then swap it in: a failed read
     # (a truncated .gz, a bad line in strict mode, an empty k-core) leaves the old dataset as it was
     if cfg.source == "synthetic":
-        raw = generate(cfg.world, cfg.world_seed, **{k: getattr(cfg, k) for k in KNOBS})
+        raw = generate(cfg.world, cfg.world_seed, **cfg.knobs())
     elif cfg.source == "amazon":
         from minisapo.data.amazon import read_amazon
         raw = read_amazon(cfg.reviews, cfg.meta, strict=cfg.strict, with_description=cfg.with_description)
