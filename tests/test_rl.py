@@ -533,7 +533,7 @@ def test_dynamic_sampling_trains_on_groups_with_a_signal(tiny_sft):
 
     stack, sft_model, samples, prompts, d = tiny_sft
     cfg = rl.rl_config("grpo", num_generations=4, batch_size=4, max_steps=3, rollout="sample", eval_every=0,
-                           save_every=0, dynamic_sampling=True)
+                       save_every=0, dynamic_sampling=True)
     rl.train_rl(copy.deepcopy(sft_model), None, stack.grammar, stack.tokenizer, stack.table, samples, prompts, cfg,
                 d / "dynamic", progress=False)
     recs = [r for r in read_metrics(d / "dynamic" / "metrics.jsonl") if "reward" in r]
